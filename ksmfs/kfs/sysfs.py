@@ -1,0 +1,82 @@
+"""/sys/kernel/mm/ksm/*: one row per attribute of the kernel version (mm/ksm.c, CONFIG_SYSFS).
+
+Show functions print exactly what the kernel's ``*_show`` prints (spec §1.2); stores go to
+``ksmfs.kernel.knobs.store``, the kernel's parser, after kernfs' 4096-byte cut.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ksmfs.kfs.tree import FileSpec
+
+if TYPE_CHECKING:
+    from ksmfs.kernel import Kernel
+
+# Attributes made with __ATTR_RW (mode 0644); every other one is __ATTR_RO (0444).
+WRITABLE = frozenset(
+    {
+        "run",
+        "pages_to_scan",
+        "sleep_millisecs",
+        "merge_across_nodes",
+        "use_zero_pages",
+        "max_page_sharing",
+        "stable_node_chains_prune_millisecs",
+        "smart_scan",
+        "advisor_mode",
+        "advisor_max_cpu",
+        "advisor_min_pages_to_scan",
+        "advisor_max_pages_to_scan",
+        "advisor_target_scan_time",
+    }
+)
+SYSFS_SIZE = 4096  # kernfs reports PAGE_SIZE as st_size for every attribute [LIVE]
+WRITE_MAX = 4096  # kernfs hands at most PAGE_SIZE bytes of a write to the store function
+
+
+def show_value(k: Kernel, name: str) -> bytes:
+    """The attribute's content.  Every value is a Python int, so %lu/%u/%ld all print as
+    decimal; the signed ones (pages_volatile, general_profit, ksm_zero_pages) may be < 0."""
+    if name == "advisor_mode":
+        # advisor_mode_show: the active mode in brackets.
+        mode = k.ksm.advisor_mode
+        return b"[none] scan-time\n" if mode == "none" else b"none [scan-time]\n"
+    return b"%d\n" % int(getattr(k.ksm, name))
+
+
+def _show(name: str):
+    def show(k: Kernel, pid: int | None) -> bytes:
+        return show_value(k, name)
+
+    show.__name__ = f"show_{name}"
+    return show
+
+
+def _store(name: str):
+    def store(k: Kernel, pid: int | None, data: bytes) -> int:
+        if not data:  # kernfs: a zero-length write never reaches the store function
+            return 0
+        from ksmfs.kernel import knobs
+
+        return int(knobs.store(k, name, bytes(data[:WRITE_MAX])))
+
+    store.__name__ = f"store_{name}"
+    return store
+
+
+def file_specs(version) -> list[FileSpec]:
+    """Rows in the kernel's attribute-array order (version.sysfs_files)."""
+    out = []
+    for name in version.sysfs_files:
+        rw = name in WRITABLE
+        out.append(
+            FileSpec(
+                name=name,
+                mode=0o644 if rw else 0o444,
+                size=SYSFS_SIZE,
+                show=_show(name),
+                store=_store(name) if rw else None,
+            )
+        )
+    return out
