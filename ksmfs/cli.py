@@ -1,0 +1,297 @@
+"""The ``ksmfs`` command line.
+
+``main(argv) -> int`` parses the arguments and hands the parsed namespace to the function
+that implements the subcommand. Those functions live in other modules (``ksmfs.runtime``,
+``ksmfs.scenario.cli``, ``ksmfs.plot``, ``ksmfs.top``) and are imported only when their
+subcommand runs, so that ``ksmfs scenarios`` or ``ksmfs plot`` work on a machine without
+pyfuse3 and ``ksmfs --help`` starts fast.
+
+Errors are one line on stderr and an exit code, never a traceback: 2 for usage errors and
+for a subcommand whose module or dependency is missing, 130 for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ksmfs import __version__
+
+# Kernel versions the simulation knows (ksmfs.kernel.versions); listed here only for --help,
+# the kernel itself rejects an unknown one with EINVAL.
+KERNEL_VERSIONS = ("5.15", "6.1", "6.4", "6.6", "6.8", "6.14", "6.18")
+DEFAULT_KERNEL = "6.18"
+
+EXIT_USAGE = 2
+EXIT_SIGINT = 130
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a subcommand is implemented: ``module.function(args) -> int``."""
+
+    module: str
+    function: str
+    # pip extra that brings the module's third-party dependencies, for the error message.
+    extra: str | None = None
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``ksmfs`` argument parser (also used by the tests)."""
+    parser = argparse.ArgumentParser(
+        prog="ksmfs",
+        description=(
+            "A simulated Linux kernel with KSM (kernel samepage merging), served as a FUSE\n"
+            "file system that looks like /sys/kernel/mm/ksm and /proc."
+        ),
+        epilog=_examples(
+            "ksmfs mount /tmp/ksm                 # mount a simulated 6.18 kernel",
+            "cat /tmp/ksm/sys/kernel/mm/ksm/pages_sharing",
+            "ksmfs top /tmp/ksm                   # live view of the counters",
+            "ksmfs umount /tmp/ksm",
+            "ksmfs scenarios                      # list the built-in scenarios",
+            "ksmfs <command> --help               # details and examples per command",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ksmfs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(
+        name: str, help_: str, description: str, epilog: str, target: Target
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=description,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(target=target)
+        return p
+
+    p = add(
+        "mount",
+        "mount a simulated kernel's /sys and /proc at MOUNTPOINT",
+        "Mount a simulated kernel at MOUNTPOINT. MOUNTPOINT/sys/kernel/mm/ksm and\n"
+        "MOUNTPOINT/proc/PID/ksm_stat behave like the real files; ksmd runs in the\n"
+        "background; MOUNTPOINT/ksmfs/ holds control files that start processes and write\n"
+        "their memory. Without --foreground the command returns once the file system is\n"
+        "mounted and keeps serving it in the background until `ksmfs umount`.",
+        _examples(
+            "ksmfs mount /tmp/ksm",
+            "ksmfs mount /tmp/ksm --scenario vm-guests --kernel 6.1",
+            "ksmfs mount /tmp/ksm --scenario ./my.toml --speed 10   # ksmd 10x faster",
+            "ksmfs mount /ksm --foreground --allow-other            # e.g. in a container",
+            "echo 1 > /tmp/ksm/sys/kernel/mm/ksm/run",
+        ),
+        Target("ksmfs.runtime", "cmd_mount"),
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    p.add_argument(
+        "--scenario",
+        metavar="FILE_OR_NAME",
+        help="start the processes of a scenario (a TOML file or a built-in name)",
+    )
+    p.add_argument(
+        "--kernel",
+        metavar="VERSION",
+        default=DEFAULT_KERNEL,
+        help=f"kernel version to simulate: {' '.join(KERNEL_VERSIONS)} (default {DEFAULT_KERNEL})",
+    )
+    p.add_argument(
+        "--speed",
+        metavar="FACTOR",
+        type=float,
+        default=1.0,
+        help="simulated time runs FACTOR times as fast as wall time (default 1.0)",
+    )
+    p.add_argument("--foreground", action="store_true", help="stay in the foreground")
+    p.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users see the mount (FUSE allow_other)",
+    )
+    p.add_argument("--debug", action="store_true", help="log debug messages")
+
+    p = add(
+        "umount",
+        "unmount a ksmfs mount",
+        "Unmount a file system mounted with `ksmfs mount` and stop its server.",
+        _examples("ksmfs umount /tmp/ksm"),
+        Target("ksmfs.runtime", "cmd_umount"),
+    )
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+
+    p = add(
+        "run",
+        "run a scenario on the simulated or the real kernel",
+        "Run a scenario (TOML file or built-in name) and print one line per full scan.\n"
+        "--backend sim drives the simulated kernel; --backend real drives this machine's\n"
+        "KSM (root; it changes /sys/kernel/mm/ksm and restores it afterwards).",
+        _examples(
+            "ksmfs run vm-guests",
+            "ksmfs run ./my.toml --json out.jsonl --plot out.png",
+            "sudo ksmfs run ./my.toml --backend real --json real.jsonl",
+        ),
+        Target("ksmfs.scenario.cli", "cmd_run"),
+    )
+    p.add_argument("scenario", metavar="SCENARIO", help="a TOML file or a built-in name")
+    p.add_argument(
+        "--backend", choices=("sim", "real"), default="sim", help="which kernel (default sim)"
+    )
+    p.add_argument("--json", metavar="OUT.jsonl", help="write one snapshot per full scan")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the counters (needs ksmfs[plot])")
+
+    p = add(
+        "diff",
+        "run a scenario on both kernels and compare",
+        "Run SCENARIO on the simulated kernel and on this machine's real KSM, and print,\n"
+        "per full scan, every snapshot field that differs. Exits 0 when none does.",
+        _examples(
+            "sudo ksmfs diff vm-guests",
+            "sudo ksmfs diff ./my.toml --plot diff.png   # solid = sim, dashed = real",
+        ),
+        Target("ksmfs.scenario.cli", "cmd_diff"),
+    )
+    p.add_argument("scenario", metavar="SCENARIO", help="a TOML file or a built-in name")
+    p.add_argument("--plot", metavar="FILE.png", help="draw both runs (needs ksmfs[plot])")
+
+    add(
+        "scenarios",
+        "list the built-in scenarios",
+        "List the built-in scenarios with their descriptions.",
+        _examples("ksmfs scenarios", "ksmfs run NAME   # NAME from the list"),
+        Target("ksmfs.scenario.cli", "cmd_scenarios"),
+    )
+
+    p = add(
+        "plot",
+        "draw a snapshot file (from `ksmfs run --json`) as a PNG",
+        "Draw pages_shared, pages_sharing, pages_unshared, pages_volatile and\n"
+        "ksm_zero_pages over full scans, and general_profit in MiB, from a snapshot\n"
+        "JSONL file written by `ksmfs run --json`. Needs the plot extra:\n"
+        "pip install 'ksmfs[plot]'.",
+        _examples(
+            "ksmfs run vm-guests --json out.jsonl",
+            "ksmfs plot out.jsonl -o out.png",
+            "ksmfs plot out.jsonl -o out.png --title 'two VMs, 6.18'",
+        ),
+        Target("ksmfs.plot", "cmd_plot", extra="plot"),
+    )
+    p.add_argument("jsonl", metavar="OUT.jsonl", help="snapshot file, one JSON object a line")
+    p.add_argument("-o", "--output", metavar="FILE.png", required=True, help="PNG to write")
+    p.add_argument("--title", help="figure title (default: the file name)")
+
+    p = add(
+        "top",
+        "live view of KSM counters and processes",
+        "Show every counter of MOUNTPOINT/sys/kernel/mm/ksm with its rate per second, the\n"
+        "memory saved, and the processes of MOUNTPOINT/proc/*/ksm_stat sorted by\n"
+        "ksm_merging_pages. Works on a ksmfs mount and on / (this machine's real KSM).\n"
+        "Keys: q quits. --once prints one plain-text frame (rates over --interval).",
+        _examples(
+            "ksmfs top /tmp/ksm",
+            "ksmfs top                    # the real kernel (/)",
+            "ksmfs top /tmp/ksm --interval 0.5",
+            "ksmfs top /tmp/ksm --once --interval 0   # no wait, no rates",
+        ),
+        Target("ksmfs.top", "cmd_top"),
+    )
+    p.add_argument(
+        "mountpoint",
+        metavar="MOUNTPOINT",
+        nargs="?",
+        default="/",
+        help="root of the tree to watch (default /)",
+    )
+    p.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        type=float,
+        default=1.0,
+        help="refresh every SECONDS (default 1.0)",
+    )
+    p.add_argument("--once", action="store_true", help="print one frame and exit")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="list every process, also those with no KSM state",
+    )
+    return parser
+
+
+def _missing_module_message(command: str, target: Target, e: ModuleNotFoundError) -> str:
+    missing = e.name or str(e)
+    if missing == "ksmfs" or missing.startswith("ksmfs."):
+        # One of our own modules: another part of ksmfs that this build does not have yet.
+        return f"ksmfs {command}: not available in this build ({missing} is missing)"
+    hint = f" (pip install 'ksmfs[{target.extra}]')" if target.extra else ""
+    return f"ksmfs {command}: needs the Python module {missing!r}{hint}"
+
+
+def _resolve(command: str, target: Target) -> Callable[[argparse.Namespace], int | None] | str:
+    """Import the implementing function, or return the one-line reason it is unavailable."""
+    try:
+        module = importlib.import_module(target.module)
+    except ModuleNotFoundError as e:
+        return _missing_module_message(command, target, e)
+    func = getattr(module, target.function, None)
+    if func is None:
+        return (
+            f"ksmfs {command}: not available in this build "
+            f"({target.module}.{target.function} is missing)"
+        )
+    return func
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``ksmfs`` command line and return its exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors: argparse already printed
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "debug", False) else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Call ``args.target`` with ``args``; turn a missing module or Ctrl-C into an exit code."""
+    try:
+        func = _resolve(args.command, args.target)
+        if isinstance(func, str):
+            print(func, file=sys.stderr)
+            return EXIT_USAGE
+        rc = func(args)
+    except ModuleNotFoundError as e:
+        # A dependency imported lazily inside the command (matplotlib, pyfuse3 ...).
+        print(_missing_module_message(args.command, args.target, e), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_SIGINT
+    except BrokenPipeError:
+        # `ksmfs top --once | head`: the reader went away; Python would otherwise print an
+        # error when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    return 0 if rc is None else int(rc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
