@@ -17,6 +17,16 @@ Step arguments (``Step.args``), by ``Step.action``:
 ``exit``       dict: ``process``
 ``spawn``      tuple[ProcessSpec, ...] (several when the spawned table has ``count > 1``)
 =============  ==========================================================================
+
+Backends (``sim.run_sim``, ``real.run_real``) share one shape::
+
+    run_xxx(scenario, on_snapshot, progress=None) -> list[dict]
+
+``on_snapshot(snapshot: dict)`` is called with each snapshot as soon as it is taken (the
+contract's "Snapshots" section: ``full_scans``, ``ksm``, ``processes``), and the list of
+all of them is returned at the end.  ``progress(message: str)``, when given, receives a
+short one-line status now and then (the CLI shows it on stderr when that is a TTY).
+A ``sysfs`` write that the kernel refuses is reported with :func:`report_refusal`.
 """
 
 from __future__ import annotations
@@ -175,3 +185,15 @@ def sysfs_bytes(value: int | str | bool) -> bytes:
     if isinstance(value, bool):
         value = int(value)
     return f"{value}\n".encode()
+
+
+def report_refusal(file: str, value: int | str, err: BaseException, when: str) -> None:
+    """The contract's rule for a refused sysfs write: one line on stderr, the run goes on.
+
+    ``when`` says where in the run it happened (``"[ksm]"``, ``"after_full_scans = 3"``).
+    """
+    import sys
+
+    reason = getattr(err, "strerror", None) or str(err)
+    print(f"ksmfs: {when}: writing {value!r} to /sys/kernel/mm/ksm/{file} failed: {reason} "
+          "(the kernel keeps its value; the run goes on)", file=sys.stderr)
