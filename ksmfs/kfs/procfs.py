@@ -1,13 +1,502 @@
-"""/proc: global files (meminfo, stat, uptime, version, vmstat) and /proc/<pid>/* rows."""
+"""/proc: the global files (meminfo, stat, uptime, version, vmstat) and /proc/<pid>/* rows.
+
+Formats follow fs/proc/*.c of Linux 6.18 and the live machine (files read on it are quoted
+in the comments).  The per-process files are what psutil's _pslinux.py reads: stat (52
+fields, comm in parentheses), status (tab-separated ``Name:\\tvalue``), statm, cmdline,
+smaps, smaps_rollup.  The KSM rows exist only when the kernel version has them.
+"""
 
 from __future__ import annotations
 
+import errno
+import time
+import weakref
+from typing import TYPE_CHECKING
+
+from ksmfs.kfs import smaps as _smaps
+from ksmfs.kfs.errors import KsmError
 from ksmfs.kfs.tree import FileSpec
+
+if TYPE_CHECKING:
+    from ksmfs.kernel import Kernel
+
+PAGE_SIZE = 4096
+USER_HZ = 100  # clock ticks of /proc/<pid>/stat and /proc/stat (sysconf(_SC_CLK_TCK))
+NR_CPUS = 2  # the reference machine has 2 CPUs (spec §0.2)
+PROC_SIZE = 0  # procfs files report st_size 0
+
+# -- boot time ---------------------------------------------------------------------------
+# The kernel package has no wall clock; /proc/stat's btime anchors simulated time to the
+# epoch.  Default: the wall time when this kernel was first rendered, minus its uptime.
+_btime: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def set_btime(k: Kernel, btime: int) -> None:
+    _btime[k] = int(btime)
+
+
+def btime(k: Kernel) -> int:
+    value = _btime.get(k)
+    if value is None:
+        value = int(time.time() - k.now / 1000)
+        _btime[k] = value
+    return value
+
+
+def _ticks(ms: int) -> int:
+    return int(ms) * USER_HZ // 1000
+
+
+# -- /proc/meminfo ------------------------------------------------------------------------
+def _kb_line(label: str, kb: int) -> str:
+    # show_val_kb(): a 16-column label (the kernel pads the literal) and %8lu.
+    return f"{label:<16}{int(kb):>8} kB\n"
+
+
+def show_meminfo(k: Kernel, pid: int | None = None) -> bytes:
+    """meminfo_proc_show(), fields in the kernel's order; values from k.mem_stats()."""
+    m = k.mem_stats()
+    kb = PAGE_SIZE // 1024
+    total, free = m["mem_total"], m["mem_free"]
+    anon, file, shmem = m["anon_pages"], m.get("file_pages", 0), m.get("shmem", 0)
+    swap_total, swap_free = m.get("swap_total", 0), m.get("swap_free", 0)
+    committed = sum(k.task_mem(pid)["total_vm"] for pid, t in k.tasks.items() if t.mm)
+    rows = [
+        ("MemTotal:", total),
+        ("MemFree:", free),
+        ("MemAvailable:", free + file),
+        ("Buffers:", 0),
+        ("Cached:", file + shmem),
+        ("SwapCached:", 0),
+        ("Active:", anon + file),
+        ("Inactive:", 0),
+        ("Active(anon):", anon),
+        ("Inactive(anon):", 0),
+        ("Active(file):", file),
+        ("Inactive(file):", 0),
+        ("Unevictable:", 0),
+        ("Mlocked:", 0),
+        ("SwapTotal:", swap_total),
+        ("SwapFree:", swap_free),
+        ("Zswap:", 0),
+        ("Zswapped:", 0),
+        ("Dirty:", 0),
+        ("Writeback:", 0),
+        ("AnonPages:", anon),
+        ("Mapped:", file + shmem),
+        ("Shmem:", shmem),
+        ("KReclaimable:", 0),
+        ("Slab:", 0),
+        ("SReclaimable:", 0),
+        ("SUnreclaim:", 0),
+        ("KernelStack:", 0),
+        ("PageTables:", 0),
+        ("SecPageTables:", 0),
+        ("NFS_Unstable:", 0),
+        ("Bounce:", 0),
+        ("WritebackTmp:", 0),
+        ("CommitLimit:", total // 2 + swap_total),
+        ("Committed_AS:", committed),
+    ]
+    out = [_kb_line(label, pages * kb) for label, pages in rows]
+    out += [
+        _kb_line("VmallocTotal:", 34359738367),
+        _kb_line("VmallocUsed:", 0),
+        _kb_line("VmallocChunk:", 0),
+        _kb_line("Percpu:", 0),
+        _kb_line("AnonHugePages:", 0),
+        _kb_line("ShmemHugePages:", 0),
+        _kb_line("ShmemPmdMapped:", 0),
+        _kb_line("FileHugePages:", 0),
+        _kb_line("FilePmdMapped:", 0),
+        # hugetlb_report_meminfo(): "HugePages_Total:   %5lu" (no unit)
+        "HugePages_Total:       0\n",
+        "HugePages_Free:        0\n",
+        "HugePages_Rsvd:        0\n",
+        "HugePages_Surp:        0\n",
+        _kb_line("Hugepagesize:", 2048),
+        _kb_line("Hugetlb:", 0),
+        _kb_line("DirectMap4k:", 0),
+        _kb_line("DirectMap2M:", 0),
+        _kb_line("DirectMap1G:", total * kb),
+    ]
+    return "".join(out).encode()
+
+
+# -- /proc/stat, uptime, version, vmstat -------------------------------------------------
+def show_stat(k: Kernel, pid: int | None = None) -> bytes:
+    """show_stat(): cpu lines in USER_HZ ticks (all simulated time is idle), then counters."""
+    ticks = _ticks(k.now)
+    cpu = f"{0} {0} {0} {{idle}} {0} {0} {0} {0} {0} {0}"
+    out = ["cpu  " + cpu.format(idle=ticks * NR_CPUS) + "\n"]
+    out += [f"cpu{i} " + cpu.format(idle=ticks) + "\n" for i in range(NR_CPUS)]
+    out.append("intr 0" + " 0" * 64 + "\n")
+    nproc = max(k.tasks, default=0)  # pids are handed out in order: forks since boot
+    running = sum(1 for t in k.tasks.values() if t.state == "R")
+    out += [
+        "ctxt 0\n",
+        f"btime {btime(k)}\n",
+        f"processes {nproc}\n",
+        f"procs_running {max(running, 1)}\n",  # the reader itself is running
+        "procs_blocked 0\n",
+        "softirq 0 0 0 0 0 0 0 0 0 0 0\n",
+    ]
+    return "".join(out).encode()
+
+
+def show_uptime(k: Kernel, pid: int | None = None) -> bytes:
+    """uptime_proc_show(): "%lu.%02lu %lu.%02lu" -- uptime and summed idle time."""
+    up_cs = int(k.now) // 10
+    idle_cs = up_cs * NR_CPUS
+    return f"{up_cs // 100}.{up_cs % 100:02d} {idle_cs // 100}.{idle_cs % 100:02d}\n".encode()
+
+
+def show_version(k: Kernel, pid: int | None = None) -> bytes:
+    return (
+        f"Linux version {k.version.release} (ksmfs) (ksmfs simulated kernel "
+        f"{k.version.name}) #1 SMP PREEMPT_DYNAMIC\n"
+    ).encode()
+
+
+# /proc/vmstat names in the live 6.18 order (up to the KSM counters and the swap ones).
+VMSTAT_NAMES = (
+    "nr_free_pages nr_free_pages_blocks nr_zone_inactive_anon nr_zone_active_anon "
+    "nr_zone_inactive_file nr_zone_active_file nr_zone_unevictable nr_zone_write_pending "
+    "nr_mlock nr_zspages nr_free_cma numa_hit numa_miss numa_foreign numa_interleave "
+    "numa_local numa_other nr_inactive_anon nr_active_anon nr_inactive_file nr_active_file "
+    "nr_unevictable nr_slab_reclaimable nr_slab_unreclaimable nr_isolated_anon "
+    "nr_isolated_file workingset_nodes workingset_refault_anon workingset_refault_file "
+    "workingset_activate_anon workingset_activate_file workingset_restore_anon "
+    "workingset_restore_file workingset_nodereclaim nr_anon_pages nr_mapped nr_file_pages "
+    "nr_dirty nr_writeback nr_shmem nr_shmem_hugepages nr_shmem_pmdmapped nr_file_hugepages "
+    "nr_file_pmdmapped nr_anon_transparent_hugepages nr_vmscan_write nr_vmscan_immediate_reclaim "
+    "nr_dirtied nr_written nr_throttled_written nr_kernel_misc_reclaimable "
+    "nr_foll_pin_acquired nr_foll_pin_released nr_kernel_stack nr_page_table_pages "
+    "nr_sec_page_table_pages nr_swapcached pgpromote_success pgpromote_candidate "
+    "nr_hugetlb nr_dirty_threshold nr_dirty_background_threshold "
+    "pgpgin pgpgout pswpin pswpout pgalloc_dma pgalloc_dma32 pgalloc_normal pgalloc_movable "
+    "pgfree pgactivate pgdeactivate pglazyfree pgfault pgmajfault pglazyfreed pgrefill "
+    "pgreuse pgsteal_kswapd pgsteal_direct pgscan_kswapd pgscan_direct pgscan_direct_throttle "
+    "pgscan_anon pgscan_file pgsteal_anon pgsteal_file pginodesteal slabs_scanned "
+    "kswapd_inodesteal kswapd_low_wmark_hit_quickly kswapd_high_wmark_hit_quickly "
+    "pageoutrun pgrotated drop_pagecache drop_slab oom_kill "
+    "thp_fault_alloc thp_fault_fallback thp_split_page thp_zero_page_alloc "
+    "swap_ra swap_ra_hit ksm_swpin_copy cow_ksm zswpin zswpout"
+).split()
+
+
+def show_vmstat(k: Kernel, pid: int | None = None) -> bytes:
+    m = k.mem_stats()
+    values = dict.fromkeys(VMSTAT_NAMES, 0)
+    anon, file, shmem = m["anon_pages"], m.get("file_pages", 0), m.get("shmem", 0)
+    values.update(
+        nr_free_pages=m["mem_free"],
+        nr_zone_active_anon=anon,
+        nr_active_anon=anon,
+        nr_zone_active_file=file,
+        nr_active_file=file,
+        nr_anon_pages=anon,
+        nr_mapped=file + shmem,
+        nr_file_pages=file + shmem,
+        nr_shmem=shmem,
+    )
+    values.update(k.vmstat())  # ksm_swpin_copy, cow_ksm (+ whatever else the kernel counts)
+    return "".join(f"{name} {int(v)}\n" for name, v in values.items()).encode()
 
 
 def global_specs(version) -> list[FileSpec]:
-    return []
+    return [
+        FileSpec("meminfo", 0o444, PROC_SIZE, show_meminfo, None),
+        FileSpec("stat", 0o444, PROC_SIZE, show_stat, None),
+        FileSpec("uptime", 0o444, PROC_SIZE, show_uptime, None),
+        FileSpec("version", 0o444, PROC_SIZE, show_version, None),
+        FileSpec("vmstat", 0o444, PROC_SIZE, show_vmstat, None),
+    ]
+
+
+# -- /proc/<pid>/* -------------------------------------------------------------------------
+STATE_NAMES = {
+    "R": "R (running)",
+    "S": "S (sleeping)",
+    "D": "D (disk sleep)",
+    "T": "T (stopped)",
+    "t": "t (tracing stop)",
+    "X": "X (dead)",
+    "Z": "Z (zombie)",
+    "P": "P (parked)",
+    "I": "I (idle)",
+}
+PF_KTHREAD = 0x00200000
+PF_RANDOMIZE = 0x00400000
+PF_NOFREEZE = 0x00008000
+PF_FORKNOEXEC = 0x00000040
+
+
+def _task(k: Kernel, pid: int):
+    task = k.tasks.get(pid)
+    if task is None:
+        # The task exited between lookup and read: like /proc, "No such process".
+        raise KsmError(errno.ESRCH, f"no such process {pid}")
+    return task
+
+
+def _mem(k: Kernel, pid: int) -> dict[str, int]:
+    return k.task_mem(pid)
+
+
+def _rss(mem: dict[str, int]) -> int:
+    return mem["rss_anon"] + mem["rss_file"] + mem["rss_shmem"]
+
+
+def _code_range(task) -> tuple[int, int]:
+    # mm->start_code/end_code: the first executable file mapping, if there is one.
+    for v in task.mm.vmas:
+        if int(v.flags) & _smaps.VM_EXEC and (v.name or "").startswith("/"):
+            return v.start, v.end
+    return 0, 0
+
+
+def _stack_start(task) -> int:
+    for v in task.mm.vmas:
+        if v.name == "[stack]":
+            return v.end - 4096
+    return 0
+
+
+def show_pid_stat(k: Kernel, pid: int | None) -> bytes:
+    """do_task_stat(): 52 space-separated fields; man proc_pid_stat numbers them."""
+    task = _task(k, pid)
+    mm = task.mm
+    state = task.state if task.state in STATE_NAMES else "S"
+    flags = PF_RANDOMIZE if mm is not None else (PF_KTHREAD | PF_NOFREEZE)
+    vsize = rss = 0
+    start_code = end_code = start_stack = 0
+    if mm is not None:
+        mem = _mem(k, pid)
+        vsize, rss = mem["total_vm"] * PAGE_SIZE, _rss(mem)
+        start_code, end_code = _code_range(task)
+        start_stack = _stack_start(task)
+    fields = [
+        pid,  # (1) pid
+        f"({task.comm})",  # (2) comm
+        state,  # (3) state
+        task.ppid,  # (4) ppid
+        pid,  # (5) pgrp
+        pid,  # (6) session
+        0,  # (7) tty_nr
+        -1,  # (8) tpgid
+        flags,  # (9) flags
+        0, 0, 0, 0,  # (10-13) minflt cminflt majflt cmajflt
+        0, 0, 0, 0,  # (14-17) utime stime cutime cstime
+        20, 0,  # (18-19) priority nice
+        1, 0,  # (20-21) num_threads itrealvalue
+        _ticks(task.start_time),  # (22) starttime, clock ticks since boot
+        vsize,  # (23) vsize, bytes
+        rss,  # (24) rss, pages
+        18446744073709551615,  # (25) rsslim (RLIM_INFINITY)
+        start_code, end_code, start_stack,  # (26-28)
+        0, 0,  # (29-30) kstkesp kstkeip
+        0, 0, 0, 0,  # (31-34) signal blocked sigignore sigcatch
+        0, 0, 0,  # (35-37) wchan nswap cnswap
+        17,  # (38) exit_signal SIGCHLD
+        0, 0, 0,  # (39-41) processor rt_priority policy
+        0, 0, 0,  # (42-44) delayacct_blkio_ticks guest_time cguest_time
+        0, 0, 0, 0, 0, 0, 0,  # (45-51) start_data .. env_end
+        0,  # (52) exit_code
+    ]  # fmt: skip
+    return (" ".join(str(f) for f in fields) + "\n").encode()
+
+
+def show_pid_statm(k: Kernel, pid: int | None) -> bytes:
+    """proc_pid_statm(): size resident shared text lib data dt, in pages."""
+    task = _task(k, pid)
+    if task.mm is None:
+        return b"0 0 0 0 0 0 0\n"
+    mem = _mem(k, pid)
+    shared = mem["rss_file"] + mem["rss_shmem"]
+    data = mem["data_vm"] + mem["stack_vm"]
+    return f"{mem['total_vm']} {_rss(mem)} {shared} 0 0 {data} 0\n".encode()
+
+
+def _pte_kb(task) -> int:
+    # mm_pgtables_bytes(): one 4 KiB PTE page per 2 MiB of address space touched.
+    pmds = set()
+    for v in task.mm.vmas:
+        pmds.update(range(v.start >> 21, ((v.end - 1) >> 21) + 1))
+    return 4 * len(pmds)
+
+
+def show_pid_status(k: Kernel, pid: int | None) -> bytes:
+    """proc_pid_status(): task_name, task_state, task_mem, threads, sig, cap, cpuset, ctxt."""
+    task = _task(k, pid)
+    uid, gid = int(task.uid), int(task.gid)
+    state = task.state if task.state in STATE_NAMES else "S"
+    kthread = task.mm is None and state != "Z"
+    lines = [
+        f"Name:\t{task.comm}",
+        "Umask:\t0022",
+        f"State:\t{STATE_NAMES[state]}",
+        f"Tgid:\t{pid}",
+        "Ngid:\t0",
+        f"Pid:\t{pid}",
+        f"PPid:\t{task.ppid}",
+        "TracerPid:\t0",
+        f"Uid:\t{uid}\t{uid}\t{uid}\t{uid}",
+        f"Gid:\t{gid}\t{gid}\t{gid}\t{gid}",
+        "FDSize:\t64",
+        "Groups:\t ",
+        f"NStgid:\t{pid}",
+        f"NSpid:\t{pid}",
+        f"NSpgid:\t{pid}",
+        f"NSsid:\t{pid}",
+        f"Kthread:\t{1 if kthread else 0}",
+    ]
+    if task.mm is not None:
+        mem = _mem(k, pid)
+        kb = PAGE_SIZE // 1024
+
+        def vm(label: str, pages: int) -> str:
+            return f"{label}\t{pages * kb:>8} kB"
+
+        rss = _rss(mem)
+        lines += [
+            vm("VmPeak:", max(mem["hiwater_vm"], mem["total_vm"])),
+            vm("VmSize:", mem["total_vm"]),
+            vm("VmLck:", mem["locked_vm"]),
+            vm("VmPin:", mem["pinned"]),
+            vm("VmHWM:", max(mem["hiwater_rss"], rss)),
+            vm("VmRSS:", rss),
+            vm("RssAnon:", mem["rss_anon"]),
+            vm("RssFile:", mem["rss_file"]),
+            vm("RssShmem:", mem["rss_shmem"]),
+            vm("VmData:", mem["data_vm"]),
+            vm("VmStk:", mem["stack_vm"]),
+            vm("VmExe:", 0),  # no start_code/end_code in the simulation: exec_vm is "lib"
+            vm("VmLib:", mem["exec_vm"]),
+            f"VmPTE:\t{_pte_kb(task):>8} kB",
+            vm("VmSwap:", mem["swap"]),
+            f"HugetlbPages:\t{0:>8} kB",
+            "CoreDumping:\t0",
+            "THP_enabled:\t1",
+            "untag_mask:\t0xffffffffffffffff",
+        ]
+    sig_ign = "ffffffffffffffff" if kthread else "0000000000000000"
+    cap = "000001ffffffffff" if uid == 0 else "0000000000000000"
+    lines += [
+        "Threads:\t1",
+        "SigQ:\t0/96364",
+        "SigPnd:\t0000000000000000",
+        "ShdPnd:\t0000000000000000",
+        "SigBlk:\t0000000000000000",
+        f"SigIgn:\t{sig_ign}",
+        "SigCgt:\t0000000000000000",
+        "CapInh:\t0000000000000000",
+        f"CapPrm:\t{cap}",
+        f"CapEff:\t{cap}",
+        "CapBnd:\t000001ffffffffff",
+        "CapAmb:\t0000000000000000",
+        "NoNewPrivs:\t0",
+        "Seccomp:\t0",
+        "Seccomp_filters:\t0",
+        "Speculation_Store_Bypass:\tvulnerable",
+        "SpeculationIndirectBranch:\talways enabled",
+        "Cpus_allowed:\t3",
+        "Cpus_allowed_list:\t0-1",
+        "Mems_allowed:\t" + ",".join(["00000000"] * 31 + ["00000001"]),
+        "Mems_allowed_list:\t0",
+        "voluntary_ctxt_switches:\t0",
+        "nonvoluntary_ctxt_switches:\t0",
+    ]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def show_pid_cmdline(k: Kernel, pid: int | None) -> bytes:
+    """get_mm_cmdline(): the argv strings, each ending in NUL; empty without an mm."""
+    task = _task(k, pid)
+    if task.mm is None or not task.cmdline:
+        return b""
+    return b"".join(arg.encode() + b"\0" for arg in task.cmdline)
+
+
+def show_pid_comm(k: Kernel, pid: int | None) -> bytes:
+    return f"{_task(k, pid).comm}\n".encode()
+
+
+def store_pid_comm(k: Kernel, pid: int | None, data: bytes) -> int:
+    # comm_write(): only a thread of the same group may rename it; any other writer
+    # (and a FUSE client is always another process) gets EINVAL.
+    _task(k, pid)
+    if not data:
+        return 0
+    raise KsmError(errno.EINVAL, f"comm of pid {pid}: only the task itself can rename it")
+
+
+def show_pid_maps(k: Kernel, pid: int | None) -> bytes:
+    _task(k, pid)
+    return _smaps.render_maps(k, pid)
+
+
+def show_pid_smaps(k: Kernel, pid: int | None) -> bytes:
+    _task(k, pid)
+    return _smaps.render_smaps(k, pid)
+
+
+def show_pid_smaps_rollup(k: Kernel, pid: int | None) -> bytes:
+    task = _task(k, pid)
+    if task.mm is None:
+        # proc_maps_open/smaps_rollup_open: no mm -> ESRCH [LIVE: cat /proc/2/smaps_rollup]
+        raise KsmError(errno.ESRCH, f"pid {pid} has no mm")
+    return _smaps.render_smaps_rollup(k, pid)
+
+
+def show_pid_ksm_merging_pages(k: Kernel, pid: int | None) -> bytes:
+    """proc_pid_ksm_merging_pages(): "%lu\\n", empty when there is no mm."""
+    task = _task(k, pid)
+    if task.mm is None:
+        return b""
+    return b"%d\n" % int(task.mm.ksm_merging_pages)
+
+
+def _yes_no(value) -> str:
+    if isinstance(value, str):
+        return value
+    return "yes" if value else "no"
+
+
+def show_pid_ksm_stat(k: Kernel, pid: int | None) -> bytes:
+    """proc_pid_ksm_stat(): the version's lines; the last two use "name: yes/no"."""
+    _task(k, pid)
+    stat = k.ksm_stat(pid)
+    if stat is None:
+        return b""
+    out = []
+    for name in k.version.ksm_stat_lines:
+        value = stat[name]
+        if name in ("ksm_merge_any", "ksm_mergeable"):
+            out.append(f"{name}: {_yes_no(value)}\n")
+        else:
+            out.append(f"{name} {int(value)}\n")
+    return "".join(out).encode()
 
 
 def pid_specs(version) -> list[FileSpec]:
-    return []
+    """/proc/<pid>/ rows, in tgid_base_stuff order; every one owned by the task."""
+
+    def row(name: str, mode: int, show, store=None) -> FileSpec:
+        return FileSpec(name, mode, PROC_SIZE, show, store, owner="task")
+
+    rows = [
+        row("status", 0o444, show_pid_status),
+        row("comm", 0o644, show_pid_comm, store_pid_comm),
+        row("cmdline", 0o444, show_pid_cmdline),
+        row("stat", 0o444, show_pid_stat),
+        row("statm", 0o444, show_pid_statm),
+        row("maps", 0o444, show_pid_maps),
+        row("smaps", 0o444, show_pid_smaps),
+        row("smaps_rollup", 0o444, show_pid_smaps_rollup),
+    ]
+    if version.has_ksm_merging_pages_file:
+        rows.append(row("ksm_merging_pages", 0o400, show_pid_ksm_merging_pages))
+    if version.ksm_stat_lines:
+        rows.append(row("ksm_stat", 0o400, show_pid_ksm_stat))
+    return rows
