@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Set up a fresh machine (Debian packages, .venv, ksmfs) and mount a simulated kernel at
+# /tmp/ksmfs-demo (or $KSMFS_DEMO_MOUNTPOINT). Idempotent: an existing demo mount is kept.
+# Arguments go to `ksmfs mount`:
+#   scripts/setup-demo.sh
+#   scripts/setup-demo.sh --kernel 6.1 --speed 5
+# KSMFS_SETUP_ONLY=1 stops after the setup.
+set -euo pipefail
+# shellcheck source=scripts/_setup.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
+
+ksmfs_setup
+
+if [ "${KSMFS_SETUP_ONLY:-0}" = 1 ]; then
+    exit 0
+fi
+
+MNT=${KSMFS_DEMO_MOUNTPOINT:-/tmp/ksmfs-demo}
+KSMFS="$KSMFS_VENV/bin/ksmfs"
+KSM="$MNT/sys/kernel/mm/ksm"
+mkdir -p "$MNT" 2>/dev/null || true   # fails harmlessly on a stale mount (ENOTCONN)
+
+if [ -r "$KSM/pages_sharing" ] && grep -qs " $MNT fuse" /proc/self/mounts; then
+    ksmfs_log "$MNT is already mounted; keeping it (unmount: $KSMFS umount $MNT)"
+else
+    # `ksmfs mount` clears a stale mount itself and returns once the file system is up.
+    "$KSMFS" mount "$MNT" "$@"
+fi
+
+cat <<TRY
+
+ksmfs is mounted at $MNT: a simulated Linux kernel with ksmd running. Try:
+
+  cat $KSM/pages_shared $KSM/pages_sharing $KSM/full_scans
+  grep . $KSM/*                         # every KSM file with its value
+  grep . $MNT/proc/*/ksm_stat           # per-process KSM state
+  echo 2 > $KSM/run                     # unmerge everything (0 stops, 1 restarts)
+  cat $MNT/ksmfs/README                 # control files: spawn processes, write pages
+  $KSMFS top $MNT                       # live view (q quits)
+  $KSMFS scenarios                      # built-in workloads: $KSMFS run NAME
+
+Unmount when done:  $KSMFS umount $MNT
+TRY
