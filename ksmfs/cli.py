@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mounted and keeps serving it in the background until `ksmfs umount`.",
         _examples(
             "ksmfs mount /tmp/ksm",
-            "ksmfs mount /tmp/ksm --scenario vm-guests --kernel 6.1",
+            "ksmfs mount /tmp/ksm --scenario kvm-guests --kernel 6.1",
             "ksmfs mount /tmp/ksm --scenario ./my.toml --speed 10   # ksmd 10x faster",
             "ksmfs mount /ksm --foreground --allow-other            # e.g. in a container",
             "echo 1 > /tmp/ksm/sys/kernel/mm/ksm/run",
@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend sim drives the simulated kernel; --backend real drives this machine's\n"
         "KSM (root; it changes /sys/kernel/mm/ksm and restores it afterwards).",
         _examples(
-            "ksmfs run vm-guests",
+            "ksmfs run kvm-guests",
             "ksmfs run ./my.toml --json out.jsonl --plot out.png",
             "sudo ksmfs run ./my.toml --backend real --json real.jsonl",
         ),
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Run SCENARIO on the simulated kernel and on this machine's real KSM, and print,\n"
         "per full scan, every snapshot field that differs. Exits 0 when none does.",
         _examples(
-            "sudo ksmfs diff vm-guests",
+            "sudo ksmfs diff kvm-guests",
             "sudo ksmfs diff ./my.toml --plot diff.png   # solid = sim, dashed = real",
         ),
         Target("ksmfs.scenario.cli", "cmd_diff"),
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "JSONL file written by `ksmfs run --json`. Needs the plot extra:\n"
         "pip install 'ksmfs[plot]'.",
         _examples(
-            "ksmfs run vm-guests --json out.jsonl",
+            "ksmfs run kvm-guests --json out.jsonl",
             "ksmfs plot out.jsonl -o out.png",
             "ksmfs plot out.jsonl -o out.png --title 'two VMs, 6.18'",
         ),

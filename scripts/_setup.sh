@@ -88,7 +88,10 @@ ksmfs_pip_install() {
     fi
     ksmfs_log "pip install -e '.[plot,test]' (pyfuse3 is built from source: about a minute)"
     rm -f "$stamp"
+    # The grep drops only pip's warnings about local index folders that some machines'
+    # pip.conf names but do not have; everything else pip says still shows.
     "$KSMFS_VENV/bin/python" -m pip install -q -e "$KSMFS_REPO[plot,test]" \
+        2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2) \
         || ksmfs_die "pip install failed (see the messages above)"
     printf '%s\n' "$want" >"$stamp"
 }
