@@ -17,6 +17,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -231,7 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _missing_module_message(command: str, target: Target, e: ModuleNotFoundError) -> str:
+def _missing_module_message(command: str, target: Target, e: ImportError) -> str:
+    if not isinstance(e, ModuleNotFoundError):
+        # `from ksmfs.kernel import Kernel` while that part of ksmfs is not there (yet).
+        detail = " ".join(str(e).split())
+        return f"ksmfs {command}: not available in this build ({detail})"
     missing = e.name or str(e)
     if missing == "ksmfs" or missing.startswith("ksmfs."):
         # One of our own modules: another part of ksmfs that this build does not have yet.
@@ -244,7 +249,7 @@ def _resolve(command: str, target: Target) -> Callable[[argparse.Namespace], int
     """Import the implementing function, or return the one-line reason it is unavailable."""
     try:
         module = importlib.import_module(target.module)
-    except ModuleNotFoundError as e:
+    except ImportError as e:
         return _missing_module_message(command, target, e)
     func = getattr(module, target.function, None)
     if func is None:
@@ -278,8 +283,10 @@ def run_command(args: argparse.Namespace) -> int:
             print(func, file=sys.stderr)
             return EXIT_USAGE
         rc = func(args)
-    except ModuleNotFoundError as e:
+    except ImportError as e:
         # A dependency imported lazily inside the command (matplotlib, pyfuse3 ...).
+        if getattr(args, "debug", False):
+            traceback.print_exc()
         print(_missing_module_message(args.command, args.target, e), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -176,6 +176,9 @@ def fake_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
             def cmd_needs_dependency(args):
                 import ksmfs_no_such_dependency_xyz
+
+            def cmd_needs_name(args):
+                from ksmfs import NoSuchName
             """
         )
     )
@@ -237,6 +240,15 @@ def test_dependency_missing_inside_command_is_one_line(
     assert run_command(_ns(fake_commands, "cmd_needs_dependency")) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "ksmfs_no_such_dependency_xyz" in err
+
+
+def test_import_error_inside_command_is_one_line(
+    fake_commands: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`from ksmfs.x import Name` failing inside a command is one line too, exit 2."""
+    assert run_command(_ns(fake_commands, "cmd_needs_name")) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NoSuchName" in err and "Traceback" not in err
 
 
 def test_scenarios_does_not_import_pyfuse3() -> None:
