@@ -1,0 +1,999 @@
+"""ksmd: Kernel Samepage Merging as mm/ksm.c does it, over numpy page arrays.
+
+The scan walks the mm_slot list, each mm's VMAs in address order and each VMA's present
+anonymous pages, exactly like ``scan_get_next_rmap_item``; ``cmp_and_merge_page`` then
+applies the checksum rule, the zero-page path, the stable tree (with max_page_sharing
+chains and dups) and the unstable tree. Counters change where the kernel changes them.
+
+Speed: a batch is classified with vector operations. Pages whose outcome needs no tree
+(already-attached KSM pages, changed checksums, zero-page merges, and contents that no
+other frame can hold) are handled in bulk; only pages whose content may match another
+page go through the per-page path, in visit order, which is where ordering matters.
+The trees are dicts keyed by content token (one per NUMA node when merge_across_nodes=0):
+an rbtree ordered by memcmp finds the same matches; what it does differently (pruning
+stale nodes that merely lie on a search path) changes no end-of-pass counter in the
+workloads we compare, and is noted in docs/NOTES.md.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import KsmError
+from .mm import (
+    FRAME_ANON,
+    FRAME_FILE,
+    FRAME_SHMEM,
+    MM,
+    PAGE_SIZE,
+    PTE_KSM_ZERO,
+    GrowArray,
+    PhysMem,
+    Segment,
+    UNIQUE_BIT,
+)
+from .trace import TraceBuffer
+
+# rmap_item flag bits kept in PhysMem.iflags (the kernel keeps them in rmap_item->address)
+HAS_ITEM = 0x1
+STABLE = 0x2  # STABLE_FLAG
+UNSTABLE = 0x4  # UNSTABLE_FLAG
+SEQ_ODD = 0x8  # low bit of ksm_scan.seqnr when the item entered the unstable tree
+
+KSM_RUN_STOP = 0
+KSM_RUN_MERGE = 1
+KSM_RUN_UNMERGE = 2
+
+RMAP_ITEM_SIZE = 64  # sizeof(struct ksm_rmap_item) on 64-bit
+KSMD_PID = 47  # what the live machine's ksmd had; only shown in trace lines
+KSMD_NS_PER_PAGE = 450  # simulated CPU cost of one page: ~2.2 M pages/s, the live ksmd rate
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+# (u32) xxhash64 of a 4096-byte zero page, seed 0 (spec §3.5): zero_checksum.
+ZERO_CHECKSUM = 0x32D8BBDB
+
+
+def calc_checksum(tokens: np.ndarray) -> np.ndarray:
+    """calc_checksum(): a 32-bit hash of the content. Never 0 for a non-zero page, so a
+    fresh item (oldchecksum 0) always waits one visit, as a real xxhash practically does."""
+    x = tokens.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x ^= x >> np.uint64(30)
+        x *= _M1
+        x ^= x >> np.uint64(27)
+        x *= _M2
+        x ^= x >> np.uint64(31)
+    c = (x & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    c[c == 0] = 1
+    c[c == ZERO_CHECKSUM] = ZERO_CHECKSUM + 1
+    c[tokens == 0] = ZERO_CHECKSUM
+    return c
+
+
+def skip_age(age: np.ndarray) -> np.ndarray:
+    """skip_age(): how many visits to skip after a processed visit at this age."""
+    return np.where(age <= 3, 1, np.where(age <= 5, 2, np.where(age <= 8, 4, 8))).astype(np.uint8)
+
+
+@dataclass
+class Chain:
+    """A stable_node chain: one content that needs several KSM pages (max_page_sharing)."""
+
+    token: int
+    nid: int
+    dups: list[int] = field(default_factory=list)  # hlist order, head first
+    prune_time_ns: int = 0
+
+
+@dataclass
+class AdvisorCtx:
+    start_scan_ns: int = 0
+    scan_time: int = 0
+    change: int = 0
+    cpu_time: int = 0
+
+
+class Ksm:
+    """The KSM state of one simulated kernel: sysfs knobs, counters, mm list, trees."""
+
+    def __init__(
+        self,
+        mem: PhysMem,
+        trace: TraceBuffer,
+        clock_ns: Callable[[], int],
+        advance_ns: Callable[[int], None],
+        mm_by_gpid: Callable[[np.ndarray], np.ndarray],
+        mms: dict[int, MM],
+        profile: object,
+    ) -> None:
+        self.mem = mem
+        self.trace = trace
+        self._clock_ns = clock_ns
+        self._advance_ns = advance_ns
+        self._mm_by_gpid = mm_by_gpid
+        self._mms = mms
+        self.profile = profile
+        # knobs (defaults of a freshly booted 6.18, spec §1.4)
+        self.run = KSM_RUN_STOP
+        self.pages_to_scan = 100
+        self.sleep_millisecs = 20
+        self.merge_across_nodes = 1
+        self.use_zero_pages = 0
+        self.max_page_sharing = 256
+        self.stable_node_chains_prune_millisecs = 2000
+        self.smart_scan = 1 if getattr(profile, "has_smart_scan", True) else 0
+        self.advisor_mode = "none"
+        self.advisor_max_cpu = 70
+        self.advisor_min_pages_to_scan = 500
+        self.advisor_max_pages_to_scan = 30000
+        self.advisor_target_scan_time = 200
+        # counters
+        self.pages_scanned = 0
+        self.pages_shared = 0
+        self.pages_sharing = 0
+        self.pages_unshared = 0
+        self.pages_skipped = 0
+        self.ksm_zero_pages = 0
+        self.stable_node_chains = 0
+        self.stable_node_dups = 0
+        self.ksm_rmap_items = 0
+        self.seqnr = 0
+        self.cow_ksm = 0
+        self.ksm_swpin_copy = 0
+        # mm_slot list and the scan cursor (ksm_scan)
+        self.mm_list: list[MM] = []
+        self.cursor = -1  # index in mm_list; -1 is ksm_mm_head
+        self.scan_addr = 0
+        self.scan_seen_mergeable = False
+        # stable nodes (struct ksm_stable_node), struct of arrays
+        self.node_token = GrowArray(np.uint64)
+        self.node_kfn = GrowArray(np.int32, -1)  # -1: the KSM page is gone (stale)
+        self.node_len = GrowArray(np.int32)  # rmap_hlist_len
+        self.node_chain = GrowArray(np.int32, -1)  # chain id of a dup
+        self.node_alive = GrowArray(np.bool_)
+        self.node_nid = GrowArray(np.uint8)
+        self._free_nodes: list[int] = []
+        self.chains: dict[int, Chain] = {}
+        self._next_chain = 0
+        # trees: token -> node id (>= 0) or chain (-(cid + 1)); unstable: token -> gpid
+        self.stable_tree: list[dict[int, int]] = [{}]
+        self.unstable_tree: list[dict[int, int]] = [{}]
+        self.demoted_unique: set[int] = set()
+        self._pending_dead: list[int] = []
+        self.advisor = AdvisorCtx()
+        self.ksmd_cpu_ns = 0
+        self.wakeups = 0  # bumped whenever ksmd would be woken (run=1, sleep change, enter)
+
+    # ------------------------------------------------------------------ derived counters
+    @property
+    def full_scans(self) -> int:
+        return self.seqnr
+
+    @property
+    def pages_volatile(self) -> int:
+        v = self.ksm_rmap_items - self.pages_shared - self.pages_sharing - self.pages_unshared
+        return max(v, 0)
+
+    @property
+    def general_profit(self) -> int:
+        zero = self.ksm_zero_pages if getattr(self.profile, "profit_counts_zero_pages", True) else 0
+        return (self.pages_sharing + zero) * PAGE_SIZE - self.ksm_rmap_items * RMAP_ITEM_SIZE
+
+    def stats(self) -> dict[str, int]:
+        """Every numeric file of /sys/kernel/mm/ksm, by name."""
+        return {
+            "run": self.run,
+            "pages_to_scan": self.pages_to_scan,
+            "sleep_millisecs": self.sleep_millisecs,
+            "pages_scanned": self.pages_scanned,
+            "pages_shared": self.pages_shared,
+            "pages_sharing": self.pages_sharing,
+            "pages_unshared": self.pages_unshared,
+            "pages_volatile": self.pages_volatile,
+            "pages_skipped": self.pages_skipped,
+            "ksm_zero_pages": self.ksm_zero_pages,
+            "full_scans": self.full_scans,
+            "merge_across_nodes": self.merge_across_nodes,
+            "max_page_sharing": self.max_page_sharing,
+            "stable_node_chains": self.stable_node_chains,
+            "stable_node_dups": self.stable_node_dups,
+            "stable_node_chains_prune_millisecs": self.stable_node_chains_prune_millisecs,
+            "use_zero_pages": self.use_zero_pages,
+            "general_profit": self.general_profit,
+            "smart_scan": self.smart_scan,
+            "advisor_max_cpu": self.advisor_max_cpu,
+            "advisor_min_pages_to_scan": self.advisor_min_pages_to_scan,
+            "advisor_max_pages_to_scan": self.advisor_max_pages_to_scan,
+            "advisor_target_scan_time": self.advisor_target_scan_time,
+        }
+
+    def mm_list_empty(self) -> bool:
+        return not self.mm_list
+
+    def would_scan(self) -> bool:
+        """ksmd_should_run(): (run & MERGE) and the mm list is not empty."""
+        return bool(self.run & KSM_RUN_MERGE) and bool(self.mm_list)
+
+    # ------------------------------------------------------------------ tracing helpers
+    def _emit(self, event: str, pid: int = KSMD_PID, comm: str = "ksmd", **fields: object) -> None:
+        if self.trace.want(event):
+            self.trace.emit(self._clock_ns(), pid, comm, event, **fields)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ mm list
+    def ksm_enter(self, mm: MM, pid: int, comm: str) -> None:
+        """__ksm_enter(): register an mm just behind the scan cursor (or at the tail while
+        run=2, or between passes), set MMF_VM_MERGEABLE, wake ksmd if it is the first."""
+        if mm.registered:
+            return
+        needs_wakeup = not self.mm_list
+        if self.run & KSM_RUN_UNMERGE or self.cursor < 0:
+            self.mm_list.append(mm)
+        else:
+            self.mm_list.insert(self.cursor, mm)
+            self.cursor += 1
+        mm.registered = True
+        if needs_wakeup:
+            self.wakeups += 1
+        self._emit("ksm_enter", pid=pid, comm=comm, mm=mm.id)
+
+    def ksm_exit(self, mm: MM, pid: int, comm: str) -> None:
+        """__ksm_exit(): free the slot now if it holds no rmap_items, otherwise move it just
+        after the cursor so that ksmd frees its items next (spec §8.10)."""
+        if mm.registered and (self.cursor < 0 or self.mm_list[self.cursor] is not mm):
+            i = self.mm_list.index(mm)
+            if not mm.ksm_rmap_items:
+                del self.mm_list[i]
+                if i < self.cursor:
+                    self.cursor -= 1
+                mm.registered = False
+                mm.merge_any = False
+            else:
+                del self.mm_list[i]
+                if i < self.cursor:
+                    self.cursor -= 1
+                self.mm_list.insert(self.cursor + 1 if self.cursor >= 0 else 0, mm)
+        self._emit("ksm_exit", pid=pid, comm=comm, mm=mm.id)
+
+    # ------------------------------------------------------------------ ksmd
+    def ksm_do_scan(self, scan_npages: int) -> int:
+        """ksm_do_scan(): one batch of up to ``scan_npages`` pages; a batch always stops at
+        the end of a full scan. Returns the number of pages handled."""
+        done = 0
+        if scan_npages <= 0 or not self.mm_list:
+            return 0
+        while done < scan_npages:
+            got, pass_ended = self._scan_get_next(scan_npages - done)
+            done += got
+            if pass_ended:
+                break
+        self._reap_dead_nodes()
+        self.pages_scanned += done
+        cost = done * KSMD_NS_PER_PAGE
+        self.ksmd_cpu_ns += cost
+        self._advance_ns(cost)
+        return done
+
+    def _scan_get_next(self, budget: int) -> tuple[int, bool]:
+        """Advance the scan by up to ``budget`` processed pages inside one mm; returns how
+        many were processed and whether the pass ended (or nothing is registered)."""
+        if self.cursor < 0:
+            if not self.mm_list:
+                return 0, True
+            self._advisor_start_scan()
+            self._emit("ksm_start_scan", seq=self.seqnr, rmap_entries=self.ksm_rmap_items)
+            for t in self.unstable_tree:
+                t.clear()
+            self.cursor = 0
+            self.scan_addr = 0
+            self.scan_seen_mergeable = False
+        mm = self.mm_list[self.cursor]
+        processed = 0
+        for seg in mm.segments():
+            if seg.end <= self.scan_addr:
+                continue
+            off = max(0, (self.scan_addr - seg.start) // PAGE_SIZE)
+            vma = seg.vma
+            if vma is not None and vma.mergeable and not mm.exiting:
+                self.scan_seen_mergeable = True
+                n, new_off = self._scan_vma(mm, seg, off, budget - processed)
+                processed += n
+                if new_off < seg.npages:
+                    self.scan_addr = seg.start + new_off * PAGE_SIZE
+                    return processed, False
+            else:
+                self._free_items_range(seg.base + off, seg.base + seg.npages)
+            self.scan_addr = seg.end
+            if processed >= budget:
+                # the kernel would find the next page first; stopping here is equivalent
+                # because the next batch resumes at this address
+                return processed, False
+        # the mm is done: remove_trailing_rmap_items() happened as we swept its segments
+        mm.dead = [s for s in mm.dead if self._segment_has_items(s)]
+        if mm.exiting or not self.scan_seen_mergeable:
+            # no VM_MERGEABLE vma: drop the slot (MMF_VM_MERGEABLE cleared; 6.18 keeps
+            # MMF_VM_MERGE_ANY so ksm_vma_flags() can register the mm again)
+            del self.mm_list[self.cursor]
+            mm.registered = False
+            if mm.exiting or not getattr(self.profile, "keeps_merge_any_on_drop", True):
+                mm.merge_any = False
+        else:
+            self.cursor += 1
+        self.scan_addr = 0
+        self.scan_seen_mergeable = False
+        if self.cursor >= len(self.mm_list):
+            self.cursor = -1
+            self._advisor_stop_scan()
+            self._emit("ksm_stop_scan", seq=self.seqnr, rmap_entries=self.ksm_rmap_items)
+            self.seqnr += 1
+            return processed, True
+        return processed, False
+
+    def _segment_has_items(self, seg: Segment) -> bool:
+        f = self.mem.iflags.a[seg.base : seg.base + seg.npages]
+        return bool(np.any(f & HAS_ITEM))
+
+    def _scan_vma(self, mm: MM, seg: Segment, off: int, budget: int) -> tuple[int, int]:
+        """Visit present anon pages of one mergeable VMA from page ``off``: returns (pages
+        processed, page index to resume at)."""
+        mem = self.mem
+        npages = seg.npages
+        processed = 0
+        while off < npages and processed < budget:
+            want = budget - processed
+            end = min(npages, off + max(2 * want, 256))
+            g0 = seg.base + off
+            g1 = seg.base + end
+            pte = mem.pte.a[g0:g1]
+            present = pte >= 0
+            frames_all = np.where(present, pte, 0)
+            kinds = mem.fnode.a[frames_all]
+            # follow_page(): only normal anonymous pages (KSM pages are anon)
+            visit = present & (kinds != FRAME_FILE) & (kinds != FRAME_SHMEM)
+            idx = np.flatnonzero(visit)
+            g = g0 + idx
+            fl = mem.iflags.a[g]
+            is_ksm = kinds[idx] >= 0
+            if self.smart_scan:
+                age = mem.age.a[g]
+                has = (fl & HAS_ITEM) != 0
+                skip = has & ~is_ksm & (age >= 3) & (mem.skips.a[g] != 0)
+            else:
+                skip = np.zeros(idx.shape[0], dtype=bool)
+            proc = ~skip
+            cum = np.cumsum(proc)
+            if cum.shape[0] and cum[-1] >= want:
+                k = int(np.searchsorted(cum, want))
+                stop = int(idx[k]) + 1
+                idx, g, fl, is_ksm, skip, proc = (
+                    idx[: k + 1], g[: k + 1], fl[: k + 1], is_ksm[: k + 1], skip[: k + 1],
+                    proc[: k + 1],
+                )
+            else:
+                stop = end - off
+            # get_next_rmap_item(): items of addresses we passed without a page are freed
+            swept = np.zeros(stop, dtype=bool)
+            swept[idx[idx < stop]] = True
+            gone = g0 + np.flatnonzero(~swept & ((mem.iflags.a[g0 : g0 + stop] & HAS_ITEM) != 0))
+            if gone.shape[0]:
+                self._free_items(gone)
+            # allocate rmap_items for first-seen pages (age 0, oldchecksum 0)
+            new = g[(fl & HAS_ITEM) == 0]
+            if new.shape[0]:
+                mem.iflags.a[new] = HAS_ITEM
+                mem.age.a[new] = 0
+                mem.skips.a[new] = 0
+                mem.oldchecksum.a[new] = 0
+                mem.inode.a[new] = -1
+                self.ksm_rmap_items += new.shape[0]
+                mm.ksm_rmap_items += new.shape[0]
+            if self.smart_scan:
+                # should_skip_rmap_item(): age counts visits of non-KSM pages, saturating
+                gk = g[~is_ksm]
+                a = mem.age.a[gk]
+                mem.age.a[gk] = np.minimum(a.astype(np.int32) + 1, 255).astype(np.uint8)
+                s = mem.skips.a[gk]
+                sk = skip[~is_ksm]
+                reset = (a >= 3) & (s == 0)
+                s = np.where(reset, skip_age(a), s)
+                s = np.where(sk, s - 1, s).astype(np.uint8)
+                mem.skips.a[gk] = s
+                skipped = g[skip]
+                if skipped.shape[0]:
+                    self.pages_skipped += skipped.shape[0]
+                    self._remove_from_tree(skipped)
+            self._cmp_and_merge_pages(g[proc])
+            processed += int(np.count_nonzero(proc))
+            off += stop
+        return processed, off
+
+    # ------------------------------------------------------------------ cmp_and_merge_page
+    def _cmp_and_merge_pages(self, g: np.ndarray) -> None:
+        """cmp_and_merge_page() for a run of visited pages (visit order)."""
+        if not g.shape[0]:
+            return
+        mem = self.mem
+        f = mem.pte.a[g]
+        kind = mem.fnode.a[f]
+        ksm = kind >= 0
+        fl = mem.iflags.a[g]
+        attached = ksm & ((fl & STABLE) != 0) & (mem.inode.a[g] == kind)
+        forked = ksm & ~attached  # a KSM page this item is not attached to (fork)
+        plain = ~ksm
+        tok = mem.ftoken.a[f]
+        chk = calc_checksum(tok[plain])
+        gp = g[plain]
+        stable_cand = chk == mem.oldchecksum.a[gp]
+        # classify before touching any tree: which contents could meet another page?
+        cand_tok = tok[plain][stable_cand]
+        fp = f[plain][stable_cand]
+        unique = ((cand_tok & UNIQUE_BIT) != 0) & (mem.fmap.a[fp] == 1)
+        if self.demoted_unique:
+            unique &= ~np.isin(cand_tok, np.fromiter(self.demoted_unique, np.uint64))
+        zero = (cand_tok == 0) & bool(self.use_zero_pages)
+        slow_c = ~unique & ~zero
+        slow_tokens = set(cand_tok[slow_c].tolist()) | set(tok[forked].tolist())
+        # items still attached to a node whose content is in play must be removed in order
+        in_order = np.zeros(g.shape[0], dtype=bool)
+        in_order[forked] = True
+        pos_plain = np.flatnonzero(plain)
+        pos_c = pos_plain[stable_cand]
+        in_order[pos_c[slow_c]] = True
+        if slow_tokens:
+            st_plain = (fl[plain] & STABLE) != 0
+            if st_plain.any():
+                nodes = mem.inode.a[gp[st_plain]]
+                ntok = self.node_token.a[nodes]
+                hit = np.fromiter((int(t) in slow_tokens for t in ntok.tolist()), bool, nodes.shape[0])
+                in_order[pos_plain[st_plain][hit]] = True
+        # bulk: remove from trees, checksum rule, zero pages, never-matching contents
+        bulk = plain & ~in_order
+        gb = g[bulk]
+        self._remove_from_tree(gb)
+        chk_b = calc_checksum(tok[bulk])
+        changed = chk_b != mem.oldchecksum.a[gb]
+        mem.oldchecksum.a[gb[changed]] = chk_b[changed]
+        keep = ~changed
+        gbk = gb[keep]
+        tbk = tok[bulk][keep]
+        if gbk.shape[0]:
+            z = (tbk == 0) & bool(self.use_zero_pages)
+            if z.any():
+                self._merge_with_zero_page(gbk[z])
+            rest = gbk[~z]
+            if rest.shape[0]:
+                # unstable_tree_search_insert() that cannot find a match: insert
+                self._insert_unstable_bulk(rest)
+        # in order: everything whose outcome depends on other pages of the same content
+        for i in np.flatnonzero(in_order).tolist():
+            self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
+
+    def _insert_unstable_bulk(self, g: np.ndarray) -> None:
+        mem = self.mem
+        mem.iflags.a[g] = (mem.iflags.a[g] & ~np.uint8(UNSTABLE | SEQ_ODD | STABLE)) | (
+            UNSTABLE | (SEQ_ODD if self.seqnr & 1 else 0)
+        )
+        self.pages_unshared += g.shape[0]
+
+    def _cmp_and_merge_one(self, g: int, forked: bool) -> None:
+        mem = self.mem
+        f = int(mem.pte.a[g])
+        token = int(mem.ftoken.a[f])
+        nid = self._nid(f)
+        if forked:
+            node = int(mem.fnode.a[f])
+            bypass = not self._candidate(node)
+            # stable_tree_search() returns the forked KSM page itself
+            self._remove_one(g)
+            self._emit_merge_with_ksm(g, node, err=0)
+            self._stable_tree_append(g, node, bypass)
+            return
+        self._remove_one(g)
+        chk = int(calc_checksum(np.array([token], dtype=np.uint64))[0])
+        if int(mem.oldchecksum.a[g]) != chk:
+            mem.oldchecksum.a[g] = chk
+            return
+        if self.use_zero_pages and chk == ZERO_CHECKSUM and token == 0:
+            self._merge_with_zero_page(np.array([g], dtype=np.int64))
+            return
+        node = self._stable_tree_search(token, nid)
+        if node is not None:
+            kfn = int(self.node_kfn.a[node])
+            self._replace_page(g, kfn)
+            self._emit_merge_with_ksm(g, node, err=0)
+            self._stable_tree_append(g, node, False)
+            return
+        t = self._unstable_tree_search_insert(g, f, token, nid)
+        if t is None:
+            return
+        # try_to_merge_two_pages(): this page becomes the KSM page, the tree page joins it
+        self._emit("ksm_merge_with_ksm_page", ksm_page=None, pfn=f, rmap_item=g, mm=self._mmid(g), err=0)
+        self._remove_one(t)
+        self._replace_page(t, f)
+        self._emit("ksm_merge_with_ksm_page", ksm_page=f, pfn=f, rmap_item=t, mm=self._mmid(t), err=0)
+        node = self._stable_tree_insert(f, token, nid)
+        self._stable_tree_append(t, node, False)
+        self._stable_tree_append(g, node, False)
+
+    def _emit_merge_with_ksm(self, g: int, node: int, err: int) -> None:
+        if self.trace.want("ksm_merge_with_ksm_page"):
+            kfn = int(self.node_kfn.a[node])
+            self._emit("ksm_merge_with_ksm_page", ksm_page=kfn, pfn=kfn, rmap_item=g, mm=self._mmid(g), err=err)
+
+    def _mmid(self, g: int) -> int:
+        return int(self._mm_by_gpid(np.array([g]))[0])
+
+    def _nid(self, frame: int) -> int:
+        return 0 if self.merge_across_nodes else int(self.mem.fnid.a[frame])
+
+    def _replace_page(self, g: int, kfn: int) -> None:
+        """replace_page(): point the PTE at the KSM page, drop the old page."""
+        mem = self.mem
+        old = int(mem.pte.a[g])
+        mem.pte.a[g] = kfn
+        mem.fmap.a[kfn] += 1
+        self.put_frames(np.array([old], dtype=np.int32))
+
+    def _merge_with_zero_page(self, g: np.ndarray) -> None:
+        """try_to_merge_with_zero_page(): map the shared zero page, dirty-tagged as KSM's."""
+        mem = self.mem
+        old = mem.pte.a[g].copy()
+        mem.pte.a[g] = PTE_KSM_ZERO
+        self.put_frames(old)
+        self.ksm_zero_pages += g.shape[0]
+        mmids = self._mm_by_gpid(g)
+        for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
+            self._mms[int(mmid)].ksm_zero_pages += int(cnt)
+        if self.trace.want("ksm_merge_one_page"):
+            for gi, mi in zip(g.tolist(), mmids.tolist()):
+                self._emit("ksm_merge_one_page", pfn=0, rmap_item=gi, mm=mi, err=0)
+
+    # ------------------------------------------------------------------ frames
+    def put_frames(self, frames: np.ndarray) -> None:
+        """Drop one mapping of each frame; a frame with no mapping left is freed, and a
+        freed KSM page leaves its stable node stale (ksm_get_folio() will fail)."""
+        mem = self.mem
+        if not frames.shape[0]:
+            return
+        if frames.shape[0] == 1:
+            fr = int(frames[0])
+            mem.fmap.a[fr] -= 1
+            if mem.fmap.a[fr] > 0:
+                return
+            uniq = frames
+        else:
+            uniq, cnt = np.unique(frames, return_counts=True)
+            mem.fmap.a[uniq] -= cnt.astype(np.int32)
+            uniq = uniq[mem.fmap.a[uniq] <= 0]
+        if not uniq.shape[0]:
+            return
+        nodes = mem.fnode.a[uniq]
+        ks = nodes[nodes >= 0]
+        if ks.shape[0]:
+            self.node_kfn.a[ks] = -1
+        mem.free_frames(uniq.astype(np.int32))
+
+    # ------------------------------------------------------------------ rmap_item removal
+    def _remove_one(self, g: int) -> None:
+        self._remove_from_tree(np.array([g], dtype=np.int64))
+
+    def _remove_from_tree(self, g: np.ndarray) -> None:
+        """remove_rmap_item_from_tree() for many items: a stable item leaves its node
+        (sharing-- or shared-- for the last one), a stale node is removed whole, an
+        unstable item stops counting in pages_unshared."""
+        if not g.shape[0]:
+            return
+        mem = self.mem
+        fl = mem.iflags.a[g]
+        st = g[(fl & STABLE) != 0]
+        if st.shape[0]:
+            nodes = mem.inode.a[st]
+            alive = self.node_alive.a[nodes]
+            # items of a node removed earlier in this batch: their share of that removal
+            gone = st[~alive]
+            if gone.shape[0]:
+                self._dec_merging(gone)
+            st, nodes = st[alive], nodes[alive]
+            stale = self.node_kfn.a[nodes] < 0
+            if stale.any():
+                for n in np.unique(nodes[stale]).tolist():
+                    self._remove_node_from_stable_tree(n)
+                self._dec_merging(st[stale])
+                st, nodes = st[~stale], nodes[~stale]
+            if st.shape[0]:
+                uniq, cnt = np.unique(nodes, return_counts=True)
+                left = self.node_len.a[uniq] - cnt
+                self.node_len.a[uniq] = left
+                emptied = int(np.count_nonzero(left == 0))
+                self.pages_shared -= emptied
+                self.pages_sharing -= int(cnt.sum()) - emptied
+                self._dec_merging(st)
+            mem.inode.a[g[(fl & STABLE) != 0]] = -1
+        if np.any(fl & UNSTABLE):
+            self.pages_unshared -= int(np.count_nonzero(fl & UNSTABLE))
+        mem.iflags.a[g] = fl & ~np.uint8(STABLE | UNSTABLE | SEQ_ODD)
+
+    def _dec_merging(self, g: np.ndarray) -> None:
+        if not g.shape[0]:
+            return
+        mmids = self._mm_by_gpid(g)
+        for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
+            self._mms[int(mmid)].ksm_merging_pages -= int(cnt)
+
+    def _free_items_range(self, g0: int, g1: int) -> None:
+        if g1 <= g0:
+            return
+        fl = self.mem.iflags.a[g0:g1]
+        gi = g0 + np.flatnonzero(fl & HAS_ITEM)
+        if gi.shape[0]:
+            self._free_items(gi)
+
+    def _free_items(self, g: np.ndarray) -> None:
+        """Free rmap_items (get_next_rmap_item / remove_trailing_rmap_items)."""
+        self._remove_from_tree(g)
+        mem = self.mem
+        mem.iflags.a[g] = 0
+        mem.age.a[g] = 0
+        mem.skips.a[g] = 0
+        mem.oldchecksum.a[g] = 0
+        self.ksm_rmap_items -= g.shape[0]
+        mmids = self._mm_by_gpid(g)
+        for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
+            self._mms[int(mmid)].ksm_rmap_items -= int(cnt)
+
+    def _reap_dead_nodes(self) -> None:
+        """Finish remove_node_from_stable_tree() for nodes removed in this batch: their
+        remaining items lose the STABLE flag and their mm's ksm_merging_pages."""
+        if not self._pending_dead:
+            return
+        mem = self.mem
+        dead = np.zeros(self.node_alive.n, dtype=bool)
+        dead[self._pending_dead] = True
+        self._pending_dead.clear()
+        n = mem.iflags.n
+        stable = (mem.iflags.a[:n] & STABLE) != 0
+        cand = np.flatnonzero(stable)
+        nodes = mem.inode.a[cand]
+        hit = cand[dead[nodes]]
+        if hit.shape[0]:
+            if self.trace.want("ksm_remove_rmap_item"):
+                for gi in hit.tolist():
+                    self._emit("ksm_remove_rmap_item", pfn=-1, rmap_item=gi, mm=self._mmid(gi))
+            self._dec_merging(hit)
+            mem.iflags.a[hit] &= ~np.uint8(STABLE)
+            mem.inode.a[hit] = -1
+        self._free_nodes.extend(np.flatnonzero(dead).tolist())
+
+    # ------------------------------------------------------------------ stable nodes
+    def _new_node(self, token: int, kfn: int, nid: int) -> int:
+        if self._free_nodes:
+            n = self._free_nodes.pop()
+        else:
+            n = self.node_token.extend(1)
+            for arr in (self.node_kfn, self.node_len, self.node_chain, self.node_alive, self.node_nid):
+                arr.extend(1)
+        self.node_token.a[n] = token
+        self.node_kfn.a[n] = kfn
+        self.node_len.a[n] = 0
+        self.node_chain.a[n] = -1
+        self.node_alive.a[n] = True
+        self.node_nid.a[n] = nid
+        return n
+
+    def _candidate(self, n: int, offset: int = 0) -> bool:
+        """__is_page_sharing_candidate()"""
+        ln = int(self.node_len.a[n])
+        return ln > 0 and ln + offset < self.max_page_sharing
+
+    def _remove_node_from_stable_tree(self, n: int) -> None:
+        """remove_node_from_stable_tree(): every item attached counts down now; their flags
+        are cleared at the end of the batch (_reap_dead_nodes)."""
+        ln = int(self.node_len.a[n])
+        if ln > 0:
+            self.pages_shared -= 1
+            self.pages_sharing -= ln - 1
+            self._pending_dead.append(n)
+        self._emit("ksm_remove_ksm_page", pfn=int(self.node_kfn.a[n]))
+        kfn = int(self.node_kfn.a[n])
+        if kfn >= 0 and self.mem.fnode.a[kfn] == n:
+            self.mem.fnode.a[kfn] = FRAME_ANON  # set_page_stable_node(page, NULL)
+        c = int(self.node_chain.a[n])
+        if c >= 0:
+            ch = self.chains[c]
+            ch.dups.remove(n)
+            self.stable_node_dups -= 1
+        else:
+            tree = self.stable_tree[int(self.node_nid.a[n]) if len(self.stable_tree) > 1 else 0]
+            tok = int(self.node_token.a[n])
+            if tree.get(tok) == n:
+                del tree[tok]
+        self.node_alive.a[n] = False
+        self.node_len.a[n] = 0
+        if ln == 0:
+            self._free_nodes.append(n)
+
+    def _stale(self, n: int) -> bool:
+        return int(self.node_kfn.a[n]) < 0
+
+    def _free_chain(self, cid: int) -> None:
+        ch = self.chains.pop(cid)
+        tree = self.stable_tree[ch.nid]
+        if tree.get(ch.token) == -(cid + 1):
+            del tree[ch.token]
+        self.stable_node_chains -= 1
+
+    def _stable_node_dup(self, cid: int, prune: bool) -> int | None:
+        """stable_node_dup(): pick a dup of a chain, dropping stale ones; collapse a chain
+        of one dup (6.18 does this without waiting for the prune timer, spec §8.9)."""
+        ch = self.chains[cid]
+        now = self._clock_ns()
+        if prune and now >= ch.prune_time_ns + self.stable_node_chains_prune_millisecs * 1_000_000:
+            ch.prune_time_ns = now
+        else:
+            prune = False
+        found: int | None = None
+        found_len = 0
+        for d in list(ch.dups):
+            if self._stale(d):
+                self._remove_node_from_stable_tree(d)
+                continue
+            if found is None or (
+                self._candidate(d)
+                and (not self._candidate(found) or int(self.node_len.a[d]) > found_len)
+            ):
+                found = d
+                found_len = int(self.node_len.a[d])
+                if not prune:
+                    break
+        if found is None:
+            self._free_chain(cid)
+            return None
+        if len(ch.dups) == 1:
+            # rb_replace_node(chain -> dup): the chain collapses into a plain node
+            self.chains.pop(cid)
+            self.stable_tree[ch.nid][ch.token] = found
+            self.node_chain.a[found] = -1
+            self.stable_node_chains -= 1
+            self.stable_node_dups -= 1
+        elif ch.dups[0] != found and self._candidate(found, 1):
+            ch.dups.remove(found)
+            ch.dups.insert(0, found)
+        return found
+
+    def _stable_tree_search(self, token: int, nid: int) -> int | None:
+        """stable_tree_search() for a page that is not a KSM page: a node that can take one
+        more mapping, or None (no such content, or every KSM page of it is full)."""
+        tree = self.stable_tree[nid]
+        while True:
+            e = tree.get(token)
+            if e is None:
+                return None
+            if e >= 0:
+                if self._stale(e):
+                    self._remove_node_from_stable_tree(e)
+                    continue
+                return e if self._candidate(e) else None
+            dup = self._stable_node_dup(-e - 1, prune=True)
+            if dup is None:
+                continue
+            return dup if self._candidate(dup) else None
+
+    def _stable_tree_insert(self, kfn: int, token: int, nid: int) -> int:
+        """stable_tree_insert(): a new KSM page; if the content is already in the tree (its
+        KSM pages being full) the node becomes, or joins, a chain of dups."""
+        tree = self.stable_tree[nid]
+        while True:
+            e = tree.get(token)
+            if e is None:
+                n = self._new_node(token, kfn, nid)
+                tree[token] = n
+                break
+            if e >= 0:
+                if self._stale(e):
+                    self._remove_node_from_stable_tree(e)
+                    continue
+                # alloc_stable_node_chain(): the old node becomes the first dup
+                cid = self._next_chain
+                self._next_chain += 1
+                ch = Chain(token, nid, [e], self._clock_ns())
+                self.chains[cid] = ch
+                self.node_chain.a[e] = cid
+                tree[token] = -(cid + 1)
+                self.stable_node_chains += 1
+                self.stable_node_dups += 1
+            else:
+                cid = -e - 1
+                if self._stable_node_dup(cid, prune=False) is None:
+                    continue
+                if tree.get(token) != e:  # collapsed: chain again around the survivor
+                    continue
+            n = self._new_node(token, kfn, nid)
+            self.chains[cid].dups.insert(0, n)  # stable_node_chain_add_dup(): hlist head
+            self.node_chain.a[n] = cid
+            self.stable_node_dups += 1
+            break
+        self.mem.fnode.a[kfn] = n
+        return n
+
+    def _stable_tree_append(self, g: int, n: int, bypass: bool) -> None:
+        """stable_tree_append(): attach the item; the first item makes the page shared."""
+        had = int(self.node_len.a[n])
+        self.node_len.a[n] = had + 1
+        mem = self.mem
+        mem.iflags.a[g] = (mem.iflags.a[g] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
+        mem.inode.a[g] = n
+        if had:
+            self.pages_sharing += 1
+        else:
+            self.pages_shared += 1
+        self._mms[self._mmid(g)].ksm_merging_pages += 1
+
+    # ------------------------------------------------------------------ unstable tree
+    def _unstable_tree_search_insert(self, g: int, f: int, token: int, nid: int) -> int | None:
+        """unstable_tree_search_insert(): the item of an identical page seen earlier in this
+        pass, or insert this one (pages_unshared++) and return None."""
+        tree = self.unstable_tree[nid]
+        t = tree.get(token)
+        mem = self.mem
+        if t is not None:
+            tf = int(mem.iflags.a[t])
+            valid_item = (tf & UNSTABLE) and bool(tf & SEQ_ODD) == bool(self.seqnr & 1)
+            if valid_item:
+                page = self._get_mergeable_page(t)
+                if page is None:
+                    return None  # the tree page went away: abort, insert nothing
+                if page == f:
+                    return None  # the same physical page (shared since fork)
+                if int(mem.ftoken.a[page]) == token:
+                    return t
+        tree[token] = g
+        mem.iflags.a[g] = (mem.iflags.a[g] & ~np.uint8(SEQ_ODD)) | UNSTABLE | (
+            SEQ_ODD if self.seqnr & 1 else 0
+        )
+        self.pages_unshared += 1
+        return None
+
+    def _get_mergeable_page(self, g: int) -> int | None:
+        """get_mergeable_page(): the anon page still mapped at an item's address in a
+        mergeable VMA, or None."""
+        mmid = self._mmid(g)
+        mm = self._mms.get(mmid)
+        if mm is None or mm.exiting:
+            return None
+        for v in mm.vmas:
+            if v.base <= g < v.base + v.npages:
+                if not v.mergeable:
+                    return None
+                fr = int(self.mem.pte.a[g])
+                if fr < 0:
+                    return None
+                kind = int(self.mem.fnode.a[fr])
+                if kind in (FRAME_FILE, FRAME_SHMEM):
+                    return None
+                return fr
+        return None
+
+    # ------------------------------------------------------------------ run = 2
+    def unmerge_and_remove_all_rmap_items(
+        self, unmerge_vma: Callable[[MM, object], None]
+    ) -> None:
+        """unmerge_and_remove_all_rmap_items(): break every KSM page of every registered
+        mm, free all rmap_items, drop all stable nodes, and reset full_scans."""
+        for mm in list(self.mm_list):
+            if not mm.exiting:
+                for vma in mm.vmas:
+                    if vma.mergeable:
+                        unmerge_vma(mm, vma)
+            for seg in mm.segments():
+                self._free_items_range(seg.base, seg.base + seg.npages)
+            mm.dead = []
+            if mm.exiting:
+                self.mm_list.remove(mm)
+                mm.registered = False
+                mm.merge_any = False
+        self.cursor = -1
+        self.scan_addr = 0
+        self._reap_dead_nodes()
+        self.remove_all_stable_nodes()
+        self._reap_dead_nodes()
+        self.seqnr = 0
+
+    def remove_all_stable_nodes(self) -> bool:
+        """remove_all_stable_nodes(): True if some KSM page is still mapped (busy)."""
+        busy = False
+        for nid, tree in enumerate(self.stable_tree):
+            for token, e in list(tree.items()):
+                members = [e] if e >= 0 else list(self.chains[-e - 1].dups)
+                for n in members:
+                    kfn = int(self.node_kfn.a[n])
+                    if kfn >= 0 and int(self.mem.fmap.a[kfn]) > 0:
+                        busy = True
+                        continue
+                    self._remove_node_from_stable_tree(n)
+                if e < 0 and -e - 1 in self.chains and not self.chains[-e - 1].dups:
+                    self._free_chain(-e - 1)
+        return busy
+
+    # ------------------------------------------------------------------ knob side effects
+    def set_run(self, value: int, unmerge_vma: Callable[[MM, object], None]) -> None:
+        """run_store() after parsing: 2 unmerges synchronously; 1 always wakes ksmd."""
+        if value != self.run:
+            self.run = value
+            if value & KSM_RUN_UNMERGE:
+                self.unmerge_and_remove_all_rmap_items(unmerge_vma)
+        if value & KSM_RUN_MERGE:
+            self.wakeups += 1
+
+    def set_max_page_sharing(self, value: int) -> None:
+        if value == self.max_page_sharing:
+            return
+        if self.pages_shared or self.remove_all_stable_nodes():
+            self._reap_dead_nodes()
+            raise KsmError(errno.EBUSY, "max_page_sharing: KSM pages are shared (write 2 to run first)")
+        self._reap_dead_nodes()
+        self.max_page_sharing = value
+
+    def set_merge_across_nodes(self, value: int) -> None:
+        if value == self.merge_across_nodes:
+            return
+        if self.pages_shared or self.remove_all_stable_nodes():
+            self._reap_dead_nodes()
+            raise KsmError(errno.EBUSY, "merge_across_nodes: KSM pages are shared (write 2 to run first)")
+        self._reap_dead_nodes()
+        self.merge_across_nodes = value
+        trees = 1 if value else max(1, self.mem.nr_nodes)
+        self.stable_tree = [{} for _ in range(trees)]
+        self.unstable_tree = [{} for _ in range(trees)]
+
+    def set_sleep_millisecs(self, value: int) -> None:
+        # sleep_millisecs_store(): ksmd's wait ends early only if the value changed
+        if value != self.sleep_millisecs:
+            self.wakeups += 1
+        self.sleep_millisecs = value
+
+    def set_pages_to_scan(self, value: int) -> None:
+        if self.advisor_mode == "scan-time":
+            raise KsmError(errno.EINVAL, "pages_to_scan is set by the scan-time advisor")
+        self.pages_to_scan = value
+
+    def set_advisor_mode(self, mode: str) -> None:
+        if mode == self.advisor_mode:
+            return
+        self.advisor_mode = mode
+        if mode == "none":
+            self.pages_to_scan = 100  # DEFAULT_PAGES_TO_SCAN, not the earlier user value
+        else:
+            self.advisor = AdvisorCtx()
+            self.pages_to_scan = self.advisor_min_pages_to_scan & 0xFFFFFFFF
+
+    # ------------------------------------------------------------------ advisor
+    def _advisor_start_scan(self) -> None:
+        if self.advisor_mode == "scan-time":
+            self.advisor.start_scan_ns = self._clock_ns()
+
+    def _advisor_stop_scan(self) -> None:
+        """scan_time_advisor(): the literal integer arithmetic of mm/ksm.c (spec §3.14)."""
+        if self.advisor_mode != "scan-time":
+            return
+        ctx = self.advisor
+        scan_time_s = ((self._clock_ns() - ctx.start_scan_ns) // 1_000_000) // 1000 or 1
+        cpu = self.ksmd_cpu_ns
+        diff_ms = (cpu - ctx.cpu_time) // 1_000_000
+        cpu_percent = diff_ms * 100 // (scan_time_s * 1000) or 1
+        last = ctx.scan_time or scan_time_s
+        factor = self.advisor_target_scan_time * 100 // scan_time_s or 1
+        change = scan_time_s * 100 // last or 1
+        change = (70 * ctx.change + 30 * change) // 100
+        pages = self.pages_to_scan * 100 // factor
+        pages = pages * change // 100
+        ppc = self.pages_to_scan // cpu_percent or 1
+        pages = min(pages, ppc * self.advisor_max_cpu)
+        pages = max(pages, ppc * 10)
+        pages = min(pages, self.advisor_max_pages_to_scan)
+        ctx.change, ctx.scan_time, ctx.cpu_time = change, scan_time_s, cpu
+        self.pages_to_scan = pages & 0xFFFFFFFF
+        self._emit("ksm_advisor", scan_time=scan_time_s, pages_to_scan=pages, cpu_percent=cpu_percent)

@@ -1,0 +1,280 @@
+"""Tasks, address spaces and physical memory, as numpy struct-of-arrays.
+
+Every mapped virtual page has a *global page id* (gpid): each mmap reserves a contiguous
+gpid range that is never reused, so per-page state (the PTE, the rmap_item fields) lives in
+flat arrays that a ksmd batch can slice without a Python loop. Physical pages are *frames*
+with a content token, a mapcount and a stable-node link (folio_stable_node()).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PAGE_SIZE = 4096
+PAGE_SHIFT = 12
+
+# VM_* flags (include/linux/mm.h, 64-bit); VM_MERGEABLE is bit 31.
+VM_READ = 0x1
+VM_WRITE = 0x2
+VM_EXEC = 0x4
+VM_SHARED = 0x8
+VM_MAYREAD = 0x10
+VM_MAYWRITE = 0x20
+VM_MAYEXEC = 0x40
+VM_MAYSHARE = 0x80
+VM_GROWSDOWN = 0x100
+VM_PFNMAP = 0x400
+VM_LOCKED = 0x2000
+VM_IO = 0x4000
+VM_DONTEXPAND = 0x40000
+VM_ACCOUNT = 0x100000
+VM_HUGETLB = 0x400000
+VM_MIXEDMAP = 0x10000000
+VM_MERGEABLE = 0x80000000
+
+# ksm_compatible() / vma_ksm_compatible(): any of these makes a VMA unmergeable.
+VM_KSM_INCOMPATIBLE = (
+    VM_SHARED | VM_MAYSHARE | VM_PFNMAP | VM_IO | VM_DONTEXPAND | VM_HUGETLB | VM_MIXEDMAP
+)
+
+# PTE encodings (int32): >= 0 is a frame number.
+PTE_NONE = -1  # never faulted (reads would map the shared zero page: not anon, not scanned)
+PTE_KSM_ZERO = -2  # KSM-placed zero page (use_zero_pages)
+PTE_SWAP0 = -3  # swap slot s is stored as PTE_SWAP0 - s
+
+# frame kinds kept in frame_node when the frame is not a KSM page
+FRAME_ANON = -1
+FRAME_FILE = -2  # page-cache page of a private file mapping: present but not anon
+FRAME_SHMEM = -3  # MAP_SHARED anonymous memory
+FRAME_FREE = -4
+
+UNIQUE_BIT = np.uint64(1 << 63)
+
+
+class GrowArray:
+    """A numpy array that doubles its capacity; untouched capacity costs no RSS because
+    numpy's zeroed allocations are lazily committed by the OS."""
+
+    __slots__ = ("a", "n", "fill")
+
+    def __init__(self, dtype: type | np.dtype, fill: int = 0, capacity: int = 1024) -> None:
+        self.fill = fill
+        self.a = self._new(np.dtype(dtype), capacity)
+        self.n = 0
+
+    def _new(self, dtype: np.dtype, cap: int) -> np.ndarray:
+        if self.fill == 0:
+            return np.zeros(cap, dtype=dtype)
+        return np.full(cap, self.fill, dtype=dtype)
+
+    def reserve(self, total: int) -> None:
+        if total > self.a.shape[0]:
+            cap = max(total, self.a.shape[0] * 2)
+            new = self._new(self.a.dtype, cap)
+            new[: self.n] = self.a[: self.n]
+            self.a = new
+
+    def extend(self, count: int) -> int:
+        """Append ``count`` fill-valued slots; returns the first new index."""
+        start = self.n
+        self.reserve(start + count)
+        self.n = start + count
+        return start
+
+
+class PhysMem:
+    """Frames (physical pages) and the per-gpid page table / rmap_item arrays."""
+
+    def __init__(self, nr_nodes: int = 1) -> None:
+        self.nr_nodes = nr_nodes
+        # per frame
+        self.ftoken = GrowArray(np.uint64)
+        self.fmap = GrowArray(np.int32)  # mapcount
+        self.fnode = GrowArray(np.int32, FRAME_FREE)  # stable node id, or a FRAME_* kind
+        self.fnid = GrowArray(np.uint8)  # NUMA node
+        self._free = GrowArray(np.int32)  # stack of free frame numbers
+        # per gpid: page table and rmap_item
+        self.pte = GrowArray(np.int32, PTE_NONE)
+        self.iflags = GrowArray(np.uint8)
+        self.age = GrowArray(np.uint8)
+        self.skips = GrowArray(np.uint8)
+        self.oldchecksum = GrowArray(np.uint32)
+        self.inode = GrowArray(np.int32, -1)  # stable node of a STABLE item
+        # swap slots
+        self.swap_token = GrowArray(np.uint64)
+        self.swap_count = GrowArray(np.int32)
+        self._swap_free: list[int] = []
+        self.nr_free_frames = 0
+
+    # -- gpid ranges ----------------------------------------------------------------------
+    def reserve_gpids(self, count: int) -> int:
+        base = self.pte.extend(count)
+        for arr in (self.iflags, self.age, self.skips, self.oldchecksum, self.inode):
+            arr.extend(count)
+        return base
+
+    def reserve(self, pages: int) -> None:
+        """Pre-size for a workload of ``pages`` pages (benchmarks, big scenarios)."""
+        for arr in (self.pte, self.iflags, self.age, self.skips, self.oldchecksum, self.inode):
+            arr.reserve(arr.n + pages)
+        for arr in (self.ftoken, self.fmap, self.fnode, self.fnid):
+            arr.reserve(arr.n + pages)
+
+    # -- frames ---------------------------------------------------------------------------
+    def alloc_frames(self, tokens: np.ndarray, kind: int = FRAME_ANON, nid: int = 0) -> np.ndarray:
+        """Allocate one frame per token (mapcount 1); returns the frame numbers."""
+        n = int(tokens.shape[0])
+        take = min(n, self.nr_free_frames)
+        frames = np.empty(n, dtype=np.int32)
+        if take:
+            top = self.nr_free_frames
+            frames[:take] = self._free.a[top - take : top]
+            self.nr_free_frames = top - take
+        if n > take:
+            start = self.ftoken.extend(n - take)
+            self.fmap.extend(n - take)
+            self.fnode.extend(n - take)
+            self.fnid.extend(n - take)
+            frames[take:] = np.arange(start, start + n - take, dtype=np.int32)
+        self.ftoken.a[frames] = tokens
+        self.fmap.a[frames] = 1
+        self.fnode.a[frames] = kind
+        self.fnid.a[frames] = nid
+        return frames
+
+    def free_frames(self, frames: np.ndarray) -> None:
+        n = int(frames.shape[0])
+        if not n:
+            return
+        self.fnode.a[frames] = FRAME_FREE
+        self.fmap.a[frames] = 0
+        top = self.nr_free_frames
+        self._free.reserve(top + n)
+        self._free.n = max(self._free.n, top + n)
+        self._free.a[top : top + n] = frames
+        self.nr_free_frames = top + n
+
+    @property
+    def nr_frames_in_use(self) -> int:
+        return self.ftoken.n - self.nr_free_frames
+
+    # -- swap -----------------------------------------------------------------------------
+    def alloc_swap(self, token: int, count: int) -> int:
+        if self._swap_free:
+            s = self._swap_free.pop()
+        else:
+            s = self.swap_token.extend(1)
+            self.swap_count.extend(1)
+        self.swap_token.a[s] = token
+        self.swap_count.a[s] = count
+        return s
+
+    def put_swap(self, slots: np.ndarray) -> None:
+        for s in slots.tolist():
+            self.swap_count.a[s] -= 1
+            if self.swap_count.a[s] == 0:
+                self._swap_free.append(s)
+
+    @property
+    def nr_swap_used(self) -> int:
+        return self.swap_token.n - len(self._swap_free)
+
+
+@dataclass(eq=False)
+class Vma:
+    """A vm_area_struct: [start, end) with flags; its pages are gpids base … base+npages-1."""
+
+    start: int
+    npages: int
+    flags: int
+    base: int  # gpid of the first page
+    name: str | None = None
+    pgoff: int = 0
+    dev: tuple[int, int] = (0, 0)
+    inode: int = 0
+    kind: int = FRAME_ANON  # what a fault maps here: anon, file page cache, or shmem
+
+    @property
+    def end(self) -> int:
+        return self.start + self.npages * PAGE_SIZE
+
+    @property
+    def mergeable(self) -> bool:
+        return bool(self.flags & VM_MERGEABLE)
+
+    @property
+    def ksm_compatible(self) -> bool:
+        return not (self.flags & VM_KSM_INCOMPATIBLE) and self.kind != FRAME_SHMEM
+
+    def page_index(self, addr: int) -> int:
+        return (addr - self.start) >> PAGE_SHIFT
+
+
+@dataclass(eq=False)
+class Segment:
+    """An address range of an mm whose rmap_items ksmd may still have to free: a live VMA,
+    or what is left of an unmapped one (its gpids keep the items until ksmd passes)."""
+
+    start: int
+    npages: int
+    base: int
+    vma: Vma | None  # None once unmapped
+
+    @property
+    def end(self) -> int:
+        return self.start + self.npages * PAGE_SIZE
+
+
+@dataclass(eq=False)
+class MM:
+    """An mm_struct with the KSM fields of 6.18 (ksm_merging_pages, ksm_rmap_items,
+    ksm_zero_pages, MMF_VM_MERGEABLE, MMF_VM_MERGE_ANY)."""
+
+    id: int
+    owner_pid: int
+    vmas: list[Vma] = field(default_factory=list)
+    dead: list[Segment] = field(default_factory=list)
+    ksm_rmap_items: int = 0
+    ksm_zero_pages: int = 0
+    ksm_merging_pages: int = 0
+    merge_any: bool = False  # MMF_VM_MERGE_ANY
+    registered: bool = False  # MMF_VM_MERGEABLE: on ksmd's mm_slot list
+    exiting: bool = False
+    next_addr: int = 0x7F0000000000
+    profit_counts_zero: bool = True
+
+    @property
+    def mergeable(self) -> bool:
+        return any(v.mergeable for v in self.vmas)
+
+    @property
+    def ksm_process_profit(self) -> int:
+        zero = self.ksm_zero_pages if self.profit_counts_zero else 0
+        return (self.ksm_merging_pages + zero) * PAGE_SIZE - self.ksm_rmap_items * 64
+
+    def segments(self) -> list[Segment]:
+        """Every range that may hold rmap_items, in address order (the rmap_list order)."""
+        segs = [Segment(v.start, v.npages, v.base, v) for v in self.vmas] + self.dead
+        segs.sort(key=lambda s: s.start)
+        return segs
+
+    def find_vma(self, addr: int) -> Vma | None:
+        for v in self.vmas:
+            if v.start <= addr < v.end:
+                return v
+        return None
+
+
+@dataclass(eq=False)
+class Task:
+    pid: int
+    comm: str
+    uid: int = 0
+    gid: int = 0
+    ppid: int = 1
+    cmdline: list[str] = field(default_factory=list)
+    start_time: int = 0  # ms since boot
+    state: str = "S"
+    mm: MM | None = None
