@@ -40,10 +40,13 @@ MADV_MERGEABLE = 12
 MADV_UNMERGEABLE = 13
 
 # Pacing values (see Pacer).  pages_to_scan is an unsigned int (kstrtouint): UINT_MAX makes
-# one batch always reach the end of the pass, where ksm_do_scan returns.  The two sleep
-# values are about 11.6 days: the timed sleep never expires during a run.
+# one batch always reach the end of the pass, where ksm_do_scan returns.  The sleep values
+# are about 11.6 days: the timed sleep never expires during a run.  Three of them, used in
+# turn: ksmd rechecks "sleep_ms != ksm_thread_sleep_millisecs" when it wakes, so going back
+# to the value it sleeps on cancels a wake-up (measured: V -> V' -> V gives no batch); with
+# three, a repeated trigger differs both from the value ksmd read and from the previous one.
 PACE_PAGES_TO_SCAN = 4294967295
-PACE_SLEEP_MILLISECS = (1_000_000_000, 1_000_000_001)
+PACE_SLEEP_MILLISECS = (1_000_000_000, 1_000_000_001, 1_000_000_002)
 
 # Writable files, in the order they are put back by KsmSysfs.restore().  advisor_mode goes
 # first: switching it to none resets pages_to_scan (mm/ksm.c advisor_mode_store), and while
@@ -239,11 +242,11 @@ def check_can_drive(sysfs: KsmSysfs) -> None:
     """Raise RealBackendError (one line) unless this process may drive the real KSM now."""
     if not sysfs.root.is_dir():
         raise RealBackendError(
-            f"real backend: {sysfs.root} does not exist (kernel built without CONFIG_KSM?)"
+            f"{sysfs.root} does not exist (kernel built without CONFIG_KSM?)"
         )
     if os.geteuid() != 0:
         raise RealBackendError(
-            f"real backend: needs root to write {sysfs.root} (euid {os.geteuid()})"
+            f"needs root to write {sysfs.root} (euid {os.geteuid()})"
         )
     # a write of the current value of a knob without side effects proves writability
     # (a read-only sysfs mount in a container refuses it with EROFS)
@@ -251,19 +254,19 @@ def check_can_drive(sysfs: KsmSysfs) -> None:
     try:
         sysfs.write(probe, sysfs.read(probe))
     except (KnobError, OSError) as e:
-        raise RealBackendError(f"real backend: {sysfs.root} is not writable: {e}") from None
+        raise RealBackendError(f"{sysfs.root} is not writable: {e}") from None
     counts = {n: sysfs.read_int(n) for n in ("pages_shared", "pages_sharing", "ksm_zero_pages")}
     if any(counts.values()):
         detail = ", ".join(f"{k} {v}" for k, v in counts.items())
         raise RealBackendError(
-            f"real backend: other processes already use KSM ({detail}); "
+            f"other processes already use KSM ({detail}); "
             "refusing to mix their pages into the counts"
         )
     users = foreign_ksm_users(exclude=(os.getpid(),))
     if users:
         detail = ", ".join(f"pid {p} ({n} rmap items)" for p, n in users[:5])
         raise RealBackendError(
-            f"real backend: other processes already use KSM: {detail}; "
+            f"other processes already use KSM: {detail}; "
             "refusing to mix their pages into the counts"
         )
 
@@ -277,7 +280,7 @@ def exclusive_lock() -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RealBackendError(
-                f"real backend: another run drives the real KSM ({LOCK_PATH} is locked)"
+                f"another run drives the real KSM ({LOCK_PATH} is locked)"
             ) from None
         yield
     finally:
@@ -299,7 +302,7 @@ def find_ksmd() -> int:
             continue
         if stat.split(" ", 2)[1] == "(ksmd)":
             return int(entry.name)
-    raise RealBackendError("real backend: no ksmd kernel thread found")
+    raise RealBackendError("no ksmd kernel thread found")
 
 
 @dataclass(frozen=True)
@@ -402,7 +405,7 @@ class Pacer:
             self.sysfs.write("pages_to_scan", PACE_PAGES_TO_SCAN)
 
     def _flip_sleep(self) -> None:
-        self._sleep_index ^= 1
+        self._sleep_index = (self._sleep_index + 1) % len(PACE_SLEEP_MILLISECS)
         self.sysfs.write("sleep_millisecs", self.sleep_value)
 
     def one_batch(self, *, stuck_seconds: float = 5.0) -> BatchResult:
@@ -505,7 +508,7 @@ def build_worker(source: Path = WORKER_SOURCE) -> Path:
     gcc = shutil.which("gcc")
     if gcc is None:
         raise RealBackendError(
-            "real backend: gcc not found; it compiles the worker "
+            "gcc not found; it compiles the worker "
             f"{source.name} at run time (apt-get install gcc)"
         )
     src = source.read_bytes()
@@ -527,8 +530,8 @@ def build_worker(source: Path = WORKER_SOURCE) -> Path:
                 os.replace(tmp, exe)
                 return exe
         first = (r.stderr.strip().splitlines() or ["?"])[0]
-        raise RealBackendError(f"real backend: gcc could not build {source.name}: {first}")
-    raise RealBackendError("real backend: no writable cache directory for the worker")
+        raise RealBackendError(f"gcc could not build {source.name}: {first}")
+    raise RealBackendError("no writable cache directory for the worker")
 
 
 class WorkerError(Exception):
