@@ -187,14 +187,20 @@ def cmd_spawn(k: Kernel, args: list[str]) -> str:
         raise einval("spawn: mergeable/shared/fill=/name= need pages=N")
     if "fill" in opts:
         tokens(k, opts["fill"], 0)  # validate SOURCE before anything is created
+    gid = _int(opts["gid"], "gid") if "gid" in opts else None
     pid = k.spawn(comm, uid=uid)
-    if "gid" in opts:
-        k.tasks[pid].gid = _int(opts["gid"], "gid")
-    result = f"pid {pid}"
-    if "merge_any" in flags:
-        k.prctl(pid, PR_SET_MEMORY_MERGE, 1)
-    if npages:
-        result += " " + _map_and_fill(k, pid, npages, flags, opts)
+    try:
+        if gid is not None:
+            k.tasks[pid].gid = gid
+        result = f"pid {pid}"
+        if "merge_any" in flags:
+            # EINVAL before 6.4 (no PR_SET_MEMORY_MERGE), as the kernel says.
+            k.prctl(pid, PR_SET_MEMORY_MERGE, 1)
+        if npages:
+            result += " " + _map_and_fill(k, pid, npages, flags, opts)
+    except KsmError:
+        k.exit(pid)  # a failed spawn leaves no half-made task behind
+        raise
     return result
 
 

@@ -4,20 +4,7 @@ from __future__ import annotations
 
 import errno
 
-try:
-    from ksmfs.kernel import KsmError
-except ImportError:  # pragma: no cover - only until ksmfs.kernel lands
-
-    class KsmError(Exception):  # type: ignore[no-redef]
-        """Stand-in with the contract's shape: KsmError(errno, message)."""
-
-        def __init__(self, errno: int, message: str = ""):
-            super().__init__(errno, message)
-            self.errno = errno
-            self.message = message
-
-        def __str__(self) -> str:
-            return self.message
+from ksmfs.kernel import KsmError
 
 
 def einval(message: str) -> KsmError:

@@ -94,11 +94,15 @@ def _file_node(path: tuple[str, ...], spec: FileSpec, pid: int | None, inode: in
 class Tree:
     """The mount's namespace for one kernel.  Cheap to build; holds no per-open state."""
 
-    def __init__(self, kernel: Kernel):
+    def __init__(self, kernel: Kernel, *, btime: int | None = None):
+        """``btime``: the epoch second of boot for /proc/stat (default: the wall time
+        when the kernel is first rendered, minus its uptime; tests pin it)."""
         # Imported here so that the table modules can import FileSpec from this module.
         from ksmfs.kfs import control, procfs, sysfs, tracefs
 
         self.kernel = kernel
+        if btime is not None:
+            procfs.set_btime(kernel, btime)
         version = kernel.version
         # Static part: path -> Node, in table order; dir path -> ordered child names.
         self._static: dict[tuple[str, ...], Node] = {}

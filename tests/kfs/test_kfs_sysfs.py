@@ -1,0 +1,127 @@
+"""/sys/kernel/mm/ksm rows: the show formats of spec §1.2 and stores through knobs.store."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from kfs_helpers import make_kernel, read, write
+
+from ksmfs.kfs import Tree
+from ksmfs.kfs.errors import KsmError
+from ksmfs.kfs.sysfs import WRITABLE
+
+KSM = "sys/kernel/mm/ksm/"
+
+# Defaults on a freshly booted 6.18 machine (spec §1.4), as the files print them.
+DEFAULTS_6_18 = {
+    "advisor_max_cpu": "70\n",
+    "advisor_max_pages_to_scan": "30000\n",
+    "advisor_min_pages_to_scan": "500\n",
+    "advisor_mode": "[none] scan-time\n",
+    "advisor_target_scan_time": "200\n",
+    "full_scans": "0\n",
+    "general_profit": "0\n",
+    "ksm_zero_pages": "0\n",
+    "max_page_sharing": "256\n",
+    "merge_across_nodes": "1\n",
+    "pages_scanned": "0\n",
+    "pages_shared": "0\n",
+    "pages_sharing": "0\n",
+    "pages_skipped": "0\n",
+    "pages_to_scan": "100\n",
+    "pages_unshared": "0\n",
+    "pages_volatile": "0\n",
+    "run": "0\n",
+    "sleep_millisecs": "20\n",
+    "smart_scan": "1\n",
+    "stable_node_chains": "0\n",
+    "stable_node_chains_prune_millisecs": "2000\n",
+    "stable_node_dups": "0\n",
+    "use_zero_pages": "0\n",
+}
+
+
+def test_defaults_print_like_the_live_machine(tree):
+    assert {name: read(tree, KSM + name) for name in tree.listdir(KSM_PATH)} == DEFAULTS_6_18
+
+
+KSM_PATH = ("sys", "kernel", "mm", "ksm")
+
+
+def test_writable_set_matches_the_kernel():
+    from ksmfs.kernel.versions import WRITABLE_SYSFS
+
+    assert WRITABLE == WRITABLE_SYSFS
+
+
+def test_store_then_show(tree):
+    assert write(tree, KSM + "pages_to_scan", b"1000\n") == 5
+    assert read(tree, KSM + "pages_to_scan") == "1000\n"
+    assert write(tree, KSM + "sleep_millisecs", b"+0050") == 5
+    assert read(tree, KSM + "sleep_millisecs") == "50\n"
+
+
+def test_advisor_mode_round_trip(tree):
+    """spec §1.4: scan-time sets pages_to_scan to advisor_min_pages_to_scan; none to 100."""
+    write(tree, KSM + "advisor_mode", b"scan-time\n")
+    assert read(tree, KSM + "advisor_mode") == "none [scan-time]\n"
+    assert read(tree, KSM + "pages_to_scan") == "500\n"
+    with pytest.raises(KsmError) as err:
+        write(tree, KSM + "pages_to_scan", b"100")
+    assert err.value.errno == errno.EINVAL
+    write(tree, KSM + "advisor_mode", b"none\n")
+    assert read(tree, KSM + "advisor_mode") == "[none] scan-time\n"
+    assert read(tree, KSM + "pages_to_scan") == "100\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "err"),
+    [
+        ("pages_to_scan", b"abc", errno.EINVAL),
+        ("run", b"3", errno.EINVAL),
+        ("run", b"\n", errno.EINVAL),
+        ("max_page_sharing", b"2147483648", errno.ERANGE),
+        ("merge_across_nodes", b"18446744073709551616", errno.ERANGE),
+    ],
+)
+def test_bad_writes_raise_the_kernel_errno(tree, name, data, err):
+    with pytest.raises(KsmError) as e:
+        write(tree, KSM + name, data)
+    assert e.value.errno == err
+
+
+def test_empty_write_is_zero_and_changes_nothing(tree):
+    assert write(tree, KSM + "run", b"") == 0
+    assert read(tree, KSM + "run") == "0\n"
+
+
+def test_only_the_first_4096_bytes_reach_the_parser(tree):
+    """spec §1.1 [LIVE]: 4095 zeros + "100" parses as "0...01" -> 1, and returns 4096."""
+    assert write(tree, KSM + "pages_to_scan", b"0" * 4095 + b"100") == 4096
+    assert read(tree, KSM + "pages_to_scan") == "1\n"
+
+
+def test_read_only_attributes_have_no_store(tree):
+    for name in tree.listdir(KSM_PATH):
+        node = tree.lookup((*KSM_PATH, name))
+        assert (node.spec.store is not None) == (name in WRITABLE)
+
+
+def test_signed_values_print_a_minus(kernel):
+    """general_profit (%ld) goes negative once rmap_items outweigh the shared pages."""
+    tree = Tree(kernel)
+    write(tree, "ksmfs/control", b"spawn a pages=32 fill=unique mergeable\n")
+    write(tree, KSM + "run", b"1\n")
+    kernel.ksm_do_scan(100)  # first pass: rmap_items only, nothing merged yet
+    profit = int(kernel.ksm.general_profit)
+    assert profit < 0
+    assert read(tree, KSM + "general_profit") == f"{profit}\n"
+
+
+def test_5_15_has_no_new_files():
+    tree = Tree(make_kernel("5.15"))
+    names = tree.listdir(KSM_PATH)
+    for gone in ("general_profit", "ksm_zero_pages", "smart_scan", "advisor_mode", "pages_scanned"):
+        assert gone not in names
+    assert "merge_across_nodes" in names

@@ -1,0 +1,160 @@
+"""tracefs rows: live formats and ids, the ftrace text of records, enable files, trace
+truncation and the trace_pipe stream."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from kfs_helpers import make_kernel, read, write
+
+from ksmfs.kfs import TraceReader, Tree, read_stream
+from ksmfs.kfs.errors import KsmError
+from ksmfs.kfs.tracefs import EVENT_IDS, hash_pointer, render_record
+
+T = "sys/kernel/tracing/"
+EV = T + "events/ksm/"
+
+# Read from a temporary tracefs mount on the reference machine (Linux 6.18.44).
+LIVE_FORMAT_MERGE_WITH_KSM_PAGE = """\
+name: ksm_merge_with_ksm_page
+ID: 744
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:void * ksm_page;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:unsigned long pfn;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:void * rmap_item;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:void * mm;\toffset:32;\tsize:8;\tsigned:0;
+\tfield:int err;\toffset:40;\tsize:4;\tsigned:1;
+
+print fmt: "%spfn %lu rmap_item %p mm %p error %d", (REC->ksm_page ? "ksm " : ""), \
+REC->pfn, REC->rmap_item, REC->mm, REC->err
+"""
+
+LIVE_FORMAT_START_SCAN = """\
+name: ksm_start_scan
+ID: 749
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:int seq;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:u32 rmap_entries;\toffset:12;\tsize:4;\tsigned:0;
+
+print fmt: "seq %d rmap size %d", REC->seq, REC->rmap_entries
+"""
+
+
+def test_formats_and_ids_are_the_live_ones(tree):
+    assert read(tree, EV + "ksm_merge_with_ksm_page/format") == LIVE_FORMAT_MERGE_WITH_KSM_PAGE
+    assert read(tree, EV + "ksm_start_scan/format") == LIVE_FORMAT_START_SCAN
+    for event, ident in EVENT_IDS.items():
+        assert read(tree, EV + f"{event}/id") == f"{ident}\n"
+        assert read(tree, EV + f"{event}/format").startswith(f"name: {event}\nID: {ident}\n")
+
+
+def test_enable_files(tree):
+    k = tree.kernel
+    assert read(tree, EV + "enable") == "0\n"
+    write(tree, EV + "ksm_start_scan/enable", b"1\n")
+    assert read(tree, EV + "ksm_start_scan/enable") == "1\n"
+    assert "ksm_start_scan" in k.trace.enabled
+    assert read(tree, EV + "enable") == "X\n"
+    write(tree, EV + "enable", b"1")
+    assert read(tree, EV + "enable") == "1\n"
+    assert set(k.version.trace_events) <= k.trace.enabled
+    write(tree, EV + "enable", b"0\n")
+    assert read(tree, EV + "enable") == "0\n" and not k.trace.enabled
+    for bad in (b"2", b"abc", b"\n"):
+        with pytest.raises(KsmError) as err:
+            write(tree, EV + "ksm_enter/enable", bad)
+        assert err.value.errno == errno.EINVAL
+
+
+def test_tracing_on(tree):
+    assert read(tree, T + "tracing_on") == "1\n"
+    write(tree, T + "tracing_on", b"0\n")
+    assert read(tree, T + "tracing_on") == "0\n" and not tree.kernel.trace.tracing_on
+    write(tree, T + "tracing_on", b"5")
+    assert read(tree, T + "tracing_on") == "1\n"
+
+
+def test_record_line_format():
+    """trace_print_context(): "%16s-%-7d [%03d] " irq flags, " %5llu.%06lu: "."""
+    from ksmfs.kernel.trace import TraceRecord
+
+    r = TraceRecord(1, 1234_567_890_123, 47, "ksmd", "ksm_start_scan",
+                    {"seq": 3, "rmap_entries": 10})  # fmt: skip
+    assert render_record(r) == (
+        "            ksmd-47      [000] .....  1234.567890: ksm_start_scan: seq 3 rmap size 10\n"
+    )
+    m = TraceRecord(2, 5_000_000, 101, "worker", "ksm_merge_with_ksm_page",
+                    {"ksm_page": 0, "pfn": 77, "rmap_item": 9, "mm": 3, "err": 0})  # fmt: skip
+    line = render_record(m)
+    assert line.startswith("          worker-101     [000] .....     0.005000: ")
+    assert line.endswith(
+        f"ksm_merge_with_ksm_page: pfn 77 rmap_item {hash_pointer(9)} mm {hash_pointer(3)} "
+        "error 0\n"
+    )
+
+
+def test_pointer_hashes():
+    assert hash_pointer(0) == hash_pointer(None) == "0" * 16
+    h = hash_pointer(0xFFFF888012345678)
+    assert len(h) == 16 and h.startswith("00000000") and h == hash_pointer(0xFFFF888012345678)
+    assert h != hash_pointer(0xFFFF888012345679)
+
+
+def _scan_with_events(k):
+    tree = Tree(k)
+    write(tree, EV + "enable", b"1\n")
+    write(tree, "ksmfs/control", b"spawn a pages=4 fill=value:7 mergeable\n")
+    write(tree, "sys/kernel/mm/ksm/run", b"1\n")
+    for _ in range(3):
+        k.ksm_do_scan(100)
+    return tree
+
+
+def test_trace_shows_the_records_and_truncate_clears():
+    k = make_kernel("6.18")
+    tree = _scan_with_events(k)
+    text = read(tree, T + "trace")
+    assert text.startswith("# tracer: nop\n#\n# entries-in-buffer/entries-written: ")
+    body = [ln for ln in text.splitlines() if not ln.startswith("#")]
+    assert len(body) == len(k.trace.records) > 0
+    assert any(": ksm_start_scan: seq " in ln for ln in body)
+    assert any(": ksm_enter: mm 00000000" in ln for ln in body)
+    node = tree.lookup(("sys", "kernel", "tracing", "trace"))
+    assert node.spec.store(k, None, b"\n") == 1  # writes are accepted and ignored
+    node.spec.truncate(k, None)  # what an O_TRUNC open does
+    assert not k.trace.records
+    assert "# entries-in-buffer/entries-written: 0/" in read(tree, T + "trace")
+
+
+def test_trace_pipe_consumes():
+    k = make_kernel("6.18")
+    tree = _scan_with_events(k)
+    node = tree.lookup(("sys", "kernel", "tracing", "trace_pipe"))
+    assert node.spec.stream and node.spec.show is None
+    n = len(k.trace.records)
+    reader = TraceReader()
+    first = read_stream(k, reader, max_bytes=1)  # whole lines only, at least one
+    assert first.count(b"\n") == 1
+    rest = read_stream(k, reader)
+    assert first.count(b"\n") + rest.count(b"\n") == n
+    assert read_stream(k, reader) == b""
+    assert not k.trace.records  # consumed: gone from `trace` too
+    k.ksm_do_scan(100)
+    new = len(k.trace.records)
+    assert new > 0 and read_stream(k, reader).count(b"\n") == new
+
+
+def test_no_events_before_6_4():
+    tree = Tree(make_kernel("6.1"))
+    assert tree.listdir(("sys", "kernel", "tracing")) == ["trace", "trace_pipe", "tracing_on"]
