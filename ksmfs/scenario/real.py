@@ -28,6 +28,7 @@ from ksmfs.scenario.model import ProcessSpec, Scenario, Step, report_refusal
 from ksmfs.scenario.realkernel import (
     MADV_MERGEABLE,
     MADV_UNMERGEABLE,
+    STATE_PATH,
     KnobError,
     Ksmd,
     KsmSysfs,
@@ -35,9 +36,11 @@ from ksmfs.scenario.realkernel import (
     Worker,
     WorkerError,
     build_worker,
+    check_access,
     check_can_drive,
     exclusive_lock,
     foreign_ksm_users,
+    recover_stale_state,
 )
 
 Snapshot = dict[str, Any]
@@ -308,14 +311,15 @@ def run_real(
     of ksmd batches each full scan took (0 for a virtual one).
     """
     sysfs = KsmSysfs()
-    check_can_drive(sysfs)
+    check_access(sysfs)
     exe = build_worker()
     with exclusive_lock():
+        recover_stale_state(sysfs, _warn)
         check_can_drive(sysfs)  # again, now that no other ksmfs run can start
         runner: _RealRun | None = None
         with _signals_raise():
             try:
-                sysfs.save()
+                sysfs.save(STATE_PATH)
                 runner = _RealRun(scenario, sysfs, exe, on_snapshot, progress, kernel_batches)
                 return runner.run()
             finally:

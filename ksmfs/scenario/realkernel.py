@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -68,6 +69,8 @@ RESTORE_ORDER: tuple[str, ...] = (
 )
 
 LOCK_PATH = Path("/tmp/ksmfs-realkernel.lock")
+# The knobs saved by the run in progress; left behind only by a run that was SIGKILLed.
+STATE_PATH = Path("/tmp/ksmfs-realkernel.saved.json")
 
 
 class RealBackendError(Exception):
@@ -113,6 +116,7 @@ class KsmSysfs:
     def __init__(self, root: Path = KSM_DIR) -> None:
         self.root = root
         self.saved: dict[str, str] = {}
+        self.state_path: Path | None = None
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir())
@@ -158,11 +162,20 @@ class KsmSysfs:
         m = re.search(r"\[([^\]]+)\]", text)
         return m.group(1) if m else "none"
 
-    def save(self) -> None:
-        """Remember every writable knob (advisor_mode as its selected word)."""
+    def save(self, state_path: Path | None = None) -> None:
+        """Remember every writable knob (advisor_mode as its selected word).
+
+        With ``state_path`` the values also go to that file until restore() has put them
+        back, so that a run killed with SIGKILL can be repaired by the next one
+        (:func:`recover_stale_state`)."""
         self.saved = {}
         for n in self.writable():
             self.saved[n] = self.advisor_mode() if n == "advisor_mode" else self.read(n)
+        self.state_path = state_path
+        if state_path is not None:
+            tmp = state_path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "saved": self.saved}))
+            os.replace(tmp, state_path)
 
     def wait_pages_shared_zero(self, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -208,6 +221,9 @@ class KsmSysfs:
                 self._try_write("advisor_mode", self.saved["advisor_mode"], warn)
             if "run" in self.saved and self.read("run") != self.saved["run"]:
                 self._try_write("run", self.saved["run"], warn)
+            if self.state_path is not None:
+                self.state_path.unlink(missing_ok=True)
+                self.state_path = None
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
@@ -240,6 +256,12 @@ def foreign_ksm_users(exclude: Iterable[int] = ()) -> list[tuple[int, int]]:
 
 def check_can_drive(sysfs: KsmSysfs) -> None:
     """Raise RealBackendError (one line) unless this process may drive the real KSM now."""
+    check_access(sysfs)
+    check_no_foreign_pages(sysfs)
+
+
+def check_access(sysfs: KsmSysfs) -> None:
+    """RealBackendError unless /sys/kernel/mm/ksm exists and we are root and can write."""
     if not sysfs.root.is_dir():
         raise RealBackendError(
             f"{sysfs.root} does not exist (kernel built without CONFIG_KSM?)"
@@ -255,6 +277,11 @@ def check_can_drive(sysfs: KsmSysfs) -> None:
         sysfs.write(probe, sysfs.read(probe))
     except (KnobError, OSError) as e:
         raise RealBackendError(f"{sysfs.root} is not writable: {e}") from None
+
+
+def check_no_foreign_pages(sysfs: KsmSysfs) -> None:
+    """RealBackendError if KSM already holds pages or rmap items of other processes:
+    they would be counted with ours (and we would unmerge them at the end)."""
     counts = {n: sysfs.read_int(n) for n in ("pages_shared", "pages_sharing", "ksm_zero_pages")}
     if any(counts.values()):
         detail = ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -269,6 +296,26 @@ def check_can_drive(sysfs: KsmSysfs) -> None:
             f"other processes already use KSM: {detail}; "
             "refusing to mix their pages into the counts"
         )
+
+
+def recover_stale_state(sysfs: KsmSysfs, warn: Callable[[str], None],
+                        state_path: Path = STATE_PATH) -> bool:
+    """Finish the restore of a run that died without it (SIGKILL, power of the OOM
+    killer): its workers are gone, but the pacing knobs are still set and, with run=0,
+    the counts of the dead workers' pages remain until run=2.  Call with the lock held."""
+    try:
+        data = json.loads(state_path.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        state_path.unlink(missing_ok=True)
+        return False
+    warn(f"a real run (pid {data.get('pid')}) ended without restoring /sys/kernel/mm/ksm; "
+         "restoring the values it had saved")
+    sysfs.saved = {str(k): str(v) for k, v in data.get("saved", {}).items()}
+    sysfs.state_path = state_path
+    sysfs.restore(warn)
+    return True
 
 
 @contextmanager

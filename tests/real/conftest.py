@@ -7,6 +7,7 @@ and afterwards every writable knob must read as before the test.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +20,7 @@ from ksmfs.scenario.realkernel import (
     Worker,
     build_worker,
     check_can_drive,
+    recover_stale_state,
 )
 
 
@@ -27,6 +29,8 @@ def real_ksm() -> Iterator[KsmSysfs]:
     """The real /sys/kernel/mm/ksm, checked to be usable; knobs compared after the test."""
     sysfs = KsmSysfs()
     try:
+        if os.geteuid() == 0 and sysfs.root.is_dir():
+            recover_stale_state(sysfs, lambda m: None)  # a killed run's leftovers
         check_can_drive(sysfs)
     except RealBackendError as e:
         pytest.skip(f"real KSM not usable: {e}")

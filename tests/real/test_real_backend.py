@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from ksmfs.scenario.real import run_real
 from ksmfs.scenario.realkernel import (
     MADV_MERGEABLE,
     PAGE_SIZE,
+    STATE_PATH,
     KsmSysfs,
     RealBackendError,
     Worker,
@@ -266,6 +268,45 @@ def test_knobs_restored_after_a_signal(real_ksm: KsmSysfs, sig: int) -> None:
     now.save()
     assert now.saved == real_ksm.saved and now.read_int("pages_shared") == 0
     assert not _worker_pids()
+
+
+@realkernel
+def test_next_run_repairs_a_killed_run(real_ksm: KsmSysfs, capfd: pytest.CaptureFixture[str]
+                                       ) -> None:
+    """A run killed with SIGKILL cannot restore anything: its workers exit (stdin EOF)
+    but the pacing knobs and, with run=0, the dead pages' counts remain.  The next run
+    restores the values the killed run had saved, then runs normally."""
+    code = textwrap.dedent(f"""
+        import time
+        from ksmfs.scenario.loader import load_scenario
+        from ksmfs.scenario.real import run_real
+        def slow(snap):
+            print(snap["full_scans"], flush=True)
+            if snap["full_scans"] == 3:
+                time.sleep(30)
+        run_real(load_scenario({str(HERE / 'timeline-3-9.toml')!r}), slow)
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    while proc.stdout.readline().strip() != "3":
+        pass
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while _worker_pids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _worker_pids()
+    assert STATE_PATH.exists()
+    assert real_ksm.read_int("pages_shared") == 1  # stale: its mappers are gone
+    assert real_ksm.read("sleep_millisecs") != real_ksm.saved["sleep_millisecs"]
+    capfd.readouterr()
+    snaps = run_real(load_scenario(HERE / "timeline-3-9.toml"), lambda s: None)
+    assert "ended without restoring /sys/kernel/mm/ksm" in capfd.readouterr().err
+    assert snaps[2]["ksm"]["pages_shared"] == 1 and snaps[2]["ksm"]["full_scans"] == 2
+    assert not STATE_PATH.exists()
+    now = KsmSysfs()
+    now.save()
+    assert now.saved == real_ksm.saved and now.read_int("pages_shared") == 0
 
 
 @realkernel
