@@ -35,14 +35,45 @@ SYSFS_SIZE = 4096  # kernfs reports PAGE_SIZE as st_size for every attribute [LI
 WRITE_MAX = 4096  # kernfs hands at most PAGE_SIZE bytes of a write to the store function
 
 
+# Printed with %u (unsigned int variables in mm/ksm.c); the rest are %lu unless signed.
+UINT_FORMAT = frozenset(
+    {
+        "pages_to_scan",
+        "sleep_millisecs",
+        "merge_across_nodes",
+        "use_zero_pages",
+        "max_page_sharing",
+        "stable_node_chains_prune_millisecs",
+        "smart_scan",
+        "advisor_max_cpu",
+    }
+)
+
+
+def format_value(name: str, value: int, *, zero_pages_signed: bool = True) -> bytes:
+    """One numeric attribute as its *_show prints it.  %u/%lu print the C view (a negative
+    value would wrap); %ld (pages_volatile, general_profit, and ksm_zero_pages from 6.10)
+    keeps the minus sign."""
+    signed = name in ("pages_volatile", "general_profit") or (
+        name == "ksm_zero_pages" and zero_pages_signed
+    )
+    if signed:
+        return b"%d\n" % value
+    mask = 0xFFFFFFFF if name in UINT_FORMAT else 2**64 - 1
+    return b"%d\n" % (value & mask)
+
+
 def show_value(k: Kernel, name: str) -> bytes:
-    """The attribute's content.  Every value is a Python int, so %lu/%u/%ld all print as
-    decimal; the signed ones (pages_volatile, general_profit, ksm_zero_pages) may be < 0."""
+    """The attribute's content for kernel ``k``."""
     if name == "advisor_mode":
         # advisor_mode_show: the active mode in brackets.
         mode = k.ksm.advisor_mode
         return b"[none] scan-time\n" if mode == "none" else b"none [scan-time]\n"
-    return b"%d\n" % int(getattr(k.ksm, name))
+    return format_value(
+        name,
+        int(getattr(k.ksm, name)),
+        zero_pages_signed=bool(k.version.ksm_zero_pages_signed),
+    )
 
 
 def _show(name: str):

@@ -96,53 +96,68 @@ def format_text(event: str) -> str:
 
 
 # -- %p -------------------------------------------------------------------------------------
-def hash_pointer(value) -> str:
-    """%p as printed by ptr_to_id() on 64-bit: NULL as zeros, anything else as a 32-bit
-    hash zero-padded to 16 hex digits.  The kernel uses siphash with a boot-time key; a
-    keyed blake2b gives the same shape, stable per value (ints and strings), and per
-    object identity otherwise."""
-    if value is None or value == 0:
+def hash_pointer(value, kind: str = "") -> str:
+    """%p as printed by ptr_to_id() on 64-bit: NULL (None) as 16 zeros, anything else as a
+    32-bit hash zero-padded to 16 hex digits.  The kernel uses siphash with a boot-time
+    key; a keyed blake2b gives the same shape.  The simulation passes small ids (an mm id,
+    a gpid for an rmap_item), so ``kind`` salts the hash: mm 5 and rmap_item 5 differ, as
+    two real objects would.  Stable per (kind, value)."""
+    if value is None:
         return "0" * 16
-    if isinstance(value, bool):
-        value = int(value)
     if isinstance(value, int):
         raw = (value & (2**64 - 1)).to_bytes(8, "little")
     elif isinstance(value, str | bytes):
         raw = value.encode() if isinstance(value, str) else value
     else:
         raw = id(value).to_bytes(8, "little")
-    digest = hashlib.blake2b(raw, digest_size=4, key=b"ksmfs-ptr").digest()
-    return f"{int.from_bytes(digest, 'little'):016x}"
+    digest = hashlib.blake2b(raw, digest_size=4, key=b"ksmfs-ptr", salt=kind.encode()[:16])
+    return f"{int.from_bytes(digest.digest(), 'little'):016x}"
+
+
+def _lu(value) -> int:
+    """%lu: the C unsigned long view of a (possibly negative) Python int."""
+    return int(value) & (2**64 - 1)
+
+
+def _d(value) -> int:
+    """%d: the C int view (u32 rmap_entries printed with %d wraps like the kernel)."""
+    v = int(value) & 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
 
 
 def event_text(event: str, f: dict) -> str:
-    """TP_printk() of include/trace/events/ksm.h."""
-    p = hash_pointer
+    """TP_printk() of include/trace/events/ksm.h (the "print fmt" lines above)."""
+
+    def p(name: str) -> str:
+        return hash_pointer(f.get(name), name)
+
     if event in ("ksm_start_scan", "ksm_stop_scan"):
-        return f"seq {int(f['seq'])} rmap size {int(f['rmap_entries'])}"
+        return f"seq {_d(f['seq'])} rmap size {_d(f['rmap_entries'])}"
     if event in ("ksm_enter", "ksm_exit"):
-        return f"mm {p(f.get('mm'))}"
+        return f"mm {p('mm')}"
     if event == "ksm_merge_one_page":
         return (
-            f"ksm pfn {int(f['pfn'])} rmap_item {p(f.get('rmap_item'))} mm {p(f.get('mm'))} "
-            f"error {int(f.get('err', 0))}"
+            f"ksm pfn {_lu(f['pfn'])} rmap_item {p('rmap_item')} mm {p('mm')} "
+            f"error {_d(f.get('err', 0))}"
         )
     if event == "ksm_merge_with_ksm_page":
-        prefix = "ksm " if f.get("ksm_page") else ""
+        # (REC->ksm_page ? "ksm " : ""): the simulation passes None for NULL and a frame
+        # number (0 included) for a KSM page.
+        prefix = "" if f.get("ksm_page") is None else "ksm "
         return (
-            f"{prefix}pfn {int(f['pfn'])} rmap_item {p(f.get('rmap_item'))} "
-            f"mm {p(f.get('mm'))} error {int(f.get('err', 0))}"
+            f"{prefix}pfn {_lu(f['pfn'])} rmap_item {p('rmap_item')} mm {p('mm')} "
+            f"error {_d(f.get('err', 0))}"
         )
     if event == "ksm_remove_ksm_page":
-        return f"pfn {int(f['pfn'])}"
+        return f"pfn {_lu(f['pfn'])}"
     if event == "ksm_remove_rmap_item":
-        return f"pfn {int(f['pfn'])} rmap_item {p(f.get('rmap_item'))} mm {p(f.get('mm'))}"
+        return f"pfn {_lu(f['pfn'])} rmap_item {p('rmap_item')} mm {p('mm')}"
     if event == "ksm_advisor":
         return (
-            f"ksm scan time {int(f['scan_time'])} pages_to_scan {int(f['pages_to_scan'])} "
-            f"cpu percent {int(f['cpu_percent'])}"
+            f"ksm scan time {int(f['scan_time'])} pages_to_scan {_lu(f['pages_to_scan'])} "
+            f"cpu percent {int(f['cpu_percent']) & 0xFFFFFFFF}"
         )
-    # An event this table does not know: name=value pairs, like an unknown print fmt.
+    # An event this table does not know: name=value pairs.
     return " ".join(f"{key}={val}" for key, val in f.items())
 
 

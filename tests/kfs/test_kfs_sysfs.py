@@ -125,3 +125,17 @@ def test_5_15_has_no_new_files():
     for gone in ("general_profit", "ksm_zero_pages", "smart_scan", "advisor_mode", "pages_scanned"):
         assert gone not in names
     assert "merge_across_nodes" in names
+
+
+def test_unsigned_formats_print_the_c_view():
+    """%u/%lu of a negative int wrap like C; %ld keeps the sign (ksm_zero_pages from 6.10)."""
+    from ksmfs.kfs.sysfs import format_value
+
+    assert format_value("pages_to_scan", -1) == b"4294967295\n"
+    assert format_value("pages_shared", -1) == b"18446744073709551615\n"
+    assert format_value("ksm_zero_pages", -3) == b"-3\n"
+    assert format_value("general_profit", -4096) == b"-4096\n"
+    assert format_value("pages_volatile", 7) == b"7\n"
+    assert format_value("ksm_zero_pages", -3, zero_pages_signed=False) == (
+        b"18446744073709551613\n"
+    )

@@ -95,20 +95,28 @@ def test_record_line_format():
         "            ksmd-47      [000] .....  1234.567890: ksm_start_scan: seq 3 rmap size 10\n"
     )
     m = TraceRecord(2, 5_000_000, 101, "worker", "ksm_merge_with_ksm_page",
-                    {"ksm_page": 0, "pfn": 77, "rmap_item": 9, "mm": 3, "err": 0})  # fmt: skip
+                    {"ksm_page": None, "pfn": 77, "rmap_item": 9, "mm": 3, "err": 0})  # fmt: skip
     line = render_record(m)
     assert line.startswith("          worker-101     [000] .....     0.005000: ")
-    assert line.endswith(
-        f"ksm_merge_with_ksm_page: pfn 77 rmap_item {hash_pointer(9)} mm {hash_pointer(3)} "
-        "error 0\n"
-    )
+    rmap, mm = hash_pointer(9, "rmap_item"), hash_pointer(3, "mm")
+    assert line.endswith(f"ksm_merge_with_ksm_page: pfn 77 rmap_item {rmap} mm {mm} error 0\n")
+    ksm = TraceRecord(3, 0, 47, "ksmd", "ksm_merge_with_ksm_page",
+                      {"ksm_page": 0, "pfn": 0, "rmap_item": 1, "mm": 1, "err": -14})  # fmt: skip
+    assert ": ksm_merge_with_ksm_page: ksm pfn 0 rmap_item " in render_record(ksm)
+    assert render_record(ksm).endswith(" error -14\n")
+    rm = TraceRecord(4, 0, 47, "ksmd", "ksm_remove_rmap_item",
+                     {"pfn": -1, "rmap_item": 1, "mm": 1})  # fmt: skip
+    assert ": ksm_remove_rmap_item: pfn 18446744073709551615 rmap_item " in render_record(rm)
 
 
 def test_pointer_hashes():
-    assert hash_pointer(0) == hash_pointer(None) == "0" * 16
-    h = hash_pointer(0xFFFF888012345678)
-    assert len(h) == 16 and h.startswith("00000000") and h == hash_pointer(0xFFFF888012345678)
-    assert h != hash_pointer(0xFFFF888012345679)
+    assert hash_pointer(None) == "0" * 16
+    h = hash_pointer(0xFFFF888012345678, "mm")
+    assert len(h) == 16 and h.startswith("00000000")
+    assert h == hash_pointer(0xFFFF888012345678, "mm")
+    assert h != hash_pointer(0xFFFF888012345679, "mm")
+    assert hash_pointer(5, "mm") != hash_pointer(5, "rmap_item")
+    assert hash_pointer(0, "rmap_item") != "0" * 16  # a real object, not NULL
 
 
 def _scan_with_events(k):
