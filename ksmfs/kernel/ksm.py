@@ -264,8 +264,8 @@ class Ksm:
         """ksm_do_scan(): one batch of up to ``scan_npages`` pages; a batch always stops at
         the end of a full scan. Returns the number of pages handled."""
         done = 0
-        if scan_npages <= 0 or not self.mm_list:
-            return 0
+        if scan_npages <= 0 or not self.would_scan():
+            return 0  # ksm_scan_thread() only calls ksm_do_scan() when ksmd_should_run()
         while done < scan_npages:
             got, pass_ended = self._scan_get_next(scan_npages - done)
             done += got
