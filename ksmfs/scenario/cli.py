@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         snaps = _run_backend(scenario, backend, on_snapshot, progress,
                              getattr(args, "kernel", None))
-    except (KeyboardInterrupt, ModuleNotFoundError):
+    except (KeyboardInterrupt, ModuleNotFoundError, BrokenPipeError):
         raise
     except Exception as e:  # noqa: BLE001 - the backend's reason, as one line
         return _fail("run", backend, e)
@@ -144,7 +144,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         progress = _Progress(f"{scenario.name} ({backend}): ")
         try:
             runs[backend] = _run_backend(scenario, backend, lambda s: None, progress)
-        except (KeyboardInterrupt, ModuleNotFoundError):
+        except (KeyboardInterrupt, ModuleNotFoundError, BrokenPipeError):
             raise
         except Exception as e:  # noqa: BLE001
             return _fail("diff", backend, e)

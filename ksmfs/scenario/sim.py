@@ -19,7 +19,8 @@ the timeline as its real-time ksmd completes full scans.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,19 @@ from ksmfs.scenario.model import (
 Snapshot = dict[str, Any]
 
 TASK_COMM_LEN = 16  # include/linux/sched.h: comm holds 15 characters and a NUL
+
+
+class SimError(RuntimeError):
+    """A kernel call of the scenario failed (e.g. merge_any on a kernel before 6.4): one
+    line naming the step, the process and the call."""
+
+
+@contextmanager
+def _call(what: str) -> Iterator[None]:
+    try:
+        yield
+    except KsmError as e:
+        raise SimError(f"{what}: {e}") from None
 
 
 @dataclass
@@ -74,22 +88,27 @@ def store_knob(k: Kernel, name: str, value: int | str, when: str) -> bool:
     return True
 
 
-def spawn_process(k: Kernel, handles: SimHandles, spec: ProcessSpec) -> SimProcess:
+def spawn_process(k: Kernel, handles: SimHandles, spec: ProcessSpec,
+                  when: str = "start") -> SimProcess:
     """Start one scenario process: spawn, merge_any, then map, fill and advise each VMA."""
-    pid = k.spawn(spec.name[: TASK_COMM_LEN - 1], cmdline=[spec.name])
+    who = f"{when}: process {spec.name!r}"
+    with _call(f"{who}: spawn"):
+        pid = k.spawn(spec.name[: TASK_COMM_LEN - 1], cmdline=[spec.name])
     proc = SimProcess(spec=spec, pid=pid)
     if spec.merge_any:
         # Before any VMA exists, as the contract says: merge_any then makes each new
         # compatible VMA mergeable when it is created.
-        k.prctl(pid, PR_SET_MEMORY_MERGE, 1)
+        with _call(f"{who}: merge_any: prctl(PR_SET_MEMORY_MERGE, 1)"):
+            k.prctl(pid, PR_SET_MEMORY_MERGE, 1)
     for v in spec.vmas:
         # The kernel's mmap places VMAs at rising addresses with a gap between them, so
         # they never merge into one VMA and ksmd visits them in declaration order.
-        addr = k.mmap(pid, v.pages, shared=v.shared)
-        proc.vmas[v.name] = addr
-        k.write(pid, addr, handles.contents.fill(spec.name, v))
-        if v.mergeable:
-            k.madvise(pid, addr, v.pages, MADV_MERGEABLE)
+        with _call(f"{who}: VMA {v.name!r}"):
+            addr = k.mmap(pid, v.pages, shared=v.shared)
+            proc.vmas[v.name] = addr
+            k.write(pid, addr, handles.contents.fill(spec.name, v))
+            if v.mergeable:
+                k.madvise(pid, addr, v.pages, MADV_MERGEABLE)
     handles.processes[spec.name] = proc
     return proc
 
@@ -97,7 +116,8 @@ def spawn_process(k: Kernel, handles: SimHandles, spec: ProcessSpec) -> SimProce
 def build_kernel(scenario: Scenario, version: str = "6.18") -> tuple[Kernel, SimHandles]:
     """A kernel with the scenario's knobs set and its initial processes filled, ksmd not
     started (run stays 0): the state just before snapshot 0."""
-    k = Kernel(version=version)
+    with _call(f"kernel {version}"):
+        k = Kernel(version=version)
     for name, value in scenario.ksm.items():
         store_knob(k, name, value, "[ksm]")
     handles = SimHandles(scenario=scenario, contents=Contents(scenario))
@@ -116,9 +136,15 @@ def apply_step(k: Kernel, handles: SimHandles, step: Step) -> None:
         return
     if step.action == "spawn":
         for spec in args:
-            spawn_process(k, handles, spec)
+            spawn_process(k, handles, spec, when)
         return
     proc = handles.processes[args["process"]]
+    with _call(f"{when}: {step.action} of process {proc.spec.name!r}"):
+        _apply(k, handles, step, proc)
+
+
+def _apply(k: Kernel, handles: SimHandles, step: Step, proc: SimProcess) -> None:
+    args = step.args
     if step.action == "exit":
         k.exit(proc.pid)
         del handles.processes[args["process"]]
@@ -136,7 +162,9 @@ def apply_step(k: Kernel, handles: SimHandles, step: Step) -> None:
 
 
 def _ksm_file_values(k: Kernel) -> dict[str, int]:
-    return {name: int(v) for name, v in k.ksm.stats().items()}
+    # Only the files this kernel version has (an older release lacks general_profit, ...).
+    present = set(getattr(k.version, "sysfs_files", ()) or k.ksm.stats())
+    return {name: int(v) for name, v in k.ksm.stats().items() if name in present}
 
 
 def snapshot(k: Kernel, handles: SimHandles, full_scans: int) -> Snapshot:
@@ -145,8 +173,14 @@ def snapshot(k: Kernel, handles: SimHandles, full_scans: int) -> Snapshot:
     procs: dict[str, Any] = {}
     for name, proc in handles.processes.items():
         stat = k.ksm_stat(proc.pid) or {}
-        entry: dict[str, Any] = {f: (v if isinstance(v, str) else int(v))
-                                 for f, v in stat.items()}
+        # Only the ksm_stat lines this release prints (none before 6.1, one on 6.1 ...).
+        lines = getattr(k.version, "ksm_stat_lines", None)
+        fields = list(stat) if lines is None else [f for f in lines if f in stat]
+        entry: dict[str, Any] = {f: (stat[f] if isinstance(stat[f], str) else int(stat[f]))
+                                 for f in fields}
+        if not getattr(k.version, "has_smaps_ksm", True):
+            procs[name] = entry  # no KSM: line in smaps before 6.6
+            continue
         smaps = k.smaps(proc.pid)
         kb: dict[str, int] = {}
         for vname, start in proc.vmas.items():
