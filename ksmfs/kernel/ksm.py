@@ -293,6 +293,10 @@ class Ksm:
             self.scan_seen_mergeable = False
         mm = self.mm_list[self.cursor]
         processed = 0
+        if mm.exiting:
+            # ksm_test_exit(): no_vmas: address 0, rmap_list from its head, so that
+            # remove_trailing_rmap_items() frees every item of the mm
+            self.scan_addr = 0
         for seg in mm.segments():
             if seg.end <= self.scan_addr:
                 continue
@@ -436,20 +440,26 @@ class Ksm:
             unique &= ~np.isin(cand_tok, np.fromiter(self.demoted_unique, np.uint64))
         zero = (cand_tok == 0) & bool(self.use_zero_pages)
         slow_c = ~unique & ~zero
-        slow_tokens = set(cand_tok[slow_c].tolist()) | set(tok[forked].tolist())
-        # items still attached to a node whose content is in play must be removed in order
+        pos_plain = np.flatnonzero(plain)
+        pos_c = pos_plain[stable_cand][slow_c]
+        tok_c = cand_tok[slow_c]
+        in_play = set(tok_c.tolist())
+        forced = set(tok[forked].tolist())
         in_order = np.zeros(g.shape[0], dtype=bool)
         in_order[forked] = True
-        pos_plain = np.flatnonzero(plain)
-        pos_c = pos_plain[stable_cand]
-        in_order[pos_c[slow_c]] = True
-        if slow_tokens:
+        if in_play:
+            # an item still attached to a node whose content is in play must leave it at its
+            # place in the visit order: the node's fill level decides later merges
             st_plain = (fl[plain] & STABLE) != 0
             if st_plain.any():
                 nodes = mem.inode.a[gp[st_plain]]
-                ntok = self.node_token.a[nodes]
-                hit = np.fromiter((int(t) in slow_tokens for t in ntok.tolist()), bool, nodes.shape[0])
+                ntok = self.node_token.a[nodes].tolist()
+                hit = np.fromiter((int(t) in in_play for t in ntok), bool, len(ntok))
                 in_order[pos_plain[st_plain][hit]] = True
+                forced.update(int(t) for t, h in zip(ntok, hit.tolist()) if h)
+        fast_pos, slow_groups = self._classify_groups(g, f, pos_c, tok_c, forced)
+        for grp in slow_groups:
+            in_order[grp] = True
         # bulk: remove from trees, checksum rule, zero pages, never-matching contents
         bulk = plain & ~in_order
         gb = g[bulk]
@@ -457,7 +467,10 @@ class Ksm:
         chk_b = calc_checksum(tok[bulk])
         changed = chk_b != mem.oldchecksum.a[gb]
         mem.oldchecksum.a[gb[changed]] = chk_b[changed]
-        keep = ~changed
+        in_fast = np.zeros(g.shape[0], dtype=bool)
+        for plan in fast_pos:
+            in_fast[plan[1]] = True
+        keep = ~changed & ~in_fast[bulk]
         gbk = gb[keep]
         tbk = tok[bulk][keep]
         if gbk.shape[0]:
@@ -468,9 +481,177 @@ class Ksm:
             if rest.shape[0]:
                 # unstable_tree_search_insert() that cannot find a match: insert
                 self._insert_unstable_bulk(rest)
+        if fast_pos:
+            self._merge_groups(g, f, fast_pos)
         # in order: everything whose outcome depends on other pages of the same content
         for i in np.flatnonzero(in_order).tolist():
             self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
+
+    def _classify_groups(
+        self, g: np.ndarray, f: np.ndarray, pos_c: np.ndarray, tok_c: np.ndarray, forced: set[int]
+    ) -> tuple[list[tuple[str, np.ndarray, int, int]], list[np.ndarray]]:
+        """Split the batch's candidate pages by content. A content whose outcome follows
+        from a closed form (append to a node with room; or pair with the unstable tree
+        page, or with the first page, and append the rest) gets a plan; everything else
+        (chains, full or stale nodes, fork-shared pages, aborted tree walks) goes to the
+        page-by-page path. Returns ([(plan, positions, node or tree item, token)], [slow
+        positions])."""
+        plans: list[tuple[str, np.ndarray, int, int]] = []
+        slow: list[np.ndarray] = []
+        if not pos_c.shape[0]:
+            return plans, slow
+        mem = self.mem
+        order = np.argsort(tok_c, kind="stable")
+        ts = tok_c[order]
+        ps = pos_c[order]
+        brk = np.flatnonzero(ts[1:] != ts[:-1]) + 1
+        starts = np.concatenate(([0], brk)).tolist()
+        ends = np.concatenate((brk, [ts.shape[0]])).tolist()
+        fmap1 = mem.fmap.a[f[ps]] == 1
+        if self.merge_across_nodes:
+            nids = None
+        else:
+            nids = mem.fnid.a[f[ps]]
+        mps = self.max_page_sharing
+        seq_odd = bool(self.seqnr & 1)
+        for a, b in zip(starts, ends):
+            t = int(ts[a])
+            grp = ps[a:b]
+            k = b - a
+            if t in forced or not fmap1[a:b].all() or (nids is not None and (nids[a:b] != nids[a]).any()):
+                slow.append(grp)
+                continue
+            nid = 0 if nids is None else int(nids[a])
+            e = self.stable_tree[nid].get(t)
+            room = 0
+            if e is not None:
+                if e < 0 or int(self.node_kfn.a[e]) < 0:
+                    slow.append(grp)  # chains and stale nodes: the exact path
+                    continue
+                ln = int(self.node_len.a[e])
+                if ln == 0:
+                    slow.append(grp)
+                    continue
+                room = max(mps - ln, 0)
+                if k <= room:
+                    plans.append(("append", grp, e, t))
+                    continue
+            tree_item = -1
+            tr = self.unstable_tree[nid].get(t)
+            if tr is not None:
+                tf = int(mem.iflags.a[tr])
+                if (tf & UNSTABLE) and bool(tf & SEQ_ODD) == seq_odd:
+                    page = self._get_mergeable_page(tr)
+                    if page is None or int(mem.ftoken.a[page]) != t or int(mem.fmap.a[page]) != 1:
+                        slow.append(grp)  # aborted walks and rewritten tree pages: exact path
+                        continue
+                    tree_item = tr
+            if e is not None and tree_item >= 0:
+                slow.append(grp)
+                continue
+            # append what fits, then blocks of max_page_sharing pages: in each block the
+            # first page waits in the unstable tree, the second pairs with it and becomes a
+            # new KSM page (a new dup once one exists), the rest append (spec §3.6)
+            plans.append(("blocks", grp, e if e is not None else -1, t, room, tree_item))
+        return plans, slow
+
+    def _merge_groups(self, g: np.ndarray, f: np.ndarray, plans: list[tuple[str, np.ndarray, int, int]]) -> None:
+        """Carry out the plans of _classify_groups() with vector operations; the counter
+        changes are those of the page-by-page path, summed."""
+        mem = self.mem
+        att_g: list[np.ndarray] = []  # items appended to a node, in plan order
+        att_n: list[np.ndarray] = []
+        repl_g: list[np.ndarray] = []  # PTEs pointed at a KSM page
+        repl_k: list[np.ndarray] = []
+        seq_flag = SEQ_ODD if self.seqnr & 1 else 0
+        shared = sharing = unshared = 0
+        for plan, pos, ref, t, *plan_extra in plans:
+            gg = g[pos]
+            if plan == "append":
+                n = ref
+                kfn = int(self.node_kfn.a[n])
+                self.node_len.a[n] += gg.shape[0]
+                sharing += gg.shape[0]
+                att_g.append(gg)
+                att_n.append(np.full(gg.shape[0], n, np.int32))
+                repl_g.append(gg)
+                repl_k.append(np.full(gg.shape[0], kfn, np.int32))
+                continue
+            # blocks
+            node, room, tree_item = ref, plan_extra[0], plan_extra[1]
+            if node >= 0 and room:
+                kfn = int(self.node_kfn.a[node])
+                head = gg[:room]
+                self.node_len.a[node] += head.shape[0]
+                sharing += head.shape[0]
+                att_g.append(head)
+                att_n.append(np.full(head.shape[0], node, np.int32))
+                repl_g.append(head)
+                repl_k.append(np.full(head.shape[0], kfn, np.int32))
+                gg = gg[room:]
+            seqv = gg.astype(np.int64)
+            if tree_item >= 0:
+                seqv = np.concatenate((np.array([tree_item], dtype=np.int64), seqv))
+                unshared -= 1  # the tree item was counted when it entered the tree
+            nid = self._nid(int(mem.pte.a[int(seqv[0])]))
+            tree = self.stable_tree[nid]
+            prior = node
+            cid = -1
+            for c0 in range(0, seqv.shape[0], self.max_page_sharing):
+                blk = seqv[c0 : c0 + self.max_page_sharing]
+                if blk.shape[0] == 1:
+                    gi = int(blk[0])
+                    self.unstable_tree[nid][t] = gi
+                    mem.iflags.a[gi] = (int(mem.iflags.a[gi]) & ~(SEQ_ODD | STABLE)) | UNSTABLE | seq_flag
+                    unshared += 1
+                    break
+                kfn = int(mem.pte.a[int(blk[1])])
+                n = self._new_node(t, kfn, nid)
+                mem.fnode.a[kfn] = n
+                if prior < 0:
+                    tree[t] = n
+                else:
+                    if cid < 0:
+                        cid = self._next_chain
+                        self._next_chain += 1
+                        self.chains[cid] = Chain(t, nid, [prior], self._clock_ns())
+                        self.node_chain.a[prior] = cid
+                        tree[t] = -(cid + 1)
+                        self.stable_node_chains += 1
+                        self.stable_node_dups += 1
+                    self.chains[cid].dups.insert(0, n)
+                    self.node_chain.a[n] = cid
+                    self.stable_node_dups += 1
+                prior = n
+                self.node_len.a[n] = blk.shape[0]
+                shared += 1
+                sharing += blk.shape[0] - 1
+                att_g.append(blk)
+                att_n.append(np.full(blk.shape[0], n, np.int32))
+                others = np.delete(blk, 1)
+                repl_g.append(others)
+                repl_k.append(np.full(others.shape[0], kfn, np.int32))
+        self.pages_shared += shared
+        self.pages_sharing += sharing
+        self.pages_unshared += unshared
+        if repl_g:
+            rg = np.concatenate(repl_g)
+            rk = np.concatenate(repl_k)
+            old = mem.pte.a[rg].copy()
+            mem.pte.a[rg] = rk
+            np.add.at(mem.fmap.a, rk, 1)
+            self.put_frames(old.astype(np.int32))
+        if att_g:
+            ag = np.concatenate(att_g)
+            an = np.concatenate(att_n)
+            mem.iflags.a[ag] = (mem.iflags.a[ag] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
+            mem.inode.a[ag] = an
+            mmids = self._mm_by_gpid(ag)
+            for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
+                self._mms[int(mmid)].ksm_merging_pages += int(cnt)
+            if self.trace.want("ksm_merge_with_ksm_page"):
+                for gi, n in zip(ag.tolist(), an.tolist()):
+                    self._emit_merge_with_ksm(gi, n, err=0)
 
     def _insert_unstable_bulk(self, g: np.ndarray) -> None:
         mem = self.mem
