@@ -220,3 +220,32 @@ def test_sysfs_refusal_is_reported_and_the_run_goes_on(capsys: pytest.CaptureFix
 
 def _scenario(name: str) -> Scenario:
     return load_scenario(name)
+
+
+def test_cow_storm_follows_lazy_counters_and_smart_scan() -> None:
+    """Spec §3.8/§3.10/§3.4: COW lowers smaps KSM at once and pages_sharing at the next
+    visit; a lone mapper keeps its KSM page (pages_shared); pages rewritten with the image
+    sit in smart_scan skip windows (visits 4, 6-7 skipped) and merge through the stable
+    tree on visit 8 (full scan 10)."""
+    # full scan: (shared, sharing, unshared, volatile, skipped)
+    expected = {
+        1: (0, 0, 0, 2048, 0),
+        2: (1024, 1024, 0, 0, 0),
+        3: (1024, 1024, 0, 0, 0),
+        4: (1024, 512, 0, 512, 0),
+        5: (1024, 512, 512, 0, 0),
+        6: (1024, 512, 0, 512, 512),
+        7: (1024, 512, 256, 256, 512),
+        8: (1024, 512, 0, 512, 1024),
+        9: (1024, 512, 0, 512, 1536),
+        10: (1024, 768, 256, 0, 1536),
+        11: (1024, 768, 0, 256, 1792),
+    }
+    fields = ("pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
+              "pages_skipped")
+    got = {k: tuple(by("cow-storm", k)["ksm"][f] for f in fields) for k in expected}
+    assert got == expected
+    kb = {k: by("cow-storm", k)["processes"]["cow-b"]["smaps_ksm_kb"]["ram"]
+          for k in (3, 4, 9, 10)}
+    assert kb == {3: 4096, 4: 2048, 9: 2048, 10: 3072}
+    assert by("cow-storm", 4)["processes"]["cow-a"]["smaps_ksm_kb"]["ram"] == 4096
