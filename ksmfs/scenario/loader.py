@@ -313,7 +313,7 @@ class _Checker:
              lo: int | None = None, hi: int | None = None) -> int:
         if key not in obj:
             if default is ...:
-                raise self.fail(path, f"missing required key {key!r}")
+                raise self.fail(path + (key,), "missing (required)")
             return default
         v = obj[key]
         if isinstance(v, bool) or not isinstance(v, int):
@@ -327,7 +327,7 @@ class _Checker:
     def str_(self, obj: dict[str, Any], key: str, path: Path_, default: Any = ...) -> str:
         if key not in obj:
             if default is ...:
-                raise self.fail(path, f"missing required key {key!r}")
+                raise self.fail(path + (key,), "missing (required)")
             return default
         v = obj[key]
         if not isinstance(v, str):
@@ -351,7 +351,7 @@ class _Checker:
     def array(self, obj: dict[str, Any], key: str, path: Path_, required: bool) -> list[Any]:
         if key not in obj:
             if required:
-                raise self.fail(path, f"missing required key {key!r}")
+                raise self.fail(path + (key,), "missing (required)")
             return []
         v = obj[key]
         if not isinstance(v, list):
@@ -581,7 +581,7 @@ def _step(c: _Checker, obj: Any, path: Path_, index: int, pools: dict[str, int],
     elif action == "merge_any":
         c.table(v, ap, ("process", "enable"))
         if "enable" not in v:
-            raise c.fail(ap, "missing required key 'enable'")
+            raise c.fail(ap + ("enable",), "missing (required)")
         args = {"process": c.name_(v, "process", ap), "enable": c.bool_(v, "enable", ap)}
     elif action == "sysfs":
         if not isinstance(v, dict):
