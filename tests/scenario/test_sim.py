@@ -9,7 +9,7 @@ from functools import cache
 import pytest
 
 from ksmfs.scenario.loader import list_builtin, load_scenario
-from ksmfs.scenario.model import KSM_COUNTER_FILES, KSM_STAT_FIELDS, Scenario
+from ksmfs.scenario.model import KSM_COUNTER_FILES, KSM_STAT_FIELDS
 
 pytest.importorskip("ksmfs.kernel.kernel")
 
@@ -216,10 +216,6 @@ def test_sysfs_refusal_is_reported_and_the_run_goes_on(capsys: pytest.CaptureFix
     assert len(err.strip().splitlines()) == 1
     assert snaps[6]["ksm"]["max_page_sharing"] == 2  # accepted after run = 2
     assert snaps[5]["ksm"]["max_page_sharing"] == 3
-
-
-def _scenario(name: str) -> Scenario:
-    return load_scenario(name)
 
 
 def test_cow_storm_follows_lazy_counters_and_smart_scan() -> None:
