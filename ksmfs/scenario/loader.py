@@ -491,7 +491,10 @@ def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
             km = re.match(r"\s*([A-Za-z0-9_.\"'-]+)\s*=", src)
             if km:
                 key = km.group(1).strip()
-            problem = f"invalid TOML ({problem}, column {m.group(2)})" if m else problem
+            if problem.startswith("Cannot overwrite a value"):
+                problem = "defined more than once (or redefined as a table)"
+            else:
+                problem = f"invalid TOML ({problem}, column {m.group(2)})" if m else problem
         raise ScenarioError(problem, file=file, line=line, key=key) from None
 
     c = _Checker(text, file)
