@@ -75,6 +75,21 @@ def calc_checksum(tokens: np.ndarray) -> np.ndarray:
     return c
 
 
+def calc_checksum1(token: int) -> int:
+    """calc_checksum() of one page, in plain integers (same values as the vector form)."""
+    if token == 0:
+        return ZERO_CHECKSUM
+    x = token
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    c = (x ^ (x >> 31)) & 0xFFFFFFFF
+    if c == 0:
+        return 1
+    if c == ZERO_CHECKSUM:
+        return ZERO_CHECKSUM + 1
+    return c
+
+
 def skip_age(age: np.ndarray) -> np.ndarray:
     """skip_age(): how many visits to skip after a processed visit at this age."""
     return np.where(age <= 3, 1, np.where(age <= 5, 2, np.where(age <= 8, 4, 8))).astype(np.uint8)
@@ -457,7 +472,9 @@ class Ksm:
                 hit = np.fromiter((int(t) in in_play for t in ntok), bool, len(ntok))
                 in_order[pos_plain[st_plain][hit]] = True
                 forced.update(int(t) for t, h in zip(ntok, hit.tolist()) if h)
-        fast_pos, slow_groups = self._classify_groups(g, f, pos_c, tok_c, forced)
+        plans, app_pos, app_nodes, app_group_nodes, slow_groups = self._classify_groups(
+            g, f, pos_c, tok_c, forced
+        )
         for grp in slow_groups:
             in_order[grp] = True
         # bulk: remove from trees, checksum rule, zero pages, never-matching contents
@@ -468,7 +485,8 @@ class Ksm:
         changed = chk_b != mem.oldchecksum.a[gb]
         mem.oldchecksum.a[gb[changed]] = chk_b[changed]
         in_fast = np.zeros(g.shape[0], dtype=bool)
-        for plan in fast_pos:
+        in_fast[app_pos] = True
+        for plan in plans:
             in_fast[plan[1]] = True
         keep = ~changed & ~in_fast[bulk]
         gbk = gb[keep]
@@ -481,104 +499,126 @@ class Ksm:
             if rest.shape[0]:
                 # unstable_tree_search_insert() that cannot find a match: insert
                 self._insert_unstable_bulk(rest)
-        if fast_pos:
-            self._merge_groups(g, f, fast_pos)
+        if plans or app_pos.shape[0]:
+            self._merge_groups(g, plans, app_pos, app_nodes)
         # in order: everything whose outcome depends on other pages of the same content
         for i in np.flatnonzero(in_order).tolist():
             self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
 
     def _classify_groups(
         self, g: np.ndarray, f: np.ndarray, pos_c: np.ndarray, tok_c: np.ndarray, forced: set[int]
-    ) -> tuple[list[tuple[str, np.ndarray, int, int]], list[np.ndarray]]:
+    ) -> tuple[list[tuple], np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
         """Split the batch's candidate pages by content. A content whose outcome follows
-        from a closed form (append to a node with room; or pair with the unstable tree
-        page, or with the first page, and append the rest) gets a plan; everything else
-        (chains, full or stale nodes, fork-shared pages, aborted tree walks) goes to the
-        page-by-page path. Returns ([(plan, positions, node or tree item, token)], [slow
-        positions])."""
-        plans: list[tuple[str, np.ndarray, int, int]] = []
+        from a closed form gets a plan: "append" (a node with room takes every page) or
+        "blocks" (fill the node, then blocks of max_page_sharing pages each making a KSM
+        page). Everything else (due chain prunes, stale nodes, fork-shared pages, aborted
+        tree walks) goes to the page-by-page path. Returns (block plans, append positions,
+        their nodes, append group sizes and nodes as one array pair, slow positions)."""
+        plans: list[tuple] = []
         slow: list[np.ndarray] = []
+        empty = np.zeros(0, dtype=np.int64)
         if not pos_c.shape[0]:
-            return plans, slow
+            return plans, empty, empty, empty, slow
         mem = self.mem
         order = np.argsort(tok_c, kind="stable")
         ts = tok_c[order]
         ps = pos_c[order]
         brk = np.flatnonzero(ts[1:] != ts[:-1]) + 1
-        starts = np.concatenate(([0], brk)).tolist()
-        ends = np.concatenate((brk, [ts.shape[0]])).tolist()
-        fmap1 = mem.fmap.a[f[ps]] == 1
-        if self.merge_across_nodes:
-            nids = None
-        else:
+        starts_a = np.concatenate(([0], brk))
+        sizes_a = np.diff(np.concatenate((starts_a, [ts.shape[0]])))
+        ok_a = np.minimum.reduceat((mem.fmap.a[f[ps]] == 1).astype(np.int8), starts_a) > 0
+        nid_a = None
+        if not self.merge_across_nodes:
             nids = mem.fnid.a[f[ps]]
+            lo = np.minimum.reduceat(nids, starts_a)
+            ok_a &= lo == np.maximum.reduceat(nids, starts_a)
+            nid_a = lo.tolist()
         mps = self.max_page_sharing
         seq_odd = bool(self.seqnr & 1)
-        for a, b in zip(starts, ends):
-            t = int(ts[a])
-            grp = ps[a:b]
-            k = b - a
-            if t in forced or not fmap1[a:b].all() or (nids is not None and (nids[a:b] != nids[a]).any()):
-                slow.append(grp)
+        now = self._clock_ns()
+        prune_ns = self.stable_node_chains_prune_millisecs * 1_000_000
+        app_group = np.zeros(starts_a.shape[0], dtype=bool)
+        app_node: list[int] = []
+        starts = starts_a.tolist()
+        sizes = sizes_a.tolist()
+        oks = ok_a.tolist()
+        stable_trees = self.stable_tree
+        unstable_trees = self.unstable_tree
+        node_kfn = self.node_kfn.a
+        node_len = self.node_len.a
+        for i, t in enumerate(ts[starts_a].tolist()):
+            k = sizes[i]
+            if t in forced or not oks[i]:
+                slow.append(ps[starts[i] : starts[i] + k])
                 continue
-            nid = 0 if nids is None else int(nids[a])
-            e = self.stable_tree[nid].get(t)
+            nid = 0 if nid_a is None else nid_a[i]
+            e = stable_trees[nid].get(t)
             room = 0
+            cid = -1
+            if e is not None and e < 0:
+                # a chain: without a prune due and with no stale dup, stable_node_dup()
+                # returns the head dup; when it is full a new dup is made at the head
+                cid = -e - 1
+                dl = self.chains[cid].dups
+                if (
+                    now >= self.chains[cid].prune_time_ns + prune_ns
+                    or len(dl) < 2
+                    or any(node_kfn[d] < 0 or node_len[d] <= 0 for d in dl)
+                ):
+                    slow.append(ps[starts[i] : starts[i] + k])
+                    continue
+                e = dl[0]
             if e is not None:
-                if e < 0 or int(self.node_kfn.a[e]) < 0:
-                    slow.append(grp)  # chains and stale nodes: the exact path
+                ln = int(node_len[e])
+                if node_kfn[e] < 0 or ln == 0:
+                    slow.append(ps[starts[i] : starts[i] + k])  # a stale node: exact path
                     continue
-                ln = int(self.node_len.a[e])
-                if ln == 0:
-                    slow.append(grp)
-                    continue
-                room = max(mps - ln, 0)
+                room = mps - ln if ln < mps else 0
                 if k <= room:
-                    plans.append(("append", grp, e, t))
+                    app_group[i] = True
+                    app_node.append(e)
                     continue
             tree_item = -1
-            tr = self.unstable_tree[nid].get(t)
+            tr = unstable_trees[nid].get(t)
             if tr is not None:
                 tf = int(mem.iflags.a[tr])
                 if (tf & UNSTABLE) and bool(tf & SEQ_ODD) == seq_odd:
                     page = self._get_mergeable_page(tr)
-                    if page is None or int(mem.ftoken.a[page]) != t or int(mem.fmap.a[page]) != 1:
-                        slow.append(grp)  # aborted walks and rewritten tree pages: exact path
+                    if page is None or int(mem.ftoken.a[page]) != t or int(mem.fmap.a[page]) != 1 or e is not None:
+                        slow.append(ps[starts[i] : starts[i] + k])  # aborted walks: exact path
                         continue
                     tree_item = tr
-            if e is not None and tree_item >= 0:
-                slow.append(grp)
-                continue
             # append what fits, then blocks of max_page_sharing pages: in each block the
             # first page waits in the unstable tree, the second pairs with it and becomes a
             # new KSM page (a new dup once one exists), the rest append (spec §3.6)
-            plans.append(("blocks", grp, e if e is not None else -1, t, room, tree_item))
-        return plans, slow
+            plans.append(("blocks", ps[starts[i] : starts[i] + k], e if e is not None else -1, t, room, tree_item, cid))
+        sel = np.repeat(app_group, sizes_a)
+        app_pos = ps[sel]
+        app_nodes_g = np.asarray(app_node, dtype=np.int64)
+        app_nodes = np.repeat(app_nodes_g, sizes_a[app_group])
+        return plans, app_pos, app_nodes, app_nodes_g, slow
 
-    def _merge_groups(self, g: np.ndarray, f: np.ndarray, plans: list[tuple[str, np.ndarray, int, int]]) -> None:
+    def _merge_groups(self, g: np.ndarray, plans: list[tuple], app_pos: np.ndarray, app_nodes: np.ndarray) -> None:
         """Carry out the plans of _classify_groups() with vector operations; the counter
         changes are those of the page-by-page path, summed."""
         mem = self.mem
-        att_g: list[np.ndarray] = []  # items appended to a node, in plan order
+        att_g: list[np.ndarray] = []  # items appended to a node
         att_n: list[np.ndarray] = []
         repl_g: list[np.ndarray] = []  # PTEs pointed at a KSM page
         repl_k: list[np.ndarray] = []
         seq_flag = SEQ_ODD if self.seqnr & 1 else 0
         shared = sharing = unshared = 0
-        for plan, pos, ref, t, *plan_extra in plans:
+        if app_pos.shape[0]:
+            ga = g[app_pos]
+            np.add.at(self.node_len.a, app_nodes, 1)
+            sharing += ga.shape[0]
+            att_g.append(ga)
+            att_n.append(app_nodes.astype(np.int32))
+            repl_g.append(ga)
+            repl_k.append(self.node_kfn.a[app_nodes])
+        for _plan, pos, ref, t, *plan_extra in plans:
             gg = g[pos]
-            if plan == "append":
-                n = ref
-                kfn = int(self.node_kfn.a[n])
-                self.node_len.a[n] += gg.shape[0]
-                sharing += gg.shape[0]
-                att_g.append(gg)
-                att_n.append(np.full(gg.shape[0], n, np.int32))
-                repl_g.append(gg)
-                repl_k.append(np.full(gg.shape[0], kfn, np.int32))
-                continue
-            # blocks
-            node, room, tree_item = ref, plan_extra[0], plan_extra[1]
+            node, room, tree_item, cid = ref, plan_extra[0], plan_extra[1], plan_extra[2]
             if node >= 0 and room:
                 kfn = int(self.node_kfn.a[node])
                 head = gg[:room]
@@ -596,7 +636,6 @@ class Ksm:
             nid = self._nid(int(mem.pte.a[int(seqv[0])]))
             tree = self.stable_tree[nid]
             prior = node
-            cid = -1
             for c0 in range(0, seqv.shape[0], self.max_page_sharing):
                 blk = seqv[c0 : c0 + self.max_page_sharing]
                 if blk.shape[0] == 1:
@@ -674,7 +713,7 @@ class Ksm:
             self._stable_tree_append(g, node, bypass)
             return
         self._remove_one(g)
-        chk = int(calc_checksum(np.array([token], dtype=np.uint64))[0])
+        chk = calc_checksum1(token)
         if int(mem.oldchecksum.a[g]) != chk:
             mem.oldchecksum.a[g] = chk
             return
