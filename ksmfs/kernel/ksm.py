@@ -369,10 +369,14 @@ class Ksm:
             g1 = seg.base + end
             pte = mem.pte.a[g0:g1]
             present = pte >= 0
-            frames_all = np.where(present, pte, 0)
-            kinds = mem.fnode.a[frames_all]
+            kinds = mem.fnode.a[np.maximum(pte, 0)]
             # follow_page(): only normal anonymous pages (KSM pages are anon)
-            visit = present & (kinds != FRAME_FILE) & (kinds != FRAME_SHMEM)
+            visit = present & (kinds >= FRAME_ANON)
+            if visit.all():
+                n, stop = self._scan_dense(mm, g0, g1, kinds, want)
+                processed += n
+                off += stop
+                continue
             idx = np.flatnonzero(visit)
             g = g0 + idx
             fl = mem.iflags.a[g]
@@ -430,6 +434,61 @@ class Ksm:
             off += stop
         return processed, off
 
+    def _scan_dense(self, mm: MM, g0: int, g1: int, kinds: np.ndarray, want: int) -> tuple[int, int]:
+        """_scan_vma() for a window whose pages are all present and anonymous (the common
+        case): the same steps on slices instead of gathers. Returns (processed, swept)."""
+        mem = self.mem
+        fl = mem.iflags.a[g0:g1]
+        is_ksm = kinds >= 0
+        nskip = 0
+        if self.smart_scan:
+            age = mem.age.a[g0:g1]
+            sk = mem.skips.a[g0:g1]
+            skip = ((fl & HAS_ITEM) != 0) & ~is_ksm & (age >= 3) & (sk != 0)
+            if skip.any():
+                cum = np.cumsum(~skip)
+                stop = int(np.searchsorted(cum, want)) + 1 if cum[-1] >= want else g1 - g0
+                skip = skip[:stop]
+                nskip = int(np.count_nonzero(skip))
+            else:
+                stop = min(g1 - g0, want)
+                skip = skip[:stop]
+        else:
+            stop = min(g1 - g0, want)
+        g1 = g0 + stop
+        fl = fl[:stop]
+        is_ksm = is_ksm[:stop]
+        newm = (fl & HAS_ITEM) == 0
+        if newm.any():
+            new = g0 + np.flatnonzero(newm)
+            mem.iflags.a[new] = HAS_ITEM
+            mem.age.a[new] = 0
+            mem.skips.a[new] = 0
+            mem.oldchecksum.a[new] = 0
+            mem.inode.a[new] = -1
+            self.ksm_rmap_items += new.shape[0]
+            mm.ksm_rmap_items += new.shape[0]
+        if self.smart_scan:
+            # should_skip_rmap_item(): age counts visits of non-KSM pages, saturating
+            age = mem.age.a[g0:g1]
+            sk = mem.skips.a[g0:g1]
+            nk = ~is_ksm
+            old = age.copy()
+            reset = nk & (old >= 3) & (sk == 0)
+            if reset.any():
+                sk[reset] = skip_age(old[reset])
+            if nskip:
+                sk[skip] -= 1
+            age += nk & (old < 255)
+            if nskip:
+                skipped = g0 + np.flatnonzero(skip)
+                self.pages_skipped += nskip
+                self._remove_from_tree(skipped)
+                self._cmp_and_merge_pages(g0 + np.flatnonzero(~skip))
+                return stop - nskip, stop
+        self._cmp_and_merge_pages(np.arange(g0, g1, dtype=np.int64))
+        return stop, stop
+
     # ------------------------------------------------------------------ cmp_and_merge_page
     def _cmp_and_merge_pages(self, g: np.ndarray) -> None:
         """cmp_and_merge_page() for a run of visited pages (visit order)."""
@@ -441,6 +500,13 @@ class Ksm:
         ksm = kind >= 0
         fl = mem.iflags.a[g]
         attached = ksm & ((fl & STABLE) != 0) & (mem.inode.a[g] == kind)
+        if attached.any():
+            # an item already attached to its KSM page: nothing to do (the usual case)
+            rest = ~attached
+            if not rest.any():
+                return
+            g, f, kind, ksm, fl = g[rest], f[rest], kind[rest], ksm[rest], fl[rest]
+            attached = np.zeros(g.shape[0], dtype=bool)
         forked = ksm & ~attached  # a KSM page this item is not attached to (fork)
         plain = ~ksm
         tok = mem.ftoken.a[f]
@@ -529,7 +595,7 @@ class Ksm:
         ok_a = np.minimum.reduceat((mem.fmap.a[f[ps]] == 1).astype(np.int8), starts_a) > 0
         nid_a = None
         if not self.merge_across_nodes:
-            nids = mem.fnid.a[f[ps]]
+            nids = mem.nid_of(f[ps])
             lo = np.minimum.reduceat(nids, starts_a)
             ok_a &= lo == np.maximum.reduceat(nids, starts_a)
             nid_a = lo.tolist()
@@ -748,7 +814,7 @@ class Ksm:
         return int(self._mm_by_gpid(np.array([g]))[0])
 
     def _nid(self, frame: int) -> int:
-        return 0 if self.merge_across_nodes else int(self.mem.fnid.a[frame])
+        return 0 if self.merge_across_nodes or self.mem.fnid is None else int(self.mem.fnid.a[frame])
 
     def _replace_page(self, g: int, kfn: int) -> None:
         """replace_page(): point the PTE at the KSM page, drop the old page."""

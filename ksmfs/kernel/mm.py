@@ -93,8 +93,9 @@ class PhysMem:
         self.ftoken = GrowArray(np.uint64)
         self.fmap = GrowArray(np.int32)  # mapcount
         self.fnode = GrowArray(np.int32, FRAME_FREE)  # stable node id, or a FRAME_* kind
-        self.fnid = GrowArray(np.uint8)  # NUMA node
-        self._free = GrowArray(np.int32)  # stack of free frame numbers
+        # NUMA node of each frame; not kept at all on a single-node machine
+        self.fnid = GrowArray(np.uint8) if nr_nodes > 1 else None
+        self._free_hint = 0
         # per gpid: page table and rmap_item
         self.pte = GrowArray(np.int32, PTE_NONE)
         self.iflags = GrowArray(np.uint8)
@@ -120,28 +121,59 @@ class PhysMem:
         for arr in (self.pte, self.iflags, self.age, self.skips, self.oldchecksum, self.inode):
             arr.reserve(arr.n + pages)
         for arr in (self.ftoken, self.fmap, self.fnode, self.fnid):
-            arr.reserve(arr.n + pages)
+            if arr is not None:
+                arr.reserve(arr.n + pages)
 
     # -- frames ---------------------------------------------------------------------------
+    def nid_of(self, frames: np.ndarray) -> np.ndarray:
+        if self.fnid is None:
+            return np.zeros(frames.shape[0], dtype=np.uint8)
+        return self.fnid.a[frames]
+
+    def _take_free(self, n: int) -> np.ndarray:
+        """Up to n free frames, found by scanning fnode from a moving hint. Keeping no free
+        list costs nothing per freed frame (RSS budget); the hint makes the search
+        amortised linear, wrapping once when the end is reached."""
+        out: list[np.ndarray] = []
+        got = 0
+        total = self.fnode.n
+        hint = min(self._free_hint, total)
+        for lo, hi in ((hint, total), (0, hint)):  # each frame is looked at once
+            pos = lo
+            while got < n and pos < hi:
+                end = min(hi, pos + max(4 * (n - got), 65536))
+                idx = np.flatnonzero(self.fnode.a[pos:end] == FRAME_FREE)[: n - got]
+                if idx.shape[0]:
+                    out.append((idx + pos).astype(np.int32))
+                    got += idx.shape[0]
+                    if got >= n:
+                        end = pos + int(idx[-1]) + 1
+                pos = end
+            self._free_hint = pos
+            if got >= n:
+                break
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
+
     def alloc_frames(self, tokens: np.ndarray, kind: int = FRAME_ANON, nid: int = 0) -> np.ndarray:
         """Allocate one frame per token (mapcount 1); returns the frame numbers."""
         n = int(tokens.shape[0])
-        take = min(n, self.nr_free_frames)
+        reuse = self._take_free(n) if self.nr_free_frames else np.zeros(0, dtype=np.int32)
+        take = reuse.shape[0]
+        self.nr_free_frames -= take
         frames = np.empty(n, dtype=np.int32)
-        if take:
-            top = self.nr_free_frames
-            frames[:take] = self._free.a[top - take : top]
-            self.nr_free_frames = top - take
+        frames[:take] = reuse
         if n > take:
             start = self.ftoken.extend(n - take)
             self.fmap.extend(n - take)
             self.fnode.extend(n - take)
-            self.fnid.extend(n - take)
+            if self.fnid is not None:
+                self.fnid.extend(n - take)
             frames[take:] = np.arange(start, start + n - take, dtype=np.int32)
         self.ftoken.a[frames] = tokens
         self.fmap.a[frames] = 1
         self.fnode.a[frames] = kind
-        self.fnid.a[frames] = nid
+        if self.fnid is not None:
+            self.fnid.a[frames] = nid
         return frames
 
     def free_frames(self, frames: np.ndarray) -> None:
@@ -150,11 +182,7 @@ class PhysMem:
             return
         self.fnode.a[frames] = FRAME_FREE
         self.fmap.a[frames] = 0
-        top = self.nr_free_frames
-        self._free.reserve(top + n)
-        self._free.n = max(self._free.n, top + n)
-        self._free.a[top : top + n] = frames
-        self.nr_free_frames = top + n
+        self.nr_free_frames += n
 
     @property
     def nr_frames_in_use(self) -> int:

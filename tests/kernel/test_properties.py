@@ -66,6 +66,14 @@ class Shadow:
             assert m.ksm_merging_pages >= 0 and m.ksm_rmap_items >= 0 and m.ksm_zero_pages >= 0
         for pid, (addr, content) in self.procs.items():
             assert list(k.read(pid, addr, 16)) == list(content), f"pid {pid} reads changed content"
+        # every frame's mapcount is the number of PTEs that map it; free frames map nowhere
+        mem = k.mem
+        ptes = [mem.pte.a[v.base : v.base + v.npages] for m in mms for v in m.vmas]
+        mapped = np.concatenate(ptes) if ptes else np.zeros(0, np.int32)
+        mapped = mapped[mapped >= 0]
+        count = np.bincount(mapped, minlength=mem.fmap.n)[: mem.fmap.n]
+        assert (count == mem.fmap.a[: mem.fmap.n]).all(), "mapcount differs from the page tables"
+        assert not (mem.fnode.a[mapped] == -4).any(), "a mapped frame is on the free list"
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
