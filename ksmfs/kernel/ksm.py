@@ -36,6 +36,7 @@ from .mm import (
     Segment,
     UNIQUE_BIT,
 )
+from .tokenindex import MISSING, StableTree
 from .trace import TraceBuffer
 
 # rmap_item flag bits kept in PhysMem.iflags (the kernel keeps them in rmap_item->address)
@@ -176,7 +177,7 @@ class Ksm:
         self.chains: dict[int, Chain] = {}
         self._next_chain = 0
         # trees: token -> node id (>= 0) or chain (-(cid + 1)); unstable: token -> gpid
-        self.stable_tree: list[dict[int, int]] = [{}]
+        self.stable_tree: list[StableTree] = [StableTree()]
         self.unstable_tree: list[dict[int, int]] = [{}]
         self.demoted_unique: set[int] = set()
         self._pending_dead: list[int] = []
@@ -566,7 +567,7 @@ class Ksm:
                 # unstable_tree_search_insert() that cannot find a match: insert
                 self._insert_unstable_bulk(rest)
         if plans or app_pos.shape[0]:
-            self._merge_groups(g, plans, app_pos, app_nodes)
+            self._merge_groups(g, plans, app_pos, app_nodes, app_group_nodes)
         # in order: everything whose outcome depends on other pages of the same content
         for i in np.flatnonzero(in_order).tolist():
             self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
@@ -603,16 +604,34 @@ class Ksm:
         seq_odd = bool(self.seqnr & 1)
         now = self._clock_ns()
         prune_ns = self.stable_node_chains_prune_millisecs * 1_000_000
-        app_group = np.zeros(starts_a.shape[0], dtype=bool)
-        app_node: list[int] = []
+        node_kfn = self.node_kfn.a
+        node_len = self.node_len.a
+        uniq = ts[starts_a]
+        gnode = np.full(starts_a.shape[0], -1, dtype=np.int64)
+        if nid_a is None:
+            # the usual case, decided for all contents at once: a plain node with room
+            # for the whole group (no prune, chain or stale page involved)
+            vals = self.stable_tree[0].index.lookup(uniq)
+            plain = vals >= 0
+            vv = np.where(plain, vals, 0)
+            ln = node_len[vv]
+            room = np.where(ln < mps, mps - ln, 0)
+            app_group = ok_a & plain & (node_kfn[vv] >= 0) & (ln > 0) & (sizes_a <= room)
+            if forced:
+                app_group &= ~np.isin(uniq, np.fromiter(forced, np.uint64, len(forced)))
+            gnode[app_group] = vals[app_group]
+            rest = np.flatnonzero(~app_group).tolist()
+        else:
+            app_group = np.zeros(starts_a.shape[0], dtype=bool)
+            rest = list(range(starts_a.shape[0]))
         starts = starts_a.tolist()
         sizes = sizes_a.tolist()
         oks = ok_a.tolist()
         stable_trees = self.stable_tree
         unstable_trees = self.unstable_tree
-        node_kfn = self.node_kfn.a
-        node_len = self.node_len.a
-        for i, t in enumerate(ts[starts_a].tolist()):
+        uniq_l = uniq.tolist()
+        for i in rest:
+            t = uniq_l[i]
             k = sizes[i]
             if t in forced or not oks[i]:
                 slow.append(ps[starts[i] : starts[i] + k])
@@ -642,7 +661,7 @@ class Ksm:
                 room = mps - ln if ln < mps else 0
                 if k <= room:
                     app_group[i] = True
-                    app_node.append(e)
+                    gnode[i] = e
                     continue
             tree_item = -1
             tr = unstable_trees[nid].get(t)
@@ -660,11 +679,17 @@ class Ksm:
             plans.append(("blocks", ps[starts[i] : starts[i] + k], e if e is not None else -1, t, room, tree_item, cid))
         sel = np.repeat(app_group, sizes_a)
         app_pos = ps[sel]
-        app_nodes_g = np.asarray(app_node, dtype=np.int64)
-        app_nodes = np.repeat(app_nodes_g, sizes_a[app_group])
-        return plans, app_pos, app_nodes, app_nodes_g, slow
+        app_nodes = np.repeat(gnode[app_group], sizes_a[app_group])
+        return plans, app_pos, app_nodes, (gnode[app_group], sizes_a[app_group]), slow
 
-    def _merge_groups(self, g: np.ndarray, plans: list[tuple], app_pos: np.ndarray, app_nodes: np.ndarray) -> None:
+    def _merge_groups(
+        self,
+        g: np.ndarray,
+        plans: list[tuple],
+        app_pos: np.ndarray,
+        app_nodes: np.ndarray,
+        app_groups: tuple[np.ndarray, np.ndarray],
+    ) -> None:
         """Carry out the plans of _classify_groups() with vector operations; the counter
         changes are those of the page-by-page path, summed."""
         mem = self.mem
@@ -675,13 +700,17 @@ class Ksm:
         seq_flag = SEQ_ODD if self.seqnr & 1 else 0
         shared = sharing = unshared = 0
         if app_pos.shape[0]:
+            # one content per node: the groups' nodes are distinct, so += is exact
+            gn, gs = app_groups
+            self.node_len.a[gn] += gs.astype(np.int32)
+            mem.fmap.a[self.node_kfn.a[gn]] += gs.astype(np.int32)
             ga = g[app_pos]
-            np.add.at(self.node_len.a, app_nodes, 1)
             sharing += ga.shape[0]
             att_g.append(ga)
             att_n.append(app_nodes.astype(np.int32))
-            repl_g.append(ga)
-            repl_k.append(self.node_kfn.a[app_nodes])
+            old = mem.pte.a[ga].copy()
+            mem.pte.a[ga] = self.node_kfn.a[app_nodes]
+            self.put_frames(old.astype(np.int32))
         for _plan, pos, ref, t, *plan_extra in plans:
             gg = g[pos]
             node, room, tree_item, cid = ref, plan_extra[0], plan_extra[1], plan_extra[2]
@@ -694,6 +723,7 @@ class Ksm:
                 att_n.append(np.full(head.shape[0], node, np.int32))
                 repl_g.append(head)
                 repl_k.append(np.full(head.shape[0], kfn, np.int32))
+                mem.fmap.a[kfn] += head.shape[0]
                 gg = gg[room:]
             seqv = gg.astype(np.int64)
             if tree_item >= 0:
@@ -736,6 +766,7 @@ class Ksm:
                 others = np.delete(blk, 1)
                 repl_g.append(others)
                 repl_k.append(np.full(others.shape[0], kfn, np.int32))
+                mem.fmap.a[kfn] += others.shape[0]
         self.pages_shared += shared
         self.pages_sharing += sharing
         self.pages_unshared += unshared
@@ -744,7 +775,6 @@ class Ksm:
             rk = np.concatenate(repl_k)
             old = mem.pte.a[rg].copy()
             mem.pte.a[rg] = rk
-            np.add.at(mem.fmap.a, rk, 1)
             self.put_frames(old.astype(np.int32))
         if att_g:
             ag = np.concatenate(att_g)
@@ -1232,7 +1262,7 @@ class Ksm:
         self._reap_dead_nodes()
         self.merge_across_nodes = value
         trees = 1 if value else max(1, self.mem.nr_nodes)
-        self.stable_tree = [{} for _ in range(trees)]
+        self.stable_tree = [StableTree() for _ in range(trees)]
         self.unstable_tree = [{} for _ in range(trees)]
 
     def set_sleep_millisecs(self, value: int) -> None:

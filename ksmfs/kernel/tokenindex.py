@@ -1,0 +1,114 @@
+"""A numpy open-addressing hash map from content token to tree entry.
+
+The stable tree is a dict (exact, simple); this index mirrors it so that a ksmd batch can
+look up the contents of thousands of pages in one vector operation instead of one dict
+lookup per content.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
+TOMB = np.uint64(0xFFFFFFFFFFFFFFFE)
+MISSING = -(1 << 62)  # lookup(): not in the tree
+UNKNOWN = -(1 << 61)  # lookup(): a token equal to a sentinel; ask the dict
+_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+class TokenIndex:
+    def __init__(self, bits: int = 10) -> None:
+        self._alloc(bits)
+
+    def _alloc(self, bits: int) -> None:
+        self.bits = bits
+        self.keys = np.full(1 << bits, EMPTY, dtype=np.uint64)
+        self.vals = np.zeros(1 << bits, dtype=np.int64)
+        self.used = 0  # live + tombstones
+        self.mask = (1 << bits) - 1
+
+    def _h(self, t: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return ((t * _MUL) >> np.uint64(64 - self.bits)).astype(np.int64)
+
+    def _h1(self, t: int) -> int:
+        return ((t * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) >> (64 - self.bits)
+
+    def set(self, t: int, v: int) -> None:
+        if t >= 0xFFFFFFFFFFFFFFFE:
+            return  # sentinels are never indexed; lookups of them say UNKNOWN
+        keys = self.keys
+        h = self._h1(t)
+        tomb = -1
+        while True:
+            k = int(keys[h])
+            if k == t:
+                self.vals[h] = v
+                return
+            if k == 0xFFFFFFFFFFFFFFFF:
+                break
+            if k == 0xFFFFFFFFFFFFFFFE and tomb < 0:
+                tomb = h
+            h = (h + 1) & self.mask
+        if tomb >= 0:
+            h = tomb
+        else:
+            self.used += 1
+        keys[h] = t
+        self.vals[h] = v
+        if self.used * 2 > keys.shape[0]:
+            self._rehash(self.bits + 1)
+
+    def delete(self, t: int) -> None:
+        if t >= 0xFFFFFFFFFFFFFFFE:
+            return
+        keys = self.keys
+        h = self._h1(t)
+        while True:
+            k = int(keys[h])
+            if k == t:
+                keys[h] = TOMB
+                return
+            if k == 0xFFFFFFFFFFFFFFFF:
+                return
+            h = (h + 1) & self.mask
+
+    def _rehash(self, bits: int) -> None:
+        live = (self.keys != EMPTY) & (self.keys != TOMB)
+        ks, vs = self.keys[live], self.vals[live]
+        self._alloc(bits)
+        for t, v in zip(ks.tolist(), vs.tolist()):
+            self.set(t, v)
+
+    def lookup(self, ts: np.ndarray) -> np.ndarray:
+        """The value of every token, MISSING when absent, UNKNOWN for sentinel tokens."""
+        n = ts.shape[0]
+        res = np.full(n, MISSING, dtype=np.int64)
+        active = np.arange(n)
+        h = self._h(ts)
+        tt = ts
+        while active.shape[0]:
+            k = self.keys[h]
+            hit = k == tt
+            if hit.any():
+                res[active[hit]] = self.vals[h[hit]]
+            more = ~hit & (k != EMPTY)
+            active, h, tt = active[more], (h[more] + 1) & self.mask, tt[more]
+        res[ts >= TOMB] = UNKNOWN
+        return res
+
+
+class StableTree(dict):  # type: ignore[type-arg]
+    """token -> node id (>= 0) or chain (-(cid + 1)), with a TokenIndex kept in step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index = TokenIndex()
+
+    def __setitem__(self, t: int, v: int) -> None:
+        super().__setitem__(t, v)
+        self.index.set(t, v)
+
+    def __delitem__(self, t: int) -> None:
+        super().__delitem__(t)
+        self.index.delete(t)
