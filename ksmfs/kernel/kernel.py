@@ -80,7 +80,7 @@ class Kernel:
         self._range_mm = GrowArray(np.int32)
         self._pids = itertools.count(100)
         self._mm_ids = itertools.count(1)
-        self._unique = itertools.count(1)
+        self._next_unique = 1
         self.ksm = Ksm(
             self.mem,
             self.trace,
@@ -112,9 +112,8 @@ class Kernel:
 
     def unique_tokens(self, n: int) -> np.ndarray:
         """Contents no other page has (bit 63 set): ksmd knows they cannot match."""
-        start = next(self._unique)
-        for _ in range(n - 1):
-            next(self._unique)
+        start = self._next_unique
+        self._next_unique += n
         return (np.arange(start, start + n, dtype=np.uint64)) | UNIQUE_BIT
 
     # ------------------------------------------------------------------ lookup helpers
