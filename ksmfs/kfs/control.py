@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ksmfs.kfs.errors import KsmError, einval
-from ksmfs.kfs.smaps import header_line, vma_header
+from ksmfs.kfs.smaps import vma_header
 from ksmfs.kfs.tree import FileSpec
 
 if TYPE_CHECKING:
@@ -364,4 +364,4 @@ def file_specs(version) -> list[FileSpec]:
     ]
 
 
-__all__ = ["COMMANDS", "README", "run_command", "tokens", "header_line"]
+__all__ = ["COMMANDS", "README", "run_command", "store_control", "tokens"]

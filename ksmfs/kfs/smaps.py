@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ksmfs.kernel.mm import FRAME_FILE, VM_EXEC, VM_HUGETLB, VM_MAYSHARE, VM_READ, VM_WRITE
+
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
 
@@ -16,13 +18,6 @@ PAGE_SHIFT = 12
 PSS_SHIFT = 12
 # seq_setwidth(m, 25 + sizeof(void *) * 6 - 1): the name starts after column 72 + 1 space.
 HEADER_PAD = 25 + 8 * 6 - 1
-
-VM_READ = 0x1
-VM_WRITE = 0x2
-VM_EXEC = 0x4
-VM_SHARED = 0x8
-VM_MAYSHARE = 0x80
-VM_HUGETLB = 0x400000
 
 # show_smap_vma_flags(): mnemonics indexed by VM_* bit (x86-64, 6.18).  Bit 27 (sd,
 # VM_SOFTDIRTY) is omitted: CONFIG_MEM_SOFT_DIRTY is unset on the reference machine.
@@ -52,9 +47,6 @@ def vma_name(vma) -> str | None:
     if name.startswith(("/", "[")):
         return name
     return f"[anon:{name}]"
-
-
-FRAME_FILE = -2  # ksmfs.kernel.mm: Vma.kind of a private file mapping
 
 
 def _is_file(vma) -> bool:
@@ -192,6 +184,7 @@ def render_smaps_rollup(k: Kernel, pid: int) -> bytes:
             total = total + c
         start, end = rows[0][0].start, rows[-1][0].end
     else:
+        # show_smaps_rollup's empty_set: vma_start = last_vma_end = 0.
         total = _zero_counts(k)
         start = end = 0
     head = header_line(start, end, 0, 0, None, 0, "[rollup]")
@@ -202,18 +195,9 @@ def render_smaps_rollup(k: Kernel, pid: int) -> bytes:
 
 
 def _zero_counts(k: Kernel):
-    try:
-        from ksmfs.kernel.smaps import SmapsCounts
+    from ksmfs.kernel.smaps import SmapsCounts
 
-        return SmapsCounts()
-    except Exception:  # the kernel's SmapsCounts may need arguments
-        from types import SimpleNamespace
-
-        names = ("size rss shared_clean shared_dirty private_clean private_dirty referenced "
-                 "anonymous ksm lazyfree anon_huge shmem_pmd file_pmd shared_hugetlb "
-                 "private_hugetlb swap locked pss pss_dirty pss_anon pss_file pss_shmem "
-                 "swap_pss").split()
-        return SimpleNamespace(**dict.fromkeys(names, 0))
+    return SmapsCounts()
 
 
 def render_maps(k: Kernel, pid: int) -> bytes:

@@ -95,6 +95,16 @@ def test_smaps_rollup_sums_all_vmas(kernel, pids):
     assert "\nRss:                 320 kB\n" in text
 
 
+def test_smaps_rollup_of_an_mm_without_vmas(kernel):
+    """show_smaps_rollup's empty_set: a 0-0 header and all-zero fields; smaps is empty."""
+    pid = kernel.spawn("idle")
+    tree = Tree(kernel)
+    text = read(tree, f"proc/{pid}/smaps_rollup")
+    assert text.startswith("00000000-00000000 ---p 00000000 00:00 0".ljust(72) + " [rollup]\n")
+    assert all(line.split()[1] == "0" for line in text.splitlines()[1:])
+    assert read(tree, f"proc/{pid}/smaps") == "" and read(tree, f"proc/{pid}/maps") == ""
+
+
 def test_header_padding_of_named_vmas():
     """show_vma_header_prefix + seq_pad: names start in column 74 (spec §2.4 samples)."""
     line = header_line(0x5578DDFA3000, 0x5578DDFA8000, 0x5, 0x2000, (0xFE, 0), 260131,
@@ -104,7 +114,9 @@ def test_header_padding_of_named_vmas():
         "                     /usr/bin/cat"
     )
     vsys = header_line(0xFFFFFFFFFF600000, 0xFFFFFFFFFF601000, 0x4, 0, None, 0, "[vsyscall]")
-    assert vsys == "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]"
+    assert vsys == (
+        "ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]"
+    )
     assert header_line(0x1000, 0x2000, 0x3, 0, None, 0, None) == (
         "00001000-00002000 rw-p 00000000 00:00 0 "
     )
