@@ -181,6 +181,7 @@ class Ksm:
         self.unstable_tree: list[dict[int, int]] = [{}]
         self.demoted_unique: set[int] = set()
         self._pending_dead: list[int] = []
+        self.chk_exc: dict[int, int] = {}  # gpid -> oldchecksum of stable items (rare)
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
         self.wakeups = 0  # bumped whenever ksmd would be woken (run=1, sleep change, enter)
@@ -383,9 +384,9 @@ class Ksm:
             fl = mem.iflags.a[g]
             is_ksm = kinds[idx] >= 0
             if self.smart_scan:
-                age = mem.age.a[g]
+                a8 = mem.ags.a[g]
                 has = (fl & HAS_ITEM) != 0
-                skip = has & ~is_ksm & (age >= 3) & (mem.skips.a[g] != 0)
+                skip = has & ~is_ksm & ((a8 & 0xF) >= 3) & ((a8 >> 4) != 0)
             else:
                 skip = np.zeros(idx.shape[0], dtype=bool)
             proc = ~skip
@@ -409,23 +410,22 @@ class Ksm:
             new = g[(fl & HAS_ITEM) == 0]
             if new.shape[0]:
                 mem.iflags.a[new] = HAS_ITEM
-                mem.age.a[new] = 0
-                mem.skips.a[new] = 0
-                mem.oldchecksum.a[new] = 0
-                mem.inode.a[new] = -1
+                mem.ags.a[new] = 0
+                mem.ival.a[new] = 0
                 self.ksm_rmap_items += new.shape[0]
                 mm.ksm_rmap_items += new.shape[0]
             if self.smart_scan:
                 # should_skip_rmap_item(): age counts visits of non-KSM pages, saturating
                 gk = g[~is_ksm]
-                a = mem.age.a[gk]
-                mem.age.a[gk] = np.minimum(a.astype(np.int32) + 1, 255).astype(np.uint8)
-                s = mem.skips.a[gk]
+                a8 = mem.ags.a[gk]
+                a = a8 & 0xF
+                s = a8 >> 4
                 sk = skip[~is_ksm]
                 reset = (a >= 3) & (s == 0)
                 s = np.where(reset, skip_age(a), s)
                 s = np.where(sk, s - 1, s).astype(np.uint8)
-                mem.skips.a[gk] = s
+                a = np.where(a < 15, a + 1, a).astype(np.uint8)
+                mem.ags.a[gk] = a | (s << 4)
                 skipped = g[skip]
                 if skipped.shape[0]:
                     self.pages_skipped += skipped.shape[0]
@@ -443,9 +443,8 @@ class Ksm:
         is_ksm = kinds >= 0
         nskip = 0
         if self.smart_scan:
-            age = mem.age.a[g0:g1]
-            sk = mem.skips.a[g0:g1]
-            skip = ((fl & HAS_ITEM) != 0) & ~is_ksm & (age >= 3) & (sk != 0)
+            a8 = mem.ags.a[g0:g1]
+            skip = ((fl & HAS_ITEM) != 0) & ~is_ksm & ((a8 & 0xF) >= 3) & ((a8 >> 4) != 0)
             if skip.any():
                 cum = np.cumsum(~skip)
                 stop = int(np.searchsorted(cum, want)) + 1 if cum[-1] >= want else g1 - g0
@@ -463,24 +462,22 @@ class Ksm:
         if newm.any():
             new = g0 + np.flatnonzero(newm)
             mem.iflags.a[new] = HAS_ITEM
-            mem.age.a[new] = 0
-            mem.skips.a[new] = 0
-            mem.oldchecksum.a[new] = 0
-            mem.inode.a[new] = -1
+            mem.ags.a[new] = 0
+            mem.ival.a[new] = 0
             self.ksm_rmap_items += new.shape[0]
             mm.ksm_rmap_items += new.shape[0]
         if self.smart_scan:
             # should_skip_rmap_item(): age counts visits of non-KSM pages, saturating
-            age = mem.age.a[g0:g1]
-            sk = mem.skips.a[g0:g1]
+            a8 = mem.ags.a[g0:g1]
+            old = a8 & 0xF
+            sk = a8 >> 4
             nk = ~is_ksm
-            old = age.copy()
             reset = nk & (old >= 3) & (sk == 0)
             if reset.any():
                 sk[reset] = skip_age(old[reset])
             if nskip:
                 sk[skip] -= 1
-            age += nk & (old < 255)
+            a8[:] = (old + (nk & (old < 15))) | (sk << 4)
             if nskip:
                 skipped = g0 + np.flatnonzero(skip)
                 self.pages_skipped += nskip
@@ -500,7 +497,7 @@ class Ksm:
         kind = mem.fnode.a[f]
         ksm = kind >= 0
         fl = mem.iflags.a[g]
-        attached = ksm & ((fl & STABLE) != 0) & (mem.inode.a[g] == kind)
+        attached = ksm & ((fl & STABLE) != 0) & (mem.ival.a[g].astype(np.int64) == kind)
         if attached.any():
             # an item already attached to its KSM page: nothing to do (the usual case)
             rest = ~attached
@@ -513,7 +510,7 @@ class Ksm:
         tok = mem.ftoken.a[f]
         chk = calc_checksum(tok[plain])
         gp = g[plain]
-        stable_cand = chk == mem.oldchecksum.a[gp]
+        stable_cand = chk == self._oldchecksum(gp, fl[plain])
         # classify before touching any tree: which contents could meet another page?
         cand_tok = tok[plain][stable_cand]
         fp = f[plain][stable_cand]
@@ -534,7 +531,7 @@ class Ksm:
             # place in the visit order: the node's fill level decides later merges
             st_plain = (fl[plain] & STABLE) != 0
             if st_plain.any():
-                nodes = mem.inode.a[gp[st_plain]]
+                nodes = mem.ival.a[gp[st_plain]].astype(np.int64)
                 ntok = self.node_token.a[nodes].tolist()
                 hit = np.fromiter((int(t) in in_play for t in ntok), bool, len(ntok))
                 in_order[pos_plain[st_plain][hit]] = True
@@ -549,8 +546,8 @@ class Ksm:
         gb = g[bulk]
         self._remove_from_tree(gb)
         chk_b = calc_checksum(tok[bulk])
-        changed = chk_b != mem.oldchecksum.a[gb]
-        mem.oldchecksum.a[gb[changed]] = chk_b[changed]
+        changed = chk_b != mem.ival.a[gb]
+        mem.ival.a[gb[changed]] = chk_b[changed]
         in_fast = np.zeros(g.shape[0], dtype=bool)
         in_fast[app_pos] = True
         for plan in plans:
@@ -780,7 +777,7 @@ class Ksm:
             ag = np.concatenate(att_g)
             an = np.concatenate(att_n)
             mem.iflags.a[ag] = (mem.iflags.a[ag] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
-            mem.inode.a[ag] = an
+            self._attach_ival(ag, an)
             mmids = self._mm_by_gpid(ag)
             for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
                 self._mms[int(mmid)].ksm_merging_pages += int(cnt)
@@ -810,8 +807,8 @@ class Ksm:
             return
         self._remove_one(g)
         chk = calc_checksum1(token)
-        if int(mem.oldchecksum.a[g]) != chk:
-            mem.oldchecksum.a[g] = chk
+        if int(mem.ival.a[g]) != chk:
+            mem.ival.a[g] = chk
             return
         if self.use_zero_pages and chk == ZERO_CHECKSUM and token == 0:
             self._merge_with_zero_page(np.array([g], dtype=np.int64))
@@ -894,6 +891,39 @@ class Ksm:
         mem.free_frames(uniq.astype(np.int32))
 
     # ------------------------------------------------------------------ rmap_item removal
+    def _oldchecksum(self, g: np.ndarray, fl: np.ndarray) -> np.ndarray:
+        """rmap_item->oldchecksum of items (a stable item keeps it implicitly)."""
+        v = self.mem.ival.a[g].copy()
+        st = (fl & STABLE) != 0
+        if st.any():
+            v[st] = calc_checksum(self.node_token.a[v[st].astype(np.int64)])
+            if self.chk_exc:
+                for i in np.flatnonzero(st).tolist():
+                    e = self.chk_exc.get(int(g[i]))
+                    if e is not None:
+                        v[i] = e
+        return v
+
+    def _attach_ival(self, g: np.ndarray, nodes: np.ndarray) -> None:
+        """Store the node in place of the checksum; a checksum that is not the node's
+        content's (a forked page attached without a checksum round) is kept aside."""
+        ival = self.mem.ival.a
+        cur = ival[g]
+        odd = cur != calc_checksum(self.node_token.a[nodes])
+        if odd.any():
+            for gi, c in zip(g[odd].tolist(), cur[odd].tolist()):
+                self.chk_exc[gi] = c
+        ival[g] = nodes
+
+    def _detach_ival(self, g: np.ndarray, nodes: np.ndarray) -> None:
+        """The item leaves its node: its checksum comes back."""
+        self.mem.ival.a[g] = calc_checksum(self.node_token.a[nodes])
+        if self.chk_exc:
+            for gi in g.tolist():
+                c = self.chk_exc.pop(gi, None)
+                if c is not None:
+                    self.mem.ival.a[gi] = c
+
     def _remove_one(self, g: int) -> None:
         self._remove_from_tree(np.array([g], dtype=np.int64))
 
@@ -907,7 +937,8 @@ class Ksm:
         fl = mem.iflags.a[g]
         st = g[(fl & STABLE) != 0]
         if st.shape[0]:
-            nodes = mem.inode.a[st]
+            nodes = mem.ival.a[st].astype(np.int64)
+            self._detach_ival(st, nodes)
             alive = self.node_alive.a[nodes]
             # items of a node removed earlier in this batch: their share of that removal
             gone = st[~alive]
@@ -928,7 +959,6 @@ class Ksm:
                 self.pages_shared -= emptied
                 self.pages_sharing -= int(cnt.sum()) - emptied
                 self._dec_merging(st)
-            mem.inode.a[g[(fl & STABLE) != 0]] = -1
         if np.any(fl & UNSTABLE):
             self.pages_unshared -= int(np.count_nonzero(fl & UNSTABLE))
         mem.iflags.a[g] = fl & ~np.uint8(STABLE | UNSTABLE | SEQ_ODD)
@@ -953,9 +983,11 @@ class Ksm:
         self._remove_from_tree(g)
         mem = self.mem
         mem.iflags.a[g] = 0
-        mem.age.a[g] = 0
-        mem.skips.a[g] = 0
-        mem.oldchecksum.a[g] = 0
+        mem.ags.a[g] = 0
+        mem.ival.a[g] = 0
+        if self.chk_exc:
+            for gi in g.tolist():
+                self.chk_exc.pop(gi, None)
         self.ksm_rmap_items -= g.shape[0]
         mmids = self._mm_by_gpid(g)
         for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
@@ -973,7 +1005,7 @@ class Ksm:
         n = mem.iflags.n
         stable = (mem.iflags.a[:n] & STABLE) != 0
         cand = np.flatnonzero(stable)
-        nodes = mem.inode.a[cand]
+        nodes = mem.ival.a[cand].astype(np.int64)
         hit = cand[dead[nodes]]
         if hit.shape[0]:
             if self.trace.want("ksm_remove_rmap_item"):
@@ -981,7 +1013,7 @@ class Ksm:
                     self._emit("ksm_remove_rmap_item", pfn=-1, rmap_item=gi, mm=self._mmid(gi))
             self._dec_merging(hit)
             mem.iflags.a[hit] &= ~np.uint8(STABLE)
-            mem.inode.a[hit] = -1
+            self._detach_ival(hit, mem.ival.a[hit].astype(np.int64))
         self._free_nodes.extend(np.flatnonzero(dead).tolist())
 
     # ------------------------------------------------------------------ stable nodes
@@ -1141,7 +1173,7 @@ class Ksm:
         self.node_len.a[n] = had + 1
         mem = self.mem
         mem.iflags.a[g] = (mem.iflags.a[g] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
-        mem.inode.a[g] = n
+        self._attach_ival(np.array([g], dtype=np.int64), np.array([n], dtype=np.int64))
         if had:
             self.pages_sharing += 1
         else:

@@ -99,10 +99,12 @@ class PhysMem:
         # per gpid: page table and rmap_item
         self.pte = GrowArray(np.int32, PTE_NONE)
         self.iflags = GrowArray(np.uint8)
-        self.age = GrowArray(np.uint8)
-        self.skips = GrowArray(np.uint8)
-        self.oldchecksum = GrowArray(np.uint32)
-        self.inode = GrowArray(np.int32, -1)  # stable node of a STABLE item
+        # smart scan: age (visits, saturating at 15 — only ages up to 9 matter to
+        # skip_age()) in the low nibble, remaining_skips (at most 8) in the high one
+        self.ags = GrowArray(np.uint8)
+        # oldchecksum, or, while the item is STABLE, its stable node (rmap_item->head);
+        # a stable item's checksum is that of its node's content (Ksm.chk_exc otherwise)
+        self.ival = GrowArray(np.uint32)
         # swap slots
         self.swap_token = GrowArray(np.uint64)
         self.swap_count = GrowArray(np.int32)
@@ -112,13 +114,13 @@ class PhysMem:
     # -- gpid ranges ----------------------------------------------------------------------
     def reserve_gpids(self, count: int) -> int:
         base = self.pte.extend(count)
-        for arr in (self.iflags, self.age, self.skips, self.oldchecksum, self.inode):
+        for arr in (self.iflags, self.ags, self.ival):
             arr.extend(count)
         return base
 
     def reserve(self, pages: int) -> None:
         """Pre-size for a workload of ``pages`` pages (benchmarks, big scenarios)."""
-        for arr in (self.pte, self.iflags, self.age, self.skips, self.oldchecksum, self.inode):
+        for arr in (self.pte, self.iflags, self.ags, self.ival):
             arr.reserve(arr.n + pages)
         for arr in (self.ftoken, self.fmap, self.fnode, self.fnid):
             if arr is not None:
