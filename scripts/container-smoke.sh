@@ -149,22 +149,24 @@ podman run -d --name "$NAME" --runtime runc \
     "$IMAGE" >/dev/null
 
 value=""
-for _ in $(seq 150); do
-    value=$(podman exec "$NAME" cat /ksm/sys/kernel/mm/ksm/pages_sharing 2>/dev/null || true)
+for _ in $(seq 60); do
+    # timeout: a FUSE server that hangs would otherwise hang `cat` and podman exec with it.
+    value=$(timeout 20 podman exec "$NAME" cat /ksm/sys/kernel/mm/ksm/pages_sharing \
+        2>/dev/null || true)
     [[ $value =~ ^[0-9]+$ ]] && break
     [ "$(podman inspect -f '{{.State.Running}}' "$NAME")" = true ] || break
-    sleep 0.2
+    sleep 0.5
 done
 if ! [[ $value =~ ^[0-9]+$ ]]; then
     podman logs "$NAME" 2>&1 | tail -20 >&2
     fail "cat /ksm/sys/kernel/mm/ksm/pages_sharing in the container gave '$value'"
 fi
 say "OK: cat /ksm/sys/kernel/mm/ksm/pages_sharing in the container -> $value"
-podman exec "$NAME" sh -c 'grep . /ksm/sys/kernel/mm/ksm/* | head -30' >&2 || true
+timeout 20 podman exec "$NAME" sh -c 'grep . /ksm/sys/kernel/mm/ksm/*' >&2 || true
 
 metric=""
 for _ in $(seq 50); do
-    metric=$(curl -fsS "http://127.0.0.1:$HOST_PORT/metrics" 2>/dev/null \
+    metric=$(curl -fsS -m 10 "http://127.0.0.1:$HOST_PORT/metrics" 2>/dev/null \
         | grep '^node_ksmd_pages_sharing ' || true)
     [ -n "$metric" ] && break
     sleep 0.2
