@@ -194,6 +194,11 @@ class Kernel:
             cmm.vmas.append(nv)
         if self.version.fork_resets_child_ksm_stats:
             self.ksm.ksm_zero_pages += cmm.ksm_zero_pages
+        else:
+            # before Donet Tom's fix dup_mm() copied the parent's KSM counters verbatim
+            # (a real kernel bug: the child's stats were wrong until ksmd corrected them)
+            cmm.ksm_merging_pages = pmm.ksm_merging_pages
+            cmm.ksm_rmap_items = pmm.ksm_rmap_items
         self.tasks[child.pid] = child
         if pmm.registered:
             self.ksm.ksm_enter(cmm, child.pid, child.comm)
