@@ -641,14 +641,19 @@ class Ksm:
                 # a chain: without a prune due and with no stale dup, stable_node_dup()
                 # returns the head dup; when it is full a new dup is made at the head
                 cid = -e - 1
-                dl = self.chains[cid].dups
-                if (
-                    now >= self.chains[cid].prune_time_ns + prune_ns
-                    or len(dl) < 2
-                    or any(node_kfn[d] < 0 or node_len[d] <= 0 for d in dl)
-                ):
+                ch = self.chains[cid]
+                dl = ch.dups
+                if len(dl) < 2 or any(node_kfn[d] < 0 or node_len[d] <= 0 for d in dl):
                     slow.append(ps[starts[i] : starts[i] + k])
                     continue
+                if now >= ch.prune_time_ns + prune_ns:
+                    # the first page's search prunes: with no stale dup its only effects
+                    # are the new prune time and the choice of the best dup; when that is
+                    # the head, the group proceeds exactly as without a prune
+                    if self._best_dup(dl) != dl[0]:
+                        slow.append(ps[starts[i] : starts[i] + k])
+                        continue
+                    ch.prune_time_ns = now
                 e = dl[0]
             if e is not None:
                 ln = int(node_len[e])
@@ -908,6 +913,13 @@ class Ksm:
         """Store the node in place of the checksum; a checksum that is not the node's
         content's (a forked page attached without a checksum round) is kept aside."""
         ival = self.mem.ival.a
+        if g.shape[0] == 1:
+            gi, n = int(g[0]), int(nodes[0])
+            c = int(ival[gi])
+            if c != calc_checksum1(int(self.node_token.a[n])):
+                self.chk_exc[gi] = c
+            ival[gi] = n
+            return
         cur = ival[g]
         odd = cur != calc_checksum(self.node_token.a[nodes])
         if odd.any():
@@ -917,7 +929,10 @@ class Ksm:
 
     def _detach_ival(self, g: np.ndarray, nodes: np.ndarray) -> None:
         """The item leaves its node: its checksum comes back."""
-        self.mem.ival.a[g] = calc_checksum(self.node_token.a[nodes])
+        if g.shape[0] == 1:
+            self.mem.ival.a[int(g[0])] = calc_checksum1(int(self.node_token.a[int(nodes[0])]))
+        else:
+            self.mem.ival.a[g] = calc_checksum(self.node_token.a[nodes])
         if self.chk_exc:
             for gi in g.tolist():
                 c = self.chk_exc.pop(gi, None)
@@ -1073,6 +1088,15 @@ class Ksm:
         if tree.get(ch.token) == -(cid + 1):
             del tree[ch.token]
         self.stable_node_chains -= 1
+
+    def _best_dup(self, dups: list[int]) -> int:
+        """The dup a pruning stable_node_dup() picks when none is stale."""
+        found = dups[0]
+        found_len = int(self.node_len.a[found])
+        for d in dups[1:]:
+            if self._candidate(d) and (not self._candidate(found) or int(self.node_len.a[d]) > found_len):
+                found, found_len = d, int(self.node_len.a[d])
+        return found
 
     def _stable_node_dup(self, cid: int, prune: bool) -> int | None:
         """stable_node_dup(): pick a dup of a chain, dropping stale ones; collapse a chain
