@@ -643,7 +643,8 @@ class Ksm:
                 cid = -e - 1
                 ch = self.chains[cid]
                 dl = ch.dups
-                if len(dl) < 2 or any(node_kfn[d] < 0 or node_len[d] <= 0 for d in dl):
+                dla = np.fromiter(dl, np.int64, len(dl))
+                if len(dl) < 2 or (node_kfn[dla] < 0).any() or (node_len[dla] <= 0).any():
                     slow.append(ps[starts[i] : starts[i] + k])
                     continue
                 if now >= ch.prune_time_ns + prune_ns:
