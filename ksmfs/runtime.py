@@ -1,0 +1,722 @@
+"""Mount lifecycle: ``serve()`` (trio), ksmd pacing, signals, and ``ksmfs mount/umount``.
+
+``serve(config)`` is the whole life of one mount, in one nursery (notes §1.2, s3ql's
+mount.py, hypercorn's ``worker_serve``)::
+
+    pyfuse3.init(ops, mountpoint, options)      # the mount is visible from here on
+    nursery: pyfuse3.main()  |  ksmd pacer  |  SIGINT/SIGTERM watcher
+    # main() has returned (terminate() or an external unmount) ...
+    pyfuse3.close(unmount=True)                  # ... and only then: earlier segfaults
+
+pyfuse3 keeps module-global state, so there is one ``serve()`` per process.
+
+``cmd_mount(args)`` checks everything it can before mounting (one line and exit code 2
+per problem), then either serves in the foreground or forks a server and waits on a pipe
+until the mount is ready.  The server's pid goes to a runtime file so that
+``cmd_umount(args)`` can wait for it to exit after ``fusermount3 -u``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import faulthandler
+import hashlib
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    from ksmfs.fuse.ops import KsmfsOperations
+    from ksmfs.kernel import Kernel
+    from ksmfs.kfs import Node
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MountConfig",
+    "Server",
+    "Simulation",
+    "Timeline",
+    "build_simulation",
+    "cmd_mount",
+    "cmd_umount",
+    "find_mount",
+    "fuse_options",
+    "serve",
+]
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+
+KSM_DIR = ("sys", "kernel", "mm", "ksm")
+RUN_PATH = (*KSM_DIR, "run")
+
+# ksmd never sleeps less than this much wall time between batches: at a high --speed the
+# pacer runs batches back to back instead, with a trio checkpoint between them so that
+# FUSE requests never wait longer than one batch (notes §1.8).
+MIN_WALL_SLEEP = 0.0005
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    """Everything ``serve()`` needs; ``from_args`` maps the CLI's namespace onto it."""
+
+    mountpoint: str
+    kernel_version: str = "6.18"
+    scenario: str | None = None
+    speed: float = 1.0
+    allow_other: bool = False
+    debug: bool = False
+    handle_signals: bool = True
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> MountConfig:
+        return cls(
+            mountpoint=os.path.realpath(args.mountpoint),
+            kernel_version=getattr(args, "kernel", None) or "6.18",
+            scenario=getattr(args, "scenario", None),
+            speed=float(getattr(args, "speed", 1.0)),
+            allow_other=bool(getattr(args, "allow_other", False)),
+            debug=bool(getattr(args, "debug", False)),
+        )
+
+
+def fuse_options(config: MountConfig) -> set[str]:
+    """The FUSE mount options (notes §1.7): each one is accepted by pyfuse3's low-level
+    session; direct_io and the cache timeouts are per reply, never options."""
+    options = {
+        "fsname=ksmfs",
+        "subtype=ksmfs",  # /proc/mounts shows fuse.ksmfs
+        # The kernel checks st_mode/st_uid for non-root callers, like on sysfs/procfs.
+        "default_permissions",
+        # fusermount3 unmounts when the server dies, even by SIGKILL: no stale mounts.
+        "auto_unmount",
+    }
+    if config.allow_other:
+        options.add("allow_other")
+    return options
+
+
+# -- building the kernel ----------------------------------------------------------------
+class Timeline:
+    """Plays a scenario's ``[[step]]`` timeline on a mounted kernel: the steps of
+    ``after_full_scans = K`` run right after the K-th full scan that ksmd completes.
+
+    Only full scans that really happen count (while ksmd does not run the timeline
+    waits; ``ksmfs run`` makes such scans virtual instead).  A run=2 store resets the
+    kernel's ``full_scans``, so completed scans are counted here.
+    """
+
+    def __init__(self, kernel: Kernel, scenario: Any, handles: Any) -> None:
+        self.kernel = kernel
+        self.scenario = scenario
+        self.handles = handles
+        self.completed = 0
+        self._seen = kernel.ksm.full_scans
+
+    def after_batch(self) -> None:
+        from ksmfs.scenario.sim import apply_step
+
+        full_scans = self.kernel.ksm.full_scans
+        if full_scans < self._seen:  # run = 2 reset the counter
+            self._seen = full_scans
+        while self._seen < full_scans:
+            self._seen += 1
+            self.completed += 1
+            for step in self.scenario.steps_after(self.completed):
+                try:
+                    apply_step(self.kernel, self.handles, step)
+                except Exception as e:  # e.g. its process was ended through ksmfs/control
+                    log.warning("scenario step after full scan %d (%s) skipped: %s",
+                                self.completed, step.action, e)
+
+
+@dataclass
+class Simulation:
+    """A kernel ready to mount, and the scenario timeline to play on it (if any)."""
+
+    kernel: Kernel
+    timeline: Timeline | None = None
+    label: str = ""
+
+
+def build_simulation(config: MountConfig) -> Simulation:
+    """The scenario of ``--scenario`` (a TOML file or a built-in name), or the built-in
+    ``demo``: its processes are filled, its knobs set, then run = 1 (ksmd starts with
+    the mount).  Raises ``KsmError`` (unknown kernel version) or ``ScenarioError``."""
+    from ksmfs.kernel import knobs
+    from ksmfs.kernel.versions import get_profile
+    from ksmfs.scenario import load_scenario
+    from ksmfs.scenario.sim import build_kernel as build_scenario_kernel
+
+    get_profile(config.kernel_version)  # KsmError(EINVAL) before any scenario work
+    name = config.scenario if config.scenario is not None else "demo"
+    scenario = load_scenario(name)
+    kernel, handles = build_scenario_kernel(scenario, config.kernel_version)
+    knobs.store(kernel, "run", b"1\n")  # the contract's "full scan 0" moment
+    return Simulation(kernel, Timeline(kernel, scenario, handles), f"scenario {scenario.name}")
+
+
+# -- ksmd pacing ------------------------------------------------------------------------
+class KsmdPacer:
+    """Runs ``kernel.ksmd_step()`` at the pace ksmd would, ``speed`` times faster.
+
+    The simulated clock follows wall time times ``speed`` (``kernel.advance``), so time
+    also passes while ksmd is idle or asleep.  ksmd sleeps the milliseconds the step
+    returns (``None``: idle until woken).  A store wakes it early the way mm/ksm.c does:
+    writing ``run`` always wakes it (run_store), a changed ``sleep_millisecs`` wakes it
+    (sleep_millisecs_store), and any store wakes an idle ksmd (a new mm registered
+    through a control file: __ksm_enter's wake_up_interruptible).
+    """
+
+    def __init__(self, kernel: Kernel, speed: float = 1.0) -> None:
+        if not speed > 0 or math.isinf(speed):
+            raise ValueError("speed must be a positive finite number")
+        self.kernel = kernel
+        self.speed = speed
+        self.ops: KsmfsOperations | None = None
+        self.on_batch: Callable[[], None] | None = None
+        self._wake = trio.Event()
+        self._run_written = False
+        self.batches = 0
+
+    def on_store(self, node: Node, data: bytes) -> None:
+        """``KsmfsOperations`` calls this after every successful store."""
+        if node.path == RUN_PATH:
+            self._run_written = True
+        self._wake.set()
+
+    def _sync_clock(self, t0: float, sim0_ns: int) -> None:
+        k = self.kernel
+        target_ms = sim0_ns / 1e6 + (trio.current_time() - t0) * 1000.0 * self.speed
+        behind = target_ms - k.now
+        if behind >= 1:
+            k.advance(int(behind))
+
+    async def run(self) -> None:
+        k = self.kernel
+        t0 = trio.current_time()
+        sim0_ns = k.now * 1_000_000
+        next_due: int | None = k.now  # ksmd looks at its list right away
+        while True:
+            self._sync_clock(t0, sim0_ns)
+            if next_due is not None and k.now >= next_due:
+                ms = k.ksmd_step()
+                self.batches += 1
+                if self.on_batch is not None:
+                    self.on_batch()  # scenario steps due after a completed full scan
+                if self.ops is not None:
+                    self.ops.kernel_changed()
+                next_due = None if ms is None else k.now + int(ms)
+                # One batch at a time: FUSE requests are served between batches.
+                await trio.lowlevel.checkpoint()
+                continue
+            if next_due is None:
+                timeout = math.inf
+            else:
+                timeout = max((next_due - k.now) / 1000.0 / self.speed, MIN_WALL_SLEEP)
+            sleep_before = k.ksm.sleep_millisecs
+            with trio.move_on_after(timeout):
+                await self._wake.wait()
+            if self._wake.is_set():
+                self._wake = trio.Event()
+                run_written, self._run_written = self._run_written, False
+                if next_due is None or run_written or k.ksm.sleep_millisecs != sleep_before:
+                    next_due = k.now
+
+
+# -- serve ------------------------------------------------------------------------------
+@dataclass
+class Server:
+    """A running mount, handed to ``task_status.started()`` by :func:`serve`."""
+
+    mountpoint: str
+    kernel: Kernel
+    ops: KsmfsOperations
+    ksmd: KsmdPacer
+    stopping: bool = field(default=False)
+
+    def stop(self) -> None:
+        """Ask the mount to end: wakes blocked trace_pipe readers, then ends main()."""
+        import pyfuse3
+
+        if self.stopping:
+            return
+        self.stopping = True
+        self.ops.close_streams()
+        pyfuse3.terminate()
+
+
+async def _watch_signals(server: Server, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    # pyfuse3 handles no signals (s3ql #227): SIGINT and SIGTERM both unmount cleanly.
+    # The receiver replaces SIG_IGN too, which matters for a daemon started with `&`
+    # from a script (SIGINT ignored, notes §1.2).
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("%s: unmounting %s", signal.Signals(signum).name, server.mountpoint)
+            server.stop()
+
+
+async def _run_ksmd(pacer: KsmdPacer) -> None:
+    try:
+        await pacer.run()
+    except Exception:
+        # A kernel bug must not take the mount down: the files stay readable.
+        log.exception("ksmd stopped after an internal error; the mount keeps serving")
+
+
+def _invalidate_entry(parent_inode: int, name: str) -> None:
+    import pyfuse3
+
+    pyfuse3.invalidate_entry_async(parent_inode, os.fsencode(name), ignore_enoent=True)
+
+
+async def serve(
+    config: MountConfig,
+    *,
+    sim: Simulation | None = None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Mount ``sim`` (default: :func:`build_simulation`) at ``config.mountpoint`` and
+    serve it until SIGINT/SIGTERM, ``Server.stop()`` or an external unmount.
+
+    ``task_status.started(server)`` runs once the mount is visible and its tasks run.
+    """
+    import pyfuse3
+
+    from ksmfs.fuse.ops import KsmfsOperations
+    from ksmfs.kfs import Tree
+
+    if sim is None:
+        sim = build_simulation(config)
+    kernel = sim.kernel
+    pacer = KsmdPacer(kernel, config.speed)
+    if sim.timeline is not None:
+        pacer.on_batch = sim.timeline.after_batch
+    ops = KsmfsOperations(
+        Tree(kernel), on_store=pacer.on_store, invalidate_entry=_invalidate_entry
+    )
+    pacer.ops = ops
+    options = fuse_options(config)
+    log.info("mounting at %s with options %s", config.mountpoint, ",".join(sorted(options)))
+    pyfuse3.init(ops, config.mountpoint, options)
+    server = Server(config.mountpoint, kernel, ops, pacer)
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def fuse_main() -> None:
+                try:
+                    await pyfuse3.main()
+                finally:
+                    # main() is over (terminate() or unmounted from outside): stop the
+                    # other tasks so that close() runs after main() and never during it.
+                    nursery.cancel_scope.cancel()
+
+            if config.handle_signals:
+                await nursery.start(_watch_signals, server)
+            nursery.start_soon(fuse_main, name="pyfuse3.main")
+            nursery.start_soon(_run_ksmd, pacer, name="ksmd")
+            task_status.started(server)
+    finally:
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", config.mountpoint)
+
+
+# -- mount table, runtime files ----------------------------------------------------------
+def _unescape_mountinfo(field_: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo (fs/proc_namespace.c).
+    out, i = [], 0
+    while i < len(field_):
+        if field_[i] == "\\" and field_[i + 1 : i + 4].isdigit() and len(field_[i + 1 : i + 4]) == 3:
+            out.append(chr(int(field_[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field_[i])
+            i += 1
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mountpoint: str
+    fstype: str
+    source: str
+
+
+def find_mount(path: str) -> MountEntry | None:
+    """The last mount at ``path`` in /proc/self/mountinfo.
+
+    ``os.path.ismount`` is not enough: it says False for a stale FUSE mount, which
+    /proc/mounts still lists (notes §1.2).
+    """
+    path = os.path.abspath(path)
+    found = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                rest = right.split()
+                if len(fields) >= 5 and _unescape_mountinfo(fields[4]) == path:
+                    found = MountEntry(path, rest[0] if rest else "", rest[1] if len(rest) > 1 else "")
+    except OSError:
+        return None
+    return found
+
+
+def runtime_dir() -> Path:
+    """Where pid and log files live: /run/ksmfs for root, else a per-user directory."""
+    if os.geteuid() == 0:
+        base = Path("/run/ksmfs")
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        base = Path(os.environ["XDG_RUNTIME_DIR"]) / "ksmfs"
+    else:
+        base = Path(f"/tmp/ksmfs-{os.geteuid()}")
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return base
+
+
+def _key(mountpoint: str) -> str:
+    # No realpath() here: it would lstat the mountpoint, and the server must never make
+    # a syscall on its own mount from the trio thread (it would wait for itself).
+    # Callers pass the path resolved before mounting (MountConfig.from_args).
+    return hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
+
+
+def pid_file(mountpoint: str) -> Path:
+    return runtime_dir() / f"{_key(mountpoint)}.pid"
+
+
+def log_file(mountpoint: str) -> Path:
+    return runtime_dir() / f"{_key(mountpoint)}.log"
+
+
+def read_server_pid(mountpoint: str) -> int | None:
+    """The pid of the live server of ``mountpoint``, or None (no file, or it died)."""
+    try:
+        text = pid_file(mountpoint).read_text().split()
+        pid = int(text[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def _write_pid_file(mountpoint: str) -> Path:
+    path = pid_file(mountpoint)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{os.getpid()}\n{mountpoint}\n")
+    tmp.replace(path)
+    return path
+
+
+def _remove_pid_file(path: Path) -> None:
+    try:
+        if int(path.read_text().split()[0]) == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, IndexError):
+        pass
+
+
+def _fusermount() -> str | None:
+    return shutil.which("fusermount3") or shutil.which("fusermount")
+
+
+def clear_stale_mount(mountpoint: str) -> str | None:
+    """Lazily unmount a dead FUSE mount at ``mountpoint``; returns an error line or None."""
+    tool = _fusermount()
+    if tool is None:
+        return "fusermount3 is not installed, cannot clear it"
+    r = subprocess.run([tool, "-u", "-z", mountpoint], capture_output=True, text=True)
+    if r.returncode != 0 or find_mount(mountpoint) is not None:
+        reason = (r.stderr.strip().splitlines() or ["still mounted"])[-1]
+        return f"could not clear it ({reason}); try: fusermount3 -u -z {mountpoint}"
+    return None
+
+
+# -- ksmfs mount ------------------------------------------------------------------------
+def _say(msg: str) -> None:
+    print(f"ksmfs mount: {msg}", file=sys.stderr)
+
+
+def check_mountpoint(mountpoint: str) -> str | None:
+    """Everything that would make the mount fail, as one line (or None)."""
+    entry = find_mount(mountpoint)
+    if entry is not None and entry.fstype.startswith("fuse"):
+        try:
+            os.stat(mountpoint)
+        except OSError as e:
+            if e.errno != errno.ENOTCONN:
+                return f"{mountpoint}: {e.strerror}"
+            log.info("%s: clearing a stale FUSE mount", mountpoint)
+            problem = clear_stale_mount(mountpoint)
+            if problem is not None:
+                return f"{mountpoint}: stale FUSE mount (transport endpoint not connected): {problem}"
+        else:
+            if entry.fstype == "fuse.ksmfs":
+                pid = read_server_pid(mountpoint)
+                who = f" (server pid {pid})" if pid else ""
+                return (
+                    f"{mountpoint}: already mounted by ksmfs{who}; "
+                    f"run `ksmfs umount {mountpoint}` first"
+                )
+    if not os.path.exists(mountpoint):
+        return f"{mountpoint}: no such directory"
+    if not os.path.isdir(mountpoint):
+        return f"{mountpoint}: not a directory"
+    try:
+        if os.listdir(mountpoint):
+            return f"{mountpoint}: directory is not empty"
+    except OSError as e:
+        return f"{mountpoint}: {e.strerror}"
+    return None
+
+
+def _try_lines(mountpoint: str) -> list[str]:
+    ksm = f"{mountpoint}/sys/kernel/mm/ksm"
+    return [
+        "try:",
+        f"  cat {ksm}/pages_shared {ksm}/pages_sharing {ksm}/full_scans",
+        f"  grep . {mountpoint}/proc/*/ksm_stat",
+        f"  echo 0 > {ksm}/run       # stop ksmd; 2 unmerges everything, 1 restarts",
+        f"  ksmfs top {mountpoint}",
+        f"unmount: ksmfs umount {mountpoint}",
+    ]
+
+
+def _banner(config: MountConfig, sim: Simulation, pid: int) -> str:
+    kernel = sim.kernel
+    what = f"processes ({sim.label})"
+    speed = f", speed x{config.speed:g}" if config.speed != 1.0 else ""
+    head = (
+        f"ksmfs: simulated Linux {config.kernel_version} with {len(kernel.tasks)} "
+        f"{what}{speed} mounted at {config.mountpoint} (server pid {pid})"
+    )
+    return "\n".join([head, *_try_lines(config.mountpoint)])
+
+
+def _one_line(e: BaseException) -> str:
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+def _serve_until_done(config: MountConfig, sim: Simulation, ready: Callable[[Server], None]) -> None:
+    """trio.run(serve): ``ready(server)`` once mounted.  Errors propagate."""
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_sim(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                await serve(config, sim=sim, task_status=task_status)
+
+            ready(await nursery.start(serve_sim))
+
+    trio.run(main)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    """``ksmfs mount``: check, build the kernel, then serve (foreground) or fork."""
+    config = MountConfig.from_args(args)
+    problem = check_mountpoint(config.mountpoint)
+    if problem is not None:
+        _say(problem)
+        return EXIT_USAGE
+    if not config.speed > 0 or math.isinf(config.speed):
+        _say(f"--speed must be a positive number, not {config.speed:g}")
+        return EXIT_USAGE
+    if not os.path.exists("/dev/fuse"):
+        _say("/dev/fuse is missing (no FUSE support here; in a container pass --device /dev/fuse)")
+        return EXIT_FAIL
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError as e:
+        _say(f"needs pyfuse3 ({e})")
+        return EXIT_FAIL
+    try:
+        sim = build_simulation(config)
+    except Exception as e:  # KsmError (version), ScenarioError (file), OSError
+        from ksmfs.kernel import KsmError
+
+        if isinstance(e, KsmError):
+            _say(e.message)
+        else:
+            _say(_one_line(e))
+        return EXIT_USAGE
+    if getattr(args, "foreground", False):
+        return _mount_foreground(config, sim)
+    return _mount_daemon(config, sim)
+
+
+def _mount_foreground(config: MountConfig, sim: Simulation) -> int:
+    faulthandler.enable()
+    pidf: list[Path] = []
+
+    def ready(server: Server) -> None:
+        pidf.append(_write_pid_file(config.mountpoint))
+        print(_banner(config, sim, os.getpid()).replace(
+            f"unmount: ksmfs umount {config.mountpoint}",
+            f"unmount: Ctrl-C, or ksmfs umount {config.mountpoint}",
+        ), flush=True)
+
+    try:
+        _serve_until_done(config, sim, ready)
+    except Exception as e:
+        _say(f"{config.mountpoint}: {_one_line(e)}")
+        return EXIT_FAIL
+    finally:
+        for p in pidf:
+            _remove_pid_file(p)
+    return EXIT_OK
+
+
+def _mount_daemon(config: MountConfig, sim: Simulation) -> int:
+    logpath = log_file(config.mountpoint)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the server
+        os.close(r)
+        code = EXIT_FAIL
+        try:
+            code = _daemon_child(config, sim, w, logpath)
+        except BaseException:  # noqa: BLE001 - the child must always reach os._exit
+            logging.getLogger(__name__).exception("server failed")
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        message = pipe.read().decode(errors="replace").strip()
+    if message.startswith("ready"):
+        print(_banner(config, sim, pid), flush=True)
+        return EXIT_OK
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    if message.startswith("error "):
+        _say(message[len("error ") :])
+    else:
+        _say(f"the server exited before the mount was ready; see {logpath}")
+    return EXIT_FAIL
+
+
+def _daemon_child(config: MountConfig, sim: Simulation, ready_fd: int, logpath: Path) -> int:
+    """The forked server: detach, log to a file, serve; tell the parent through ready_fd."""
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    logfd = os.open(logpath, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(logfd, 1)
+    os.dup2(logfd, 2)
+    os.close(devnull)
+    os.close(logfd)
+    os.chdir("/")
+    faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1)  # stack dump of a hung server into the log
+    logging.getLogger().handlers[:] = []
+    logging.basicConfig(
+        level=logging.DEBUG if config.debug else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    pidf: list[Path] = []
+    pipe = os.fdopen(ready_fd, "wb")
+
+    def ready(server: Server) -> None:
+        pidf.append(_write_pid_file(config.mountpoint))
+        log.info("serving %s (pid %d)", config.mountpoint, os.getpid())
+        pipe.write(b"ready\n")
+        pipe.close()
+
+    try:
+        _serve_until_done(config, sim, ready)
+    except Exception as e:
+        log.exception("mount failed")
+        if not pipe.closed:
+            pipe.write(f"error {config.mountpoint}: {_one_line(e)} (log: {logpath})\n".encode())
+            pipe.close()
+        return EXIT_FAIL
+    finally:
+        for p in pidf:
+            _remove_pid_file(p)
+        if not pipe.closed:
+            pipe.close()
+    return EXIT_OK
+
+
+# -- ksmfs umount -----------------------------------------------------------------------
+def cmd_umount(args: argparse.Namespace, *, timeout: float = 10.0) -> int:
+    """``ksmfs umount``: ``fusermount3 -u``, then wait until the server has exited."""
+    mountpoint = os.path.realpath(args.mountpoint)
+
+    def say(msg: str) -> None:
+        print(f"ksmfs umount: {msg}", file=sys.stderr)
+
+    pid = read_server_pid(mountpoint)
+    entry = find_mount(mountpoint)
+    if entry is None:
+        if pid is not None:
+            # Mount gone but server alive (someone ran umount -l): stop it.
+            os.kill(pid, signal.SIGTERM)
+            return EXIT_OK if _wait_gone(pid, timeout) else EXIT_FAIL
+        pid_file(mountpoint).unlink(missing_ok=True)
+        say(f"{mountpoint}: not mounted")
+        return EXIT_USAGE
+    if not entry.fstype.startswith("fuse"):
+        say(f"{mountpoint}: not a ksmfs mount ({entry.fstype})")
+        return EXIT_USAGE
+    tool = _fusermount()
+    if tool is None:
+        say("fusermount3 is not installed")
+        return EXIT_FAIL
+    r = subprocess.run([tool, "-u", mountpoint], capture_output=True, text=True)
+    if r.returncode != 0:
+        reason = (r.stderr.strip().splitlines() or ["failed"])[-1]
+        say(f"{reason} (busy? close the files, or force it with: fusermount3 -u -z {mountpoint})")
+        return EXIT_FAIL
+    if pid is not None and not _wait_gone(pid, timeout):
+        say(f"the server (pid {pid}) did not exit within {timeout:g} s; sending SIGTERM")
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(pid, 5.0):
+            return EXIT_FAIL
+    return EXIT_OK
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            # Reap it if it is our child (tests), else just probe it.
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
