@@ -382,3 +382,35 @@ def test_procksm_active() -> None:
     assert not ProcKsm(1, "a", parse_ksm_stat(ksm_stat_618(0, 0, 0, "no", "no"))).active
     assert ProcKsm(1, "a", parse_ksm_stat(ksm_stat_618(0, 0, 0, "no", "yes"))).active
     assert ProcKsm(1, "a", {"ksm_rmap_items": 3}).active
+
+
+@pytest.mark.fuse
+def test_once_on_a_ksmfs_mount(tmp_path: Path) -> None:
+    """On a real ksmfs mount, --once shows the mount's knobs and its simulated processes."""
+    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+        pytest.skip("needs /dev/fuse and fusermount3")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    ksmfs = [sys.executable, "-m", "ksmfs"]
+    subprocess.run([*ksmfs, "mount", str(mnt)], check=True, capture_output=True, timeout=60)
+    try:
+        out = subprocess.run(
+            [*ksmfs, "top", str(mnt), "--once", "--interval", "0"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout
+        ksm_dir = mnt / "sys/kernel/mm/ksm"
+        for knob in ("pages_to_scan", "sleep_millisecs", "max_page_sharing"):
+            assert f"{knob}={(ksm_dir / knob).read_text().strip()}" in out
+        rows = frame_rows(out)
+        for name in os.listdir(ksm_dir):
+            assert re.search(rf"(^|\s){name}(=|\s)", out, re.M), name
+        comms = {
+            (d / "comm").read_text().strip()
+            for d in (mnt / "proc").iterdir()
+            if d.name.isdigit() and "ksm_mergeable: yes" in (d / "ksm_stat").read_text()
+        }
+        shown = {r[1] for r in rows.values() if r[0].isdigit()}
+        assert comms and comms <= shown
+    finally:
+        subprocess.run([*ksmfs, "umount", str(mnt)], capture_output=True, timeout=60)
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
