@@ -644,17 +644,16 @@ class Ksm:
                 ch = self.chains[cid]
                 dl = ch.dups
                 dla = np.fromiter(dl, np.int64, len(dl))
-                if len(dl) < 2 or (node_kfn[dla] < 0).any() or (node_len[dla] <= 0).any():
+                lens = node_len[dla]
+                cand = (lens > 0) & (lens < mps)
+                # closed form only when at most the head dup can take pages: then every
+                # search (pruning or not) picks the head, and a new dup is made when it
+                # is full; a dup with room further down the list takes the exact path
+                if len(dl) < 2 or (node_kfn[dla] < 0).any() or (lens <= 0).any() or cand[1:].any():
                     slow.append(ps[starts[i] : starts[i] + k])
                     continue
                 if now >= ch.prune_time_ns + prune_ns:
-                    # the first page's search prunes: with no stale dup its only effects
-                    # are the new prune time and the choice of the best dup; when that is
-                    # the head, the group proceeds exactly as without a prune
-                    if self._best_dup(dl) != dl[0]:
-                        slow.append(ps[starts[i] : starts[i] + k])
-                        continue
-                    ch.prune_time_ns = now
+                    ch.prune_time_ns = now  # the first page's search prunes (no other effect)
                 e = dl[0]
             if e is not None:
                 ln = int(node_len[e])
@@ -1090,15 +1089,6 @@ class Ksm:
             del tree[ch.token]
         self.stable_node_chains -= 1
 
-    def _best_dup(self, dups: list[int]) -> int:
-        """The dup a pruning stable_node_dup() picks when none is stale."""
-        found = dups[0]
-        found_len = int(self.node_len.a[found])
-        for d in dups[1:]:
-            if self._candidate(d) and (not self._candidate(found) or int(self.node_len.a[d]) > found_len):
-                found, found_len = d, int(self.node_len.a[d])
-        return found
-
     def _stable_node_dup(self, cid: int, prune: bool) -> int | None:
         """stable_node_dup(): pick a dup of a chain, dropping stale ones; collapse a chain
         of one dup (6.18 does this without waiting for the prune timer, spec §8.9)."""
@@ -1120,7 +1110,8 @@ class Ksm:
             ):
                 found = d
                 found_len = int(self.node_len.a[d])
-                if not prune:
+                # without a prune the walk stops at the first dup that can take a page
+                if not prune and self._candidate(found):
                     break
         if found is None:
             self._free_chain(cid)
