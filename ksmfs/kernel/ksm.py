@@ -1292,22 +1292,23 @@ class Ksm:
         if value & KSM_RUN_MERGE:
             self.wakeups += 1
 
-    def set_max_page_sharing(self, value: int) -> None:
-        if value == self.max_page_sharing:
-            return
-        if self.pages_shared or self.remove_all_stable_nodes():
-            self._reap_dead_nodes()
-            raise KsmError(errno.EBUSY, "max_page_sharing: KSM pages are shared (write 2 to run first)")
+    def _drop_stable_tree_or_ebusy(self) -> None:
+        """max_page_sharing_store() / merge_across_nodes_store(): a real change needs no
+        shared page and every stable node removable (remove_all_stable_nodes())."""
+        busy = bool(self.pages_shared) or self.remove_all_stable_nodes()
         self._reap_dead_nodes()
-        self.max_page_sharing = value
+        if busy:
+            raise KsmError(errno.EBUSY, "KSM pages are shared (write 2 to run first)")
+
+    def set_max_page_sharing(self, value: int) -> None:
+        if value != self.max_page_sharing:
+            self._drop_stable_tree_or_ebusy()
+            self.max_page_sharing = value
 
     def set_merge_across_nodes(self, value: int) -> None:
         if value == self.merge_across_nodes:
             return
-        if self.pages_shared or self.remove_all_stable_nodes():
-            self._reap_dead_nodes()
-            raise KsmError(errno.EBUSY, "merge_across_nodes: KSM pages are shared (write 2 to run first)")
-        self._reap_dead_nodes()
+        self._drop_stable_tree_or_ebusy()
         self.merge_across_nodes = value
         trees = 1 if value else max(1, self.mem.nr_nodes)
         self.stable_tree = [StableTree() for _ in range(trees)]

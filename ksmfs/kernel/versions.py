@@ -40,23 +40,24 @@ _ALL_SYSFS = (
     ("advisor_target_scan_time", (6, 8)),
 )
 
-WRITABLE_SYSFS = frozenset(
-    {
-        "sleep_millisecs",
-        "pages_to_scan",
-        "run",
-        "merge_across_nodes",
-        "max_page_sharing",
-        "stable_node_chains_prune_millisecs",
-        "use_zero_pages",
-        "smart_scan",
-        "advisor_mode",
-        "advisor_max_cpu",
-        "advisor_min_pages_to_scan",
-        "advisor_max_pages_to_scan",
-        "advisor_target_scan_time",
-    }
+# The __ATTR_RW attributes (mode 0644), in attribute-array order; every other file is
+# __ATTR_RO (0444). The one list every layer uses.
+WRITABLE_SYSFS_ORDER: tuple[str, ...] = (
+    "sleep_millisecs",
+    "pages_to_scan",
+    "run",
+    "merge_across_nodes",
+    "max_page_sharing",
+    "stable_node_chains_prune_millisecs",
+    "use_zero_pages",
+    "smart_scan",
+    "advisor_mode",
+    "advisor_max_cpu",
+    "advisor_min_pages_to_scan",
+    "advisor_max_pages_to_scan",
+    "advisor_target_scan_time",
 )
+WRITABLE_SYSFS = frozenset(WRITABLE_SYSFS_ORDER)
 
 SUPPORTED = ("5.15", "6.1", "6.4", "6.6", "6.8", "6.14", "6.18")
 DEFAULT_VERSION = "6.18"

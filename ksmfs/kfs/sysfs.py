@@ -8,29 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ksmfs.kernel.versions import WRITABLE_SYSFS
 from ksmfs.kfs.tree import FileSpec
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
 
 # Attributes made with __ATTR_RW (mode 0644); every other one is __ATTR_RO (0444).
-WRITABLE = frozenset(
-    {
-        "run",
-        "pages_to_scan",
-        "sleep_millisecs",
-        "merge_across_nodes",
-        "use_zero_pages",
-        "max_page_sharing",
-        "stable_node_chains_prune_millisecs",
-        "smart_scan",
-        "advisor_mode",
-        "advisor_max_cpu",
-        "advisor_min_pages_to_scan",
-        "advisor_max_pages_to_scan",
-        "advisor_target_scan_time",
-    }
-)
+WRITABLE = WRITABLE_SYSFS
 SYSFS_SIZE = 4096  # kernfs reports PAGE_SIZE as st_size for every attribute [LIVE]
 WRITE_MAX = 4096  # kernfs hands at most PAGE_SIZE bytes of a write to the store function
 

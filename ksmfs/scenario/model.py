@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ksmfs.kernel.versions import WRITABLE_SYSFS_ORDER
+
 PAGE_SIZE = 4096
 
 # The sources of a fill segment (contract table "SOURCE").
@@ -43,21 +45,7 @@ StepAction = Literal["write", "madvise", "merge_any", "sysfs", "exit", "spawn"]
 
 # Writable files of /sys/kernel/mm/ksm on 6.18 (mm/ksm.c ksm_attrs, __ATTR_RW ones), in the
 # kernel's attribute-array order.  `run` is allowed in steps, never in [ksm].
-WRITABLE_KSM_FILES: tuple[str, ...] = (
-    "sleep_millisecs",
-    "pages_to_scan",
-    "run",
-    "merge_across_nodes",
-    "max_page_sharing",
-    "stable_node_chains_prune_millisecs",
-    "use_zero_pages",
-    "smart_scan",
-    "advisor_mode",
-    "advisor_max_cpu",
-    "advisor_min_pages_to_scan",
-    "advisor_max_pages_to_scan",
-    "advisor_target_scan_time",
-)
+WRITABLE_KSM_FILES: tuple[str, ...] = WRITABLE_SYSFS_ORDER
 
 # The keys of a snapshot's "ksm" object that the contract's example shows; a snapshot holds
 # every readable numeric file (these plus the numeric knobs).
