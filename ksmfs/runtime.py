@@ -412,13 +412,22 @@ def read_server_pid(mountpoint: str) -> int | None:
         pid = int(text[0])
     except (OSError, ValueError, IndexError):
         return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (killed, not yet reaped by its parent) is dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:
         pass
-    return pid
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _write_pid_file(mountpoint: str) -> Path:
@@ -714,9 +723,7 @@ def _wait_gone(pid: int, timeout: float) -> bool:
                 return True
         except ChildProcessError:
             pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             return True
         time.sleep(0.02)
     return False

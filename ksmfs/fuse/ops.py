@@ -50,7 +50,7 @@ from ksmfs.kfs import ROOT_INODE, Node, TraceReader, Tree, read_stream
 
 log = logging.getLogger(__name__)
 
-__all__ = ["WRITE_MAX", "KsmfsOperations"]
+__all__ = ["GENERATION_XATTR", "WRITE_MAX", "KsmfsOperations"]
 
 # kernfs_fop_write_iter copies at most PAGE_SIZE bytes of one write(2) for the store
 # function; the caller sees a short write and retries the rest (spec §1.1, verified).
@@ -71,6 +71,13 @@ ATTR_TIMEOUT = 1.0
 # trace_pipe readers wait for kernel_changed(); this is only a safety net for records
 # written by something that does not call it.
 STREAM_POLL_SECONDS = 0.2
+
+# `getfattr -n user.ksmfs.generation MOUNT` (on any node): a number that changes
+# whenever the simulated kernel does (a ksmd batch, a store, a scenario step).  Equal
+# values before and after reading several files prove the files come from one kernel
+# state -- the seqlock pattern; a real kernel offers nothing like it, so it is an xattr
+# that no listing shows rather than a file.
+GENERATION_XATTR = b"user.ksmfs.generation"
 
 StoreHook = Callable[[Node, bytes], None]
 InvalidateHook = Callable[[int, str], None]
@@ -180,6 +187,9 @@ class KsmfsOperations(pyfuse3.Operations):
         self._attrs: dict[int, _AttrOverride] = {}
         self._changed = trio.Event()
         self._closing = False
+        # Bumped by every kernel_changed(): readers that need several files from one
+        # kernel state read it before and after (a seqlock), see GENERATION_XATTR.
+        self.generation = 0
         self._pids: set[int] = set(self.kernel.tasks)
         proc = tree.lookup((PROCFS_TOP,))
         self._proc_inode = proc.inode if proc is not None else None
@@ -191,6 +201,7 @@ class KsmfsOperations(pyfuse3.Operations):
         Wakes trace_pipe readers, and drops the kernel's cached dentries of tasks that
         have exited, so ``stat proc/PID`` fails at once as on Linux.
         """
+        self.generation += 1
         event, self._changed = self._changed, trio.Event()
         event.set()
         tasks = self.kernel.tasks
@@ -579,10 +590,14 @@ class KsmfsOperations(pyfuse3.Operations):
         self._node(inode)
         return True
 
-    # Extended attributes, as on sysfs [verified on 6.18]: none exist and none can be set.
+    # Extended attributes, as on sysfs [verified on 6.18]: none are listed and none can
+    # be set.  The one exception is GENERATION_XATTR, which only ksmfs-aware readers ask
+    # for by name.
     @_handler
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
         self._node(inode)
+        if name == GENERATION_XATTR:
+            return b"%d" % self.generation
         raise _err(pyfuse3.ENOATTR)
 
     @_handler

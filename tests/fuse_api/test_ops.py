@@ -531,3 +531,17 @@ async def test_trace_pipe_nonblocking_and_unmount(ops, kernel):
         await trio.testing.wait_all_tasks_blocked()
         ops.close_streams()
     assert got == [b""]
+
+
+async def test_generation_xattr_changes_with_the_kernel(ops, kernel):
+    """user.ksmfs.generation moves on every kernel change and on nothing else."""
+    root = ROOT_INODE
+    g0 = int(await ops.getxattr(root, b"user.ksmfs.generation", Ctx()))
+    await read_all(ops, await ino(ops, *KSM, "pages_shared"))
+    assert int(await ops.getxattr(root, b"user.ksmfs.generation", Ctx())) == g0
+    await write_once(ops, await ino(ops, *KSM, "sleep_millisecs"), b"30\n")
+    g1 = int(await ops.getxattr(root, b"user.ksmfs.generation", Ctx()))
+    assert g1 > g0
+    ops.kernel_changed()
+    assert int(await ops.getxattr(root, b"user.ksmfs.generation", Ctx())) > g1
+    assert b"user.ksmfs.generation" not in await ops.listxattr(root, Ctx())

@@ -1,0 +1,179 @@
+"""`ksmfs mount` / `ksmfs umount` for real: daemon and foreground, signals, kill -9,
+stale mounts, and the one-line errors of the checks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from e2e_support import (
+    FUSERMOUNT,
+    fuse_test,
+    ksmfs,
+    mounted,
+    pid_alive,
+    run,
+    wait_until,
+)
+from ksmfs.runtime import find_mount, read_server_pid
+
+pytestmark = [*fuse_test, pytest.mark.timeout(120)]
+
+
+def test_mount_serves_until_umount_and_leaves_nothing_behind(mountpoint):
+    """The daemon returns once mounted, prints what to try; umount waits for the server."""
+    with mounted(mountpoint) as m:
+        assert "ksmfs umount" in m.banner and str(mountpoint) in m.banner
+        entry = find_mount(str(mountpoint))
+        assert entry is not None and entry.fstype == "fuse.ksmfs" and entry.source == "ksmfs"
+        assert m.read("sys/kernel/mm/ksm/run") == "1\n"
+        assert pid_alive(m.pid)
+        pid = m.pid
+    # mounted() asserted the mount and the server are gone; the pid file went with them.
+    assert not pid_alive(pid)
+    assert read_server_pid(str(mountpoint)) is None
+
+
+def test_umount_of_something_not_mounted_is_one_line(mountpoint):
+    """`ksmfs umount` on a plain directory: one line, exit 2."""
+    r = run(ksmfs("umount", str(mountpoint)))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "not mounted" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "needle"),
+    [
+        ("missing", [], "no such directory"),
+        ("file", [], "not a directory"),
+        ("nonempty", [], "not empty"),
+        ("ok", ["--kernel", "9.9"], "unknown kernel version"),
+        ("ok", ["--scenario", "no-such-scenario"], "no-such-scenario"),
+        ("ok", ["--scenario", "BAD_TOML"], "bad.toml"),
+        ("ok", ["--speed", "0"], "--speed"),
+    ],
+)
+def test_mount_checks_fail_with_one_line_and_exit_2(tmp_path, setup, args, needle):
+    """Every refused mount prints one line (no traceback) and exits 2, mounting nothing."""
+    target = tmp_path / "mnt"
+    if setup == "file":
+        target.write_text("x")
+    elif setup in ("nonempty", "ok"):
+        target.mkdir()
+        if setup == "nonempty":
+            (target / "f").write_text("x")
+    if "BAD_TOML" in args:
+        bad = tmp_path / "bad.toml"
+        bad.write_text("name = 'x'\nmax_full_scans = 'three'\n[[process]]\nname='p'\n")
+        args = [str(bad) if a == "BAD_TOML" else a for a in args]
+    r = run(ksmfs("mount", str(target), *args))
+    assert r.returncode == 2, r
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert find_mount(str(target)) is None
+
+
+def test_second_mount_on_the_same_directory_is_refused(mountpoint):
+    """Mounting over a live ksmfs mount is refused with a pointer to umount."""
+    with mounted(mountpoint) as m:
+        r = run(ksmfs("mount", str(mountpoint)))
+        assert r.returncode == 2
+        assert "already mounted by ksmfs" in r.stderr and str(m.pid) in r.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_unmount_a_foreground_server_cleanly(mountpoint, signum):
+    """SIGTERM and SIGINT to `ksmfs mount --foreground` unmount and exit 0."""
+    proc = subprocess.Popen(
+        ksmfs("mount", str(mountpoint), "--foreground"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert wait_until(lambda: find_mount(str(mountpoint)) is not None, 30), "never mounted"
+        assert wait_until(lambda: (mountpoint / "sys").exists(), 10)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        assert find_mount(str(mountpoint)) is None
+        assert "ksmfs umount" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if find_mount(str(mountpoint)) is not None:
+            subprocess.run([FUSERMOUNT, "-u", "-z", str(mountpoint)])
+
+
+def test_kill_9_leaves_no_stale_mount(mountpoint):
+    """SIGKILL of the server: auto_unmount (fusermount3 watches it) removes the mount."""
+    r = run(ksmfs("mount", str(mountpoint)))
+    assert r.returncode == 0, r.stderr
+    pid = read_server_pid(str(mountpoint))
+    try:
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: find_mount(str(mountpoint)) is None, 10), "stale mount"
+        assert os.listdir(mountpoint) == []
+    finally:
+        if find_mount(str(mountpoint)) is not None:
+            subprocess.run([FUSERMOUNT, "-u", "-z", str(mountpoint)])
+    # umount now finds nothing to do, and says so in one line.
+    u = run(ksmfs("umount", str(mountpoint)))
+    assert u.returncode == 2 and "not mounted" in u.stderr
+
+
+STALE_MAKER = textwrap.dedent(
+    """
+    import os, signal, sys
+    import pyfuse3
+    # A FUSE mount without auto_unmount whose server dies: the mount stays, and every
+    # access fails with ENOTCONN.
+    pyfuse3.init(pyfuse3.Operations(), sys.argv[1], {"fsname=stale"})
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_a_stale_mount_is_cleared_before_mounting(mountpoint):
+    """A dead FUSE mount at the mountpoint (ENOTCONN) is lazily unmounted first."""
+    subprocess.run([sys.executable, "-c", STALE_MAKER, str(mountpoint)], timeout=30)
+    try:
+        entry = find_mount(str(mountpoint))
+        assert entry is not None, "could not make a stale mount"
+        with pytest.raises(OSError) as e:
+            os.stat(mountpoint)
+        assert e.value.errno == 107  # ENOTCONN
+        with mounted(mountpoint, clear_stale=False) as m:
+            assert m.read("sys/kernel/mm/ksm/run") == "1\n"
+    finally:
+        if find_mount(str(mountpoint)) is not None:
+            subprocess.run([FUSERMOUNT, "-u", "-z", str(mountpoint)])
+
+
+def test_a_process_that_exits_disappears_from_proc(mountpoint):
+    """`exit PID` through the control file: the pid leaves `ls proc`, and stat fails."""
+    with mounted(mountpoint) as m:
+        pid = m.control("spawn sleeper uid=1000 pages=4").split()[1]
+        assert pid in os.listdir(mountpoint / "proc")
+        st = os.stat(mountpoint / "proc" / pid / "ksm_stat")
+        assert st.st_uid == 1000
+        m.control(f"exit {pid}")
+        assert pid not in os.listdir(mountpoint / "proc")
+        assert not (mountpoint / "proc" / pid).exists()
+        r = run(f"cat {mountpoint}/proc/{pid}/ksm_stat")
+        assert r.returncode == 1 and "No such file or directory" in r.stderr
+
+
+def test_speed_makes_ksmd_faster(mountpoint):
+    """--speed 10 runs ksmd ten times as often: full scans complete quickly."""
+    with mounted(mountpoint, "--speed", "10") as m:
+        start = time.monotonic()
+        assert wait_until(lambda: m.ksm_value("full_scans") >= 3, 20)
+        assert m.ksm_value("pages_sharing") > 0
+        assert time.monotonic() - start < 20
