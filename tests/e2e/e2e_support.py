@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ksmfs.runtime import find_mount, read_server_pid
+from ksmfs.runtime import find_mount, log_file, read_server_pid
 
 REAL_KSM = Path("/sys/kernel/mm/ksm")
 FUSERMOUNT = shutil.which("fusermount3")
@@ -158,6 +158,9 @@ def mounted(
         assert u.returncode == 0, f"umount failed: {u.stderr}"
         assert leftover is None, f"mount left behind at {mountpoint}"
         assert gone, f"server {pid} still running after umount"
+        # The adapter turns bugs into EIO plus a logged traceback: none may appear.
+        log = log_file(os.path.realpath(mountpoint)).read_text()
+        assert " ERROR" not in log and "Traceback" not in log, log[-3000:]
 
 
 def run(cmd: list[str] | str, **kw) -> subprocess.CompletedProcess:
