@@ -182,6 +182,8 @@ class Ksm:
         self.demoted_unique: set[int] = set()
         self._pending_dead: list[int] = []
         self.chk_exc: dict[int, int] = {}  # gpid -> oldchecksum of stable items (rare)
+        self._stale_nodes: set[int] = set()  # nodes whose KSM page is gone, still in a tree
+        self._pos = 0  # visit position in the current batch (orders deferred rbtree inserts)
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
         self.wakeups = 0  # bumped whenever ksmd would be woken (run=1, sleep change, enter)
@@ -505,6 +507,26 @@ class Ksm:
                 return
             g, f, kind, ksm, fl = g[rest], f[rest], kind[rest], ksm[rest], fl[rest]
             attached = np.zeros(g.shape[0], dtype=bool)
+        if self._tree_has_special():
+            # searches have side effects now: every page in visit order, walks included
+            for i, gi in enumerate(g.tolist()):
+                self._pos = i
+                self._cmp_and_merge_one(gi, bool(ksm[i]))
+            return
+        for tree in self.stable_tree:
+            tree.defer = []
+        try:
+            self._cmp_and_merge_bulk(g, f, kind, ksm, fl, attached)
+        finally:
+            for tree in self.stable_tree:
+                tree.flush()
+
+    def _cmp_and_merge_bulk(
+        self, g: np.ndarray, f: np.ndarray, kind: np.ndarray, ksm: np.ndarray, fl: np.ndarray,
+        attached: np.ndarray,
+    ) -> None:
+        """The vector path of _cmp_and_merge_pages() (no search has side effects)."""
+        mem = self.mem
         forked = ksm & ~attached  # a KSM page this item is not attached to (fork)
         plain = ~ksm
         tok = mem.ftoken.a[f]
@@ -567,6 +589,7 @@ class Ksm:
             self._merge_groups(g, plans, app_pos, app_nodes, app_group_nodes)
         # in order: everything whose outcome depends on other pages of the same content
         for i in np.flatnonzero(in_order).tolist():
+            self._pos = i
             self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
 
     def _classify_groups(
@@ -728,8 +751,10 @@ class Ksm:
                 mem.fmap.a[kfn] += head.shape[0]
                 gg = gg[room:]
             seqv = gg.astype(np.int64)
+            bpos = pos[room:] if node >= 0 and room else pos  # visit positions of seqv
             if tree_item >= 0:
                 seqv = np.concatenate((np.array([tree_item], dtype=np.int64), seqv))
+                bpos = np.concatenate(([-1], bpos))
                 unshared -= 1  # the tree item was counted when it entered the tree
             nid = self._nid(int(mem.pte.a[int(seqv[0])]))
             tree = self.stable_tree[nid]
@@ -746,7 +771,7 @@ class Ksm:
                 n = self._new_node(t, kfn, nid)
                 mem.fnode.a[kfn] = n
                 if prior < 0:
-                    tree[t] = n
+                    tree.add(t, n, int(bpos[c0 + 1]))
                 else:
                     if cid < 0:
                         cid = self._next_chain
@@ -893,6 +918,7 @@ class Ksm:
         ks = nodes[nodes >= 0]
         if ks.shape[0]:
             self.node_kfn.a[ks] = -1
+            self._stale_nodes.update(ks.tolist())
         mem.free_frames(uniq.astype(np.int32))
 
     # ------------------------------------------------------------------ rmap_item removal
@@ -1076,6 +1102,7 @@ class Ksm:
                 del tree[tok]
         self.node_alive.a[n] = False
         self.node_len.a[n] = 0
+        self._stale_nodes.discard(n)
         if ln == 0:
             self._free_nodes.append(n)
 
@@ -1128,11 +1155,56 @@ class Ksm:
             ch.dups.insert(0, found)
         return found
 
+    def _walk(self, token: int, nid: int, prune: bool) -> None:
+        """The rbtree walk of stable_tree_search() (prune) or stable_tree_insert() down to
+        ``token``'s place: every node passed is looked at as the kernel does — a stale
+        KSM page removes its node, a chain is pruned / collapsed / freed by
+        stable_node_dup() — and the walk restarts from the root after a removal."""
+        tree = self.stable_tree[nid]
+        rb = tree.rb
+        cur = rb.root
+        while cur is not None and cur != token:
+            e = tree[cur]
+            if e >= 0:
+                if self._stale(e):
+                    self._remove_node_from_stable_tree(e)
+                    cur = rb.root
+                    continue
+            elif self._stable_node_dup(-e - 1, prune) is None:
+                cur = rb.root  # the chain was empty and has been freed
+                continue
+            cur = rb.left[cur] if token < cur else rb.right[cur]
+
+    def _tree_has_special(self) -> bool:
+        """Is there a node whose visit by a search has a side effect (a stale KSM page, a
+        chain due for pruning, with a stale dup, with one dup or none, or whose first dup
+        with room is not at its head)? Without one, searches can be skipped."""
+        if self._stale_nodes:
+            return True
+        if not self.chains:
+            return False
+        now = self._clock_ns()
+        prune_ns = self.stable_node_chains_prune_millisecs * 1_000_000
+        mps = self.max_page_sharing
+        for ch in self.chains.values():
+            dl = ch.dups
+            if len(dl) < 2 or now >= ch.prune_time_ns + prune_ns:
+                return True
+            dla = np.fromiter(dl, np.int64, len(dl))
+            lens = self.node_len.a[dla]
+            if (self.node_kfn.a[dla] < 0).any():
+                return True
+            cand = np.flatnonzero((lens > 0) & (lens < mps))
+            if cand.shape[0] and cand[0] != 0 and lens[cand[0]] + 1 < mps:
+                return True
+        return False
+
     def _stable_tree_search(self, token: int, nid: int) -> int | None:
         """stable_tree_search() for a page that is not a KSM page: a node that can take one
         more mapping, or None (no such content, or every KSM page of it is full)."""
         tree = self.stable_tree[nid]
         while True:
+            self._walk(token, nid, prune=True)
             e = tree.get(token)
             if e is None:
                 return None
@@ -1151,10 +1223,11 @@ class Ksm:
         KSM pages being full) the node becomes, or joins, a chain of dups."""
         tree = self.stable_tree[nid]
         while True:
+            self._walk(token, nid, prune=False)
             e = tree.get(token)
             if e is None:
                 n = self._new_node(token, kfn, nid)
-                tree[token] = n
+                tree.add(token, n, self._pos)
                 break
             if e >= 0:
                 if self._stale(e):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .rbtree import RBTree
+
 EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
 TOMB = np.uint64(0xFFFFFFFFFFFFFFFE)
 MISSING = -(1 << 62)  # lookup(): not in the tree
@@ -99,11 +101,31 @@ class TokenIndex:
 
 
 class StableTree(dict):  # type: ignore[type-arg]
-    """token -> node id (>= 0) or chain (-(cid + 1)), with a TokenIndex kept in step."""
+    """token -> node id (>= 0) or chain (-(cid + 1)), with a TokenIndex kept in step, and
+    the kernel's rbtree of the same keys (its shape decides which nodes a search passes).
+
+    ``defer`` holds keys added by a batch whose rbtree inserts wait until the batch ends,
+    to be applied in the order in which the kernel would have inserted them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.index = TokenIndex()
+        self.rb = RBTree()
+        self.defer: list[tuple[int, int]] | None = None  # (visit position, key)
+
+    def add(self, t: int, v: int, pos: int = 0) -> None:
+        """A new key: rb_link_node() + rb_insert_color() (now, or at the end of the batch)."""
+        self[t] = v
+        if self.defer is not None:
+            self.defer.append((pos, t))
+        else:
+            self.rb.insert(t)
+
+    def flush(self) -> None:
+        pending, self.defer = self.defer or [], None
+        for _, t in sorted(pending):
+            if t in self and t not in self.rb:
+                self.rb.insert(t)
 
     def __setitem__(self, t: int, v: int) -> None:
         super().__setitem__(t, v)
@@ -112,3 +134,5 @@ class StableTree(dict):  # type: ignore[type-arg]
     def __delitem__(self, t: int) -> None:
         super().__delitem__(t)
         self.index.delete(t)
+        if t in self.rb:
+            self.rb.erase(t)
