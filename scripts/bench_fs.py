@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""How fast is a ksmfs mount compared with the real kernel's files, measured in one run?
+
+* open-read-close latency (median, p99) and reads/s of
+  ``sys/kernel/mm/ksm/pages_sharing`` and of ``proc/PID/ksm_stat`` on a mount, and of
+  the real ``/sys/kernel/mm/ksm/pages_sharing`` and ``/proc/self/ksm_stat``, with the
+  ratios (target: the mount at most 12x the real sysfs latency);
+* the time to scrape every KSM file plus the ksm_stat of 1000 simulated processes, the
+  way a monitoring agent would (target: under 1 s), cold (first pass, nothing cached in
+  the kernel) and warm.
+
+ksmd runs during the measurement (1000 processes with mergeable pages).  The figures are
+printed and appended to docs/NOTES.md (``--no-notes`` to skip).
+
+    python scripts/bench_fs.py [--iterations 5000] [--procs 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_KSM = Path("/sys/kernel/mm/ksm")
+LATENCY_TARGET = 12.0  # x real sysfs
+SCRAPE_TARGET = 1.0  # seconds
+
+IDLE_SCENARIO = """\
+name = "bench"
+max_full_scans = 1
+[[process]]
+name = "init"
+  [[process.vma]]
+  name = "heap"
+  pages = 1
+"""
+
+
+def ksmfs(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ksmfs", *args]
+
+
+def open_read_close(path: str, n: int) -> list[int]:
+    """n timed open(2)+read(2)+close(2) of ``path``; nanoseconds each."""
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t = clock()
+        fd = os.open(path, os.O_RDONLY)
+        os.read(fd, 4096)
+        os.close(fd)
+        samples.append(clock() - t)
+    return samples
+
+
+def latency(path: str, n: int) -> dict[str, float]:
+    open_read_close(path, min(200, n))  # warm the dentry/attr caches
+    s = open_read_close(path, n)
+    s.sort()
+    return {
+        "median_us": statistics.median(s) / 1e3,
+        "p99_us": s[int(len(s) * 0.99) - 1] / 1e3,
+        "reads_per_s": len(s) / (sum(s) / 1e9),
+    }
+
+
+def scrape(root: Path) -> tuple[float, int]:
+    """Read every file of sys/kernel/mm/ksm and every proc/PID/ksm_stat below root."""
+    t = time.perf_counter()
+    files = 0
+    ksm = root / "sys" / "kernel" / "mm" / "ksm"
+    for name in sorted(os.listdir(ksm)):
+        with open(ksm / name, "rb") as f:
+            f.read()
+        files += 1
+    proc = root / "proc"
+    for pid in os.listdir(proc):
+        if pid.isdigit():
+            try:
+                with open(proc / pid / "ksm_stat", "rb") as f:
+                    f.read()
+                files += 1
+            except OSError:  # a real process that exited meanwhile
+                pass
+    return time.perf_counter() - t, files
+
+
+def spawn_processes(mount: Path, count: int) -> list[str]:
+    """count tasks with 4 identical mergeable pages each, through ksmfs/control (50
+    commands per write: kernfs-style stores see at most 4096 bytes of one write)."""
+    lines = [f"spawn bench-{i} pages=4 fill=cycle:4 mergeable" for i in range(count)]
+    control = mount / "ksmfs" / "control"
+    for i in range(0, count, 50):
+        fd = os.open(control, os.O_WRONLY)
+        try:
+            os.write(fd, ("\n".join(lines[i : i + 50]) + "\n").encode())
+        finally:
+            os.close(fd)
+    return sorted((p for p in os.listdir(mount / "proc") if p.isdigit()), key=int)
+
+
+def real_ksm_stat() -> Path | None:
+    for p in (Path("/proc/self/ksm_stat"), Path("/proc/1/ksm_stat")):
+        if p.exists():
+            return p
+    return None
+
+
+def fmt_row(label: str, m: dict[str, float], ref: dict[str, float] | None) -> str:
+    ratio = f"{m['median_us'] / ref['median_us']:6.1f}x" if ref else "     - "
+    return (f"| {label:<44} | {m['median_us']:9.1f} | {m['p99_us']:9.1f} | "
+            f"{m['reads_per_s']:9.0f} | {ratio} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--iterations", type=int, default=5000)
+    ap.add_argument("--procs", type=int, default=1000)
+    ap.add_argument("--no-notes", action="store_true", help="do not append to docs/NOTES.md")
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="ksmfs-bench-") as tmp:
+        mount = Path(tmp) / "mnt"
+        mount.mkdir()
+        toml = Path(tmp) / "bench.toml"
+        toml.write_text(IDLE_SCENARIO)
+        r = subprocess.run(ksmfs("mount", str(mount), "--scenario", str(toml)),
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"bench_fs: mount failed: {r.stderr.strip()}", file=sys.stderr)
+            return 1
+        try:
+            t = time.perf_counter()
+            pids = spawn_processes(mount, args.procs)
+            spawn_s = time.perf_counter() - t
+            mine_ksm = str(mount / "sys/kernel/mm/ksm/pages_sharing")
+            mine_stat = str(mount / "proc" / pids[-1] / "ksm_stat")
+            cold_s, cold_files = scrape(mount)
+            warm_s, warm_files = min(scrape(mount) for _ in range(3))
+            res = {
+                "mount pages_sharing": latency(mine_ksm, args.iterations),
+                "mount proc/PID/ksm_stat": latency(mine_stat, args.iterations),
+            }
+            sharing = int((mount / "sys/kernel/mm/ksm/pages_sharing").read_text())
+            full_scans = int((mount / "sys/kernel/mm/ksm/full_scans").read_text())
+            # The same file with ksmd stopped: the adapter's own cost, without the time
+            # FUSE requests wait while a ksmd batch runs on the server's one thread.
+            fd = os.open(mount / "sys/kernel/mm/ksm/run", os.O_WRONLY)
+            os.write(fd, b"0\n")
+            os.close(fd)
+            res["mount pages_sharing, ksmd stopped"] = latency(mine_ksm, args.iterations)
+        finally:
+            u = subprocess.run(ksmfs("umount", str(mount)), capture_output=True, text=True)
+            if u.returncode != 0:
+                subprocess.run(["fusermount3", "-u", "-z", str(mount)])
+
+    real: dict[str, dict[str, float]] = {}
+    if REAL_KSM.is_dir():
+        real["real /sys/kernel/mm/ksm/pages_sharing"] = latency(
+            str(REAL_KSM / "pages_sharing"), args.iterations)
+    stat_path = real_ksm_stat()
+    if stat_path is not None:
+        real[f"real {stat_path}"] = latency(str(stat_path), args.iterations)
+    real_scrape_s, real_files = scrape(Path("/")) if REAL_KSM.is_dir() else (0.0, 0)
+
+    ref_ksm = next((v for k, v in real.items() if "pages_sharing" in k), None)
+    ref_stat = next((v for k, v in real.items() if "ksm_stat" in k), None)
+    rows = [
+        "| file | median us | p99 us | reads/s | vs real |",
+        "|---|---:|---:|---:|---:|",
+        *[fmt_row(k, v, None) for k, v in real.items()],
+        fmt_row("mount sys/kernel/mm/ksm/pages_sharing", res["mount pages_sharing"], ref_ksm),
+        fmt_row("mount proc/PID/ksm_stat", res["mount proc/PID/ksm_stat"], ref_stat),
+        fmt_row("mount sys/kernel/mm/ksm/pages_sharing (run=0)",
+                res["mount pages_sharing, ksmd stopped"], ref_ksm),
+    ]
+    ratio = (res["mount pages_sharing"]["median_us"] / ref_ksm["median_us"]) if ref_ksm else None
+    verdict_lat = (
+        f"latency {ratio:.1f}x real sysfs (target <= {LATENCY_TARGET:g}x): "
+        f"{'met' if ratio <= LATENCY_TARGET else 'NOT met'}" if ratio else "no real sysfs here"
+    )
+    verdict_scrape = (
+        f"scrape of {cold_files} files ({args.procs} processes): cold {cold_s * 1e3:.0f} ms, "
+        f"warm {warm_s * 1e3:.0f} ms (target < {SCRAPE_TARGET:g} s: "
+        f"{'met' if max(cold_s, warm_s) < SCRAPE_TARGET else 'NOT met'}); real kernel: "
+        f"{real_files} files in {real_scrape_s * 1e3:.0f} ms"
+    )
+    header = (
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+        f"Linux {platform.release()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}; {args.iterations} iterations per file; ksmd running "
+        f"(pages_sharing {sharing} after {full_scans} full scans); spawning "
+        f"{args.procs} processes took {spawn_s * 1e3:.0f} ms"
+    )
+    text = "\n".join([header, "", *rows, "", f"- {verdict_lat}", f"- {verdict_scrape}"])
+    print(text)
+    if not args.no_notes:
+        notes = REPO / "docs" / "NOTES.md"
+        with open(notes, "a") as f:
+            f.write(f"\n## FUSE read performance (scripts/bench_fs.py)\n\n{text}\n")
+        print(f"\nappended to {notes}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
