@@ -191,6 +191,7 @@ class KsmdPacer:
         self.on_batch: Callable[[], None] | None = None
         self._wake = trio.Event()
         self._run_written = False
+        self._advanced_ms = 0.0
         self.batches = 0
 
     def on_store(self, node: Node, data: bytes) -> None:
@@ -199,20 +200,22 @@ class KsmdPacer:
             self._run_written = True
         self._wake.set()
 
-    def _sync_clock(self, t0: float, sim0_ns: int) -> None:
-        k = self.kernel
-        target_ms = sim0_ns / 1e6 + (trio.current_time() - t0) * 1000.0 * self.speed
-        behind = target_ms - k.now
-        if behind >= 1:
-            k.advance(int(behind))
+    def _sync_clock(self, t0: float) -> None:
+        # Simulated ms that should have passed since run() started; the kernel clock
+        # keeps nanoseconds, so fractions of a ms are carried, never lost to rounding.
+        target_ms = (trio.current_time() - t0) * 1000.0 * self.speed
+        delta = target_ms - self._advanced_ms
+        if delta > 0:
+            self.kernel.advance(delta)
+            self._advanced_ms = target_ms
 
     async def run(self) -> None:
         k = self.kernel
         t0 = trio.current_time()
-        sim0_ns = k.now * 1_000_000
+        self._advanced_ms = 0.0
         next_due: int | None = k.now  # ksmd looks at its list right away
         while True:
-            self._sync_clock(t0, sim0_ns)
+            self._sync_clock(t0)
             if next_due is not None and k.now >= next_due:
                 ms = k.ksmd_step()
                 self.batches += 1

@@ -1,0 +1,168 @@
+"""The runtime without a mount: ksmd pacing on trio's virtual clock, store wake-ups, the
+scenario timeline, FUSE options and the mount checks."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import trio
+
+from ksmfs.kernel import Kernel, knobs
+from ksmfs.kfs import Tree
+from ksmfs.runtime import (
+    KsmdPacer,
+    MountConfig,
+    Timeline,
+    _unescape_mountinfo,
+    build_simulation,
+    check_mountpoint,
+    fuse_options,
+)
+
+RUN = ("sys", "kernel", "mm", "ksm", "run")
+
+
+def merging_kernel(n: int = 3, pages: int = 64) -> Kernel:
+    k = Kernel(version="6.18")
+    image = np.arange(1, pages + 1, dtype=np.uint64)
+    for i in range(n):
+        pid = k.spawn(f"vm{i}")
+        addr = k.mmap(pid, pages)
+        k.write(pid, addr, image)
+        k.madvise(pid, addr, pages, 12)
+    knobs.store(k, "run", b"1\n")
+    return k
+
+
+def node(k: Kernel, *path: str):
+    return Tree(k).lookup(path)
+
+
+async def test_pacer_runs_a_batch_every_sleep_millisecs(autojump_clock):
+    """At speed 1, one second of (virtual) wall time is 1000 simulated ms and about
+    1000 / sleep_millisecs batches."""
+    k = merging_kernel()
+    pacer = KsmdPacer(k, speed=1.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pacer.run)
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    # The clock is synced when ksmd wakes: at most one sleep (20 ms) behind.
+    assert 980 <= k.now <= 1001
+    assert 48 <= pacer.batches <= 52
+    assert k.ksm.pages_sharing > 0
+
+
+async def test_speed_multiplies_simulated_time_and_batches(autojump_clock):
+    """--speed 10: ten times the simulated time and ten times the batches."""
+    k = merging_kernel()
+    pacer = KsmdPacer(k, speed=10.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pacer.run)
+        await trio.sleep(1.0)
+        nursery.cancel_scope.cancel()
+    assert 9800 <= k.now <= 10001
+    assert 480 <= pacer.batches <= 520
+
+
+async def test_idle_ksmd_sleeps_until_a_store_wakes_it(autojump_clock):
+    """With nothing registered ksmd is idle; a store (a new mergeable process through
+    the control file) wakes it at once, as __ksm_enter does."""
+    k = Kernel(version="6.18")
+    knobs.store(k, "run", b"1\n")
+    pacer = KsmdPacer(k)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pacer.run)
+        await trio.sleep(5)
+        idle_batches = pacer.batches
+        assert idle_batches == 1  # looked once, found nothing, went idle
+        control = node(k, "ksmfs", "control")
+        control.spec.store(k, None, b"spawn vm pages=8 fill=cycle:8 mergeable\n")
+        woke_at = trio.current_time()
+        pacer.on_store(control, b"")
+        await trio.testing.wait_all_tasks_blocked()
+        assert pacer.batches == idle_batches + 1
+        assert trio.current_time() == woke_at
+        nursery.cancel_scope.cancel()
+
+
+async def test_changed_sleep_millisecs_and_run_writes_wake_ksmd_early(autojump_clock):
+    """A long sleep is cut short by a changed sleep_millisecs or any write to run, not
+    by other stores (sleep_millisecs_store, run_store)."""
+    k = merging_kernel()
+    knobs.store(k, "sleep_millisecs", b"100000\n")
+    pacer = KsmdPacer(k)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pacer.run)
+        await trio.sleep(1)
+        assert pacer.batches == 1
+        knobs.store(k, "pages_to_scan", b"200\n")
+        pacer.on_store(node(k, "sys", "kernel", "mm", "ksm", "pages_to_scan"), b"200\n")
+        await trio.sleep(1)
+        assert pacer.batches == 1  # not a reason to wake
+        knobs.store(k, "sleep_millisecs", b"50000\n")
+        pacer.on_store(node(k, "sys", "kernel", "mm", "ksm", "sleep_millisecs"), b"")
+        await trio.sleep(1)
+        assert pacer.batches == 2
+        pacer.on_store(node(k, *RUN), b"1\n")
+        await trio.sleep(1)
+        assert pacer.batches == 3
+        nursery.cancel_scope.cancel()
+
+
+def test_pacer_refuses_a_nonsense_speed():
+    """--speed must be positive and finite."""
+    for speed in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError):
+            KsmdPacer(Kernel(version="6.18"), speed=speed)
+
+
+def test_the_demo_timeline_plays_as_full_scans_complete():
+    """The demo scenario's steps run after their full scan: qemu-vm-3 exits after scan 6,
+    qemu-vm-new boots after scan 7; a run=2 reset of full_scans does not replay them."""
+    sim = build_simulation(MountConfig("/nonexistent", scenario="demo"))
+    k, timeline = sim.kernel, sim.timeline
+    assert isinstance(timeline, Timeline) and k.ksm.run == 1
+    comms = lambda: sorted(t.comm for t in k.tasks.values())  # noqa: E731
+    assert "qemu-vm-3" in comms()
+    while timeline.completed < 8:
+        k.ksmd_step()
+        timeline.after_batch()
+    assert "qemu-vm-3" not in comms() and "qemu-vm-new" in comms()
+    knobs.store(k, "run", b"2\n")
+    knobs.store(k, "run", b"1\n")
+    assert k.ksm.full_scans == 0
+    while k.ksm.full_scans < 2:
+        k.ksmd_step()
+        timeline.after_batch()
+    assert timeline.completed == 10
+    assert comms().count("qemu-vm-new") == 1
+
+
+def test_fuse_options():
+    """The options libfuse accepts (notes §1.7); allow_other only when asked."""
+    base = fuse_options(MountConfig("/m"))
+    assert base == {"fsname=ksmfs", "subtype=ksmfs", "default_permissions", "auto_unmount"}
+    assert fuse_options(MountConfig("/m", allow_other=True)) == base | {"allow_other"}
+
+
+def test_mountinfo_paths_are_unescaped():
+    """/proc/self/mountinfo writes a space as \\040 (and tab, newline, backslash)."""
+    assert _unescape_mountinfo("/tmp/a\\040b\\011c") == "/tmp/a b\tc"
+    assert _unescape_mountinfo("/plain") == "/plain"
+
+
+def test_mount_checks_name_the_problem(tmp_path):
+    """Missing, not a directory, not empty: one line each; an empty directory is fine."""
+    assert "no such directory" in check_mountpoint(str(tmp_path / "nope"))
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert "not a directory" in check_mountpoint(str(f))
+    d = tmp_path / "d"
+    d.mkdir()
+    assert check_mountpoint(str(d)) is None
+    (d / "x").write_text("")
+    assert "not empty" in check_mountpoint(str(d))
+    assert os.path.isdir(d)
