@@ -69,6 +69,9 @@ RUN_PATH = (*KSM_DIR, "run")
 # FUSE requests never wait longer than one batch (notes §1.8).
 MIN_WALL_SLEEP = 0.0005
 
+# At unmount, how long trace_pipe readers that just got EOF may take to close the file.
+STREAM_GRACE_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
 class MountConfig:
@@ -250,16 +253,35 @@ class Server:
     kernel: Kernel
     ops: KsmfsOperations
     ksmd: KsmdPacer
+    nursery: trio.Nursery | None = None
     stopping: bool = field(default=False)
 
     def stop(self) -> None:
-        """Ask the mount to end: wakes blocked trace_pipe readers, then ends main()."""
-        import pyfuse3
-
+        """Ask the mount to end (idempotent; returns at once, see :meth:`shutdown`)."""
         if self.stopping:
             return
         self.stopping = True
+        if self.nursery is not None:
+            self.nursery.start_soon(self.shutdown, name="shutdown")
+        else:
+            self._terminate()
+
+    async def shutdown(self, grace: float = STREAM_GRACE_SECONDS) -> None:
+        """End blocked trace_pipe reads with EOF, give their readers a moment to close
+        the file, then end ``main()``.  A request that arrives after ``terminate()``
+        is never answered: the close(2) of a `cat trace_pipe` would fail with
+        ECONNABORTED instead of ending cleanly."""
+        self.stopping = True
         self.ops.close_streams()
+        with trio.move_on_after(grace):
+            while self.ops.open_streams:
+                await trio.sleep(0.01)
+        self._terminate()
+
+    @staticmethod
+    def _terminate() -> None:
+        import pyfuse3
+
         pyfuse3.terminate()
 
 
@@ -329,6 +351,7 @@ async def serve(
                     # other tasks so that close() runs after main() and never during it.
                     nursery.cancel_scope.cancel()
 
+            server.nursery = nursery
             if config.handle_signals:
                 await nursery.start(_watch_signals, server)
             nursery.start_soon(fuse_main, name="pyfuse3.main")

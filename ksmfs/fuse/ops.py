@@ -219,6 +219,11 @@ class KsmfsOperations(pyfuse3.Operations):
         self.kernel_changed()
 
     @property
+    def open_streams(self) -> int:
+        """Open trace_pipe files (the runtime lets them close before unmounting)."""
+        return sum(1 for h in self._files.values() if h.reader is not None)
+
+    @property
     def open_handles(self) -> int:
         """Open files and directories (tests check that RELEASE drops them)."""
         return len(self._files) + len(self._dirs)
