@@ -438,7 +438,20 @@ def read_server_pid(mountpoint: str) -> int | None:
         pid = int(text[0])
     except (OSError, ValueError, IndexError):
         return None
-    return pid if _alive(pid) else None
+    if not _alive(pid) or not _is_ksmfs(pid):
+        # The server died without cleaning up (kill -9), and the pid may even belong to
+        # another program by now: forget the file.
+        pid_file(mountpoint).unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def _is_ksmfs(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"ksmfs" in f.read()
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:
@@ -699,7 +712,20 @@ def _daemon_child(config: MountConfig, sim: Simulation, ready_fd: int, logpath: 
             _remove_pid_file(p)
         if not pipe.closed:
             pipe.close()
+    _drop_quiet_log(logpath)
     return EXIT_OK
+
+
+def _drop_quiet_log(logpath: Path) -> None:
+    """After a clean exit, remove the log if it only holds routine INFO/DEBUG lines;
+    keep it when something (a warning, a refused scenario step, libfuse) spoke up."""
+    sys.stderr.flush()
+    try:
+        lines = logpath.read_text(errors="replace").splitlines()
+    except OSError:
+        return
+    if all(" INFO: " in line or " DEBUG: " in line for line in lines):
+        logpath.unlink(missing_ok=True)
 
 
 # -- ksmfs umount -----------------------------------------------------------------------
