@@ -702,9 +702,11 @@ def _daemon_child(config: MountConfig, sim: Simulation, ready_fd: int, logpath: 
     try:
         _serve_until_done(config, sim, ready)
     except Exception as e:
+        sys.stderr.flush()
+        reason = _libfuse_reason(logpath) or _one_line(e)
         log.exception("mount failed")
         if not pipe.closed:
-            pipe.write(f"error {config.mountpoint}: {_one_line(e)} (log: {logpath})\n".encode())
+            pipe.write(f"error {config.mountpoint}: {reason} (log: {logpath})\n".encode())
             pipe.close()
         return EXIT_FAIL
     finally:
@@ -714,6 +716,17 @@ def _daemon_child(config: MountConfig, sim: Simulation, ready_fd: int, logpath: 
             pipe.close()
     _drop_quiet_log(logpath)
     return EXIT_OK
+
+
+def _libfuse_reason(logpath: Path) -> str | None:
+    """libfuse and fusermount3 explain a failed mount on stderr (our log), while
+    pyfuse3 only raises "fuse_session_mount failed": use their last line."""
+    try:
+        lines = logpath.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    said = [line.strip() for line in lines if line.startswith(("fuse:", "fusermount3:"))]
+    return said[-1] if said else None
 
 
 def _drop_quiet_log(logpath: Path) -> None:

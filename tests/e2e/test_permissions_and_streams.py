@@ -114,3 +114,22 @@ def test_sigterm_ends_a_blocked_trace_pipe_read_and_unmounts(tmp_path):
                 p.wait()
         if find_mount(str(mountpoint)) is not None:
             subprocess.run([FUSERMOUNT, "-u", "-z", str(mountpoint)])
+
+
+@pytest.mark.skipif(SETPRIV is None or os.geteuid() != 0, reason="needs root and setpriv")
+def test_a_server_that_cannot_mount_is_reported_by_the_parent(public_dir):
+    """The forked server's failure (here: nobody may not open /dev/fuse) comes back
+    through the pipe as one line naming libfuse's reason; exit 1, nothing mounted."""
+    if os.stat("/dev/fuse").st_mode & 0o006:
+        pytest.skip("/dev/fuse is open to everyone here")
+    mnt, rundir = public_dir / "mnt", public_dir / "run"
+    for d in (mnt, rundir):
+        d.mkdir()
+        os.chown(d, NOBODY, NOBODY)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(rundir)}
+    r = subprocess.run([SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        *ksmfs("mount", str(mnt))], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "/dev/fuse" in r.stderr, r.stderr
+    assert find_mount(str(mnt)) is None
