@@ -445,10 +445,14 @@ class KsmfsOperations(pyfuse3.Operations):
         if h is None:
             raise _err(errno.EBADF)
         if start_id == 0:
-            h.entries = self.tree.listdir(h.node.path)
+            # "." and ".." first, as sysfs and procfs list them (`ls -a`).
+            h.entries = [".", "..", *self.tree.listdir(h.node.path)]
         for index in range(start_id, len(h.entries)):
             name = h.entries[index]
-            node = self.tree.lookup((*h.node.path, name))
+            if index < 2:
+                node = self.tree.child(h.node.inode, name)
+            else:
+                node = self.tree.lookup((*h.node.path, name))
             if node is None:  # a task exited since the listing was taken: skip it
                 continue
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(node), index + 1):

@@ -175,7 +175,10 @@ async def test_readdir_lists_every_directory_of_the_tree(ops, kernel, listing):
     dirs = {n.path[:i] for n in ops.tree.iter_files() for i in range(len(n.path))}
     for path in sorted(dirs):
         names = await list_dir(ops, await ino(ops, *path), listing)
-        assert names == ops.tree.listdir(path), path
+        assert names == [".", "..", *ops.tree.listdir(path)], path
+        dot, dotdot = listing.entries[0][1], listing.entries[1][1]
+        assert dot == await ino(ops, *path)
+        assert dotdot == await ino(ops, *path[:-1])
 
 
 async def test_readdir_resumes_without_skips_or_repeats_while_tasks_come_and_go(
@@ -186,7 +189,7 @@ async def test_readdir_resumes_without_skips_or_repeats_while_tasks_come_and_go(
     pids = [kernel.spawn(f"t{i}") for i in range(12)]
     proc = await ino(ops, "proc")
     fh = await ops.opendir(proc, Ctx())
-    expected = ops.tree.listdir(("proc",))
+    expected = [".", "..", *ops.tree.listdir(("proc",))]
     seen: list[str] = []
     start, rounds = 0, 0
     while True:
