@@ -19,6 +19,7 @@ until the mount is ready.  The server's pid goes to a runtime file so that
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import faulthandler
 import hashlib
@@ -274,7 +275,7 @@ class Server:
         self.stopping = True
         self.ops.close_streams()
         with trio.move_on_after(grace):
-            while self.ops.open_streams:
+            while self.ops.open_streams:  # noqa: ASYNC110 - released by RELEASE requests
                 await trio.sleep(0.01)
         self._terminate()
 
@@ -367,8 +368,9 @@ def _unescape_mountinfo(field_: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo (fs/proc_namespace.c).
     out, i = [], 0
     while i < len(field_):
-        if field_[i] == "\\" and field_[i + 1 : i + 4].isdigit() and len(field_[i + 1 : i + 4]) == 3:
-            out.append(chr(int(field_[i + 1 : i + 4], 8)))
+        code = field_[i + 1 : i + 4]
+        if field_[i] == "\\" and len(code) == 3 and code.isdigit():
+            out.append(chr(int(code, 8)))
             i += 4
         else:
             out.append(field_[i])
@@ -398,7 +400,8 @@ def find_mount(path: str) -> MountEntry | None:
                 fields = left.split()
                 rest = right.split()
                 if len(fields) >= 5 and _unescape_mountinfo(fields[4]) == path:
-                    found = MountEntry(path, rest[0] if rest else "", rest[1] if len(rest) > 1 else "")
+                    fstype = rest[0] if rest else ""
+                    found = MountEntry(path, fstype, rest[1] if len(rest) > 1 else "")
     except OSError:
         return None
     return found
@@ -518,7 +521,10 @@ def check_mountpoint(mountpoint: str) -> str | None:
             log.info("%s: clearing a stale FUSE mount", mountpoint)
             problem = clear_stale_mount(mountpoint)
             if problem is not None:
-                return f"{mountpoint}: stale FUSE mount (transport endpoint not connected): {problem}"
+                return (
+                    f"{mountpoint}: stale FUSE mount (transport endpoint not connected): "
+                    f"{problem}"
+                )
         else:
             if entry.fstype == "fuse.ksmfs":
                 pid = read_server_pid(mountpoint)
@@ -569,7 +575,9 @@ def _one_line(e: BaseException) -> str:
     return text or type(e).__name__
 
 
-def _serve_until_done(config: MountConfig, sim: Simulation, ready: Callable[[Server], None]) -> None:
+def _serve_until_done(
+    config: MountConfig, sim: Simulation, ready: Callable[[Server], None]
+) -> None:
     """trio.run(serve): ``ready(server)`` once mounted.  Errors propagate."""
 
     async def main() -> None:
@@ -597,7 +605,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         _say("/dev/fuse is missing (no FUSE support here; in a container pass --device /dev/fuse)")
         return EXIT_FAIL
     try:
-        import pyfuse3  # noqa: F401
+        import pyfuse3  # noqa: F401 - only checking that it is installed
     except ImportError as e:
         _say(f"needs pyfuse3 ({e})")
         return EXIT_FAIL
@@ -649,7 +657,7 @@ def _mount_daemon(config: MountConfig, sim: Simulation) -> int:
         code = EXIT_FAIL
         try:
             code = _daemon_child(config, sim, w, logpath)
-        except BaseException:  # noqa: BLE001 - the child must always reach os._exit
+        except BaseException:  # the forked child must reach os._exit, whatever happens
             logging.getLogger(__name__).exception("server failed")
         finally:
             os._exit(code)
@@ -659,10 +667,8 @@ def _mount_daemon(config: MountConfig, sim: Simulation) -> int:
     if message.startswith("ready"):
         print(_banner(config, sim, pid), flush=True)
         return EXIT_OK
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)  # reap the failed server
     if message.startswith("error "):
         _say(message[len("error ") :])
     else:

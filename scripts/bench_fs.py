@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{real_files} files in {real_scrape_s * 1e3:.0f} ms"
     )
     header = (
-        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
         f"Linux {platform.release()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}; {args.iterations} iterations per file; ksmd running "
         f"(pages_sharing {sharing} after {full_scans} full scans); spawning "

@@ -316,12 +316,12 @@ class KsmfsOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext | None = None,
     ) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
-        procfs = self._is_procfs(node)
-        if fields.update_mode or fields.update_uid or fields.update_gid:
-            # proc_setattr: ATTR_MODE -> EPERM; /proc/<pid> refuses chown too [verified
-            # on 6.18].  kernfs_iop_setattr keeps the new mode and owner.
-            if procfs:
-                raise _err(errno.EPERM)
+        # proc_setattr: ATTR_MODE -> EPERM; /proc/<pid> refuses chown too [verified on
+        # 6.18].  kernfs_iop_setattr keeps the new mode and owner.
+        if self._is_procfs(node) and (
+            fields.update_mode or fields.update_uid or fields.update_gid
+        ):
+            raise _err(errno.EPERM)
         o = self._attrs.setdefault(node.inode, _AttrOverride())
         if fields.update_mode:
             o.mode = stat.S_IMODE(attr.st_mode)
@@ -394,7 +394,9 @@ class KsmfsOperations(pyfuse3.Operations):
         await self._refuse_new_name(parent_inode, name, regular=False)
 
     @_handler
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any = None) -> Any:
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any = None
+    ) -> Any:
         self._node(inode)
         await self._refuse_new_name(new_parent_inode, new_name, regular=False)
 
@@ -455,7 +457,8 @@ class KsmfsOperations(pyfuse3.Operations):
                 node = self.tree.lookup((*h.node.path, name))
             if node is None:  # a task exited since the listing was taken: skip it
                 continue
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.attributes(node), index + 1):
+            attrs = self.attributes(node)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index + 1):
                 break
 
     @_handler
@@ -483,7 +486,7 @@ class KsmfsOperations(pyfuse3.Operations):
         # default_permissions check lets through (notes §1.5, spec §1.1).
         if writable and (spec.store is None or not mode & 0o222):
             raise _err(errno.EACCES)
-        if readable and (spec.show is None and not spec.stream or not mode & 0o444):
+        if readable and ((spec.show is None and not spec.stream) or not mode & 0o444):
             raise _err(errno.EACCES)
         if flags & os.O_TRUNC:
             # `echo 2 > run` arrives as OPEN(O_WRONLY|O_TRUNC) and no SETATTR (atomic

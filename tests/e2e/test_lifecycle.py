@@ -11,7 +11,6 @@ import textwrap
 import time
 
 import pytest
-
 from e2e_support import (
     FUSERMOUNT,
     fuse_test,
@@ -21,6 +20,7 @@ from e2e_support import (
     run,
     wait_until,
 )
+
 from ksmfs.runtime import find_mount, log_file, read_server_pid
 
 pytestmark = [*fuse_test, pytest.mark.timeout(120)]

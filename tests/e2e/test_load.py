@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from e2e_support import fuse_test, mounted, wait_until
 
 pytestmark = [*fuse_test, pytest.mark.timeout(240), pytest.mark.slow]

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from e2e_support import FUSERMOUNT, REAL_KSM, fuse_test, ksmfs, mounted, run, wait_until
+
 from ksmfs.runtime import find_mount
 
 pytestmark = [*fuse_test, pytest.mark.timeout(120)]

@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from e2e_support import fuse_test, mounted, run, wait_until
 
 pytestmark = [*fuse_test, pytest.mark.timeout(180)]

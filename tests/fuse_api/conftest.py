@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 
 import pytest
+from fuseapi_support import Ctx, FakeClock
 
 from ksmfs.fuse.ops import KsmfsOperations
 from ksmfs.kernel import Kernel
 from ksmfs.kfs import Tree
-
-from fuseapi_support import Ctx, FakeClock
 
 
 @pytest.fixture

@@ -13,12 +13,11 @@ import pyfuse3
 import pytest
 import trio
 import trio.testing
+from fuseapi_support import Ctx, Fields
 
 from ksmfs.fuse.ops import WRITE_MAX, KsmfsOperations
 from ksmfs.kernel import KsmError
 from ksmfs.kfs import ROOT_INODE, FileSpec, Node
-
-from fuseapi_support import Ctx, Fields
 
 KSM = ("sys", "kernel", "mm", "ksm")
 

@@ -125,7 +125,10 @@ def test_the_demo_timeline_plays_as_full_scans_complete():
     sim = build_simulation(MountConfig("/nonexistent", scenario="demo"))
     k, timeline = sim.kernel, sim.timeline
     assert isinstance(timeline, Timeline) and k.ksm.run == 1
-    comms = lambda: sorted(t.comm for t in k.tasks.values())  # noqa: E731
+
+    def comms() -> list[str]:
+        return sorted(t.comm for t in k.tasks.values())
+
     assert "qemu-vm-3" in comms()
     while timeline.completed < 8:
         k.ksmd_step()
