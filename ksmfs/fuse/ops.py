@@ -36,6 +36,7 @@ import functools
 import itertools
 import logging
 import os
+import select
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -67,6 +68,8 @@ PROCFS_TOP = "proc"
 # O_TRUNC opens and setattr replies refresh the cache, and an exited pid's dentry is
 # dropped with invalidate_entry_async (see kernel_changed).
 ATTR_TIMEOUT = 1.0
+
+DEFAULT_POLLMASK = select.POLLIN | select.POLLOUT | select.POLLRDNORM | select.POLLWRNORM
 
 # trace_pipe readers wait for kernel_changed(); this is only a safety net for records
 # written by something that does not call it.
@@ -123,6 +126,7 @@ class _FileHandle:
     reader: TraceReader | None = None
     pending: bytes = b""  # rendered trace records the last READ had no room for
     nonblock: bool = False
+    poll_handle: Any = None  # pyfuse3.PollHandle of a poll(2) waiting for records
 
 
 @dataclass
@@ -204,6 +208,10 @@ class KsmfsOperations(pyfuse3.Operations):
         self.generation += 1
         event, self._changed = self._changed, trio.Event()
         event.set()
+        for h in self._files.values():
+            if h.poll_handle is not None and self._stream_ready(h):
+                h.poll_handle.notify()
+                h.poll_handle = None
         tasks = self.kernel.tasks
         if len(tasks) == len(self._pids) and all(p in tasks for p in self._pids):
             return
@@ -533,7 +541,9 @@ class KsmfsOperations(pyfuse3.Operations):
         assert h.reader is not None
         while True:
             if not h.pending:
-                h.pending = read_stream(self.kernel, h.reader)
+                # Whole lines up to `size` are consumed; one longer line is kept here
+                # and handed out over several READs.
+                h.pending = read_stream(self.kernel, h.reader, max_bytes=size)
             if h.pending:
                 out, h.pending = h.pending[:size], h.pending[size:]
                 return out
@@ -543,6 +553,28 @@ class KsmfsOperations(pyfuse3.Operations):
                 raise _err(errno.EAGAIN)
             with trio.move_on_after(STREAM_POLL_SECONDS):
                 await self._changed.wait()
+
+    def _stream_ready(self, h: _FileHandle) -> bool:
+        assert h.reader is not None
+        records = self.kernel.trace.records
+        return bool(
+            h.pending or self._closing or (records and records[-1].seq > h.reader.last_seq)
+        )
+
+    @_handler
+    async def poll(self, inode: int, fh: int, poll_handle: Any, ctx: Any = None) -> int:
+        h = self._handle(fh)
+        if h.reader is None:
+            # Attribute files are always ready, like kernfs_generic_poll's
+            # DEFAULT_POLLMASK (KSM never calls sysfs_notify, so no POLLPRI wake-ups).
+            return DEFAULT_POLLMASK
+        if self._stream_ready(h):
+            return select.POLLIN | select.POLLRDNORM
+        # trace_pipe without records: remember the kernel's handle and notify it from
+        # kernel_changed() when ksmd emits some (tracing_poll_pipe).
+        if poll_handle is not None:
+            h.poll_handle = poll_handle
+        return 0
 
     @_handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -133,3 +133,21 @@ def test_a_server_that_cannot_mount_is_reported_by_the_parent(public_dir):
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "/dev/fuse" in r.stderr, r.stderr
     assert find_mount(str(mnt)) is None
+
+
+def test_select_on_trace_pipe_waits_for_events(tmp_path):
+    """select(2) on trace_pipe: not readable while tracing is off, readable once ksmd
+    emits events (FUSE poll, notified by the adapter)."""
+    with mounted(tmp_path / "mnt", "--speed", "5") as m:
+        tracing = m.path / "sys/kernel/tracing"
+        fd = os.open(tracing / "trace_pipe", os.O_RDONLY)
+        try:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            assert ready == []
+            (tracing / "events/ksm/enable").write_text("1\n")
+            ready, _, _ = select.select([fd], [], [], 20)
+            assert ready == [fd]
+            assert b": ksm_" in os.read(fd, 65536)
+        finally:
+            os.close(fd)
+            (tracing / "events/ksm/enable").write_text("0\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import stat
 
 import numpy as np
@@ -547,3 +548,35 @@ async def test_generation_xattr_changes_with_the_kernel(ops, kernel):
     ops.kernel_changed()
     assert int(await ops.getxattr(root, b"user.ksmfs.generation", Ctx())) > g1
     assert b"user.ksmfs.generation" not in await ops.listxattr(root, Ctx())
+
+
+class PollHandle:
+    def __init__(self) -> None:
+        self.notified = 0
+
+    def notify(self) -> None:
+        self.notified += 1
+
+
+async def test_poll_on_trace_pipe_waits_for_records(ops, kernel):
+    """poll(2): attribute files are always ready; trace_pipe is ready once records
+    exist, and a stored poll handle is notified when ksmd emits them."""
+    pages = await ino(ops, *KSM, "pages_shared")
+    fi = await ops.open(pages, os.O_RDONLY, Ctx())
+    assert await ops.poll(pages, fi.fh, None, Ctx()) & select.POLLIN
+    await ops.release(fi.fh)
+    merging_kernel(kernel)
+    await enable_ksm_events(ops)
+    pipe = await ino(ops, "sys", "kernel", "tracing", "trace_pipe")
+    fi = await ops.open(pipe, os.O_RDONLY, Ctx())
+    handle = PollHandle()
+    assert await ops.poll(pipe, fi.fh, handle, Ctx()) == 0
+    ops.kernel_changed()
+    assert handle.notified == 0  # nothing recorded yet
+    await write_once(ops, await ino(ops, *KSM, "run"), b"1\n")
+    kernel.ksm_do_scan(100)
+    ops.kernel_changed()
+    assert handle.notified == 1
+    assert await ops.poll(pipe, fi.fh, None, Ctx()) & select.POLLIN
+    assert b"ksm_" in await ops.read(fi.fh, 0, 65536)
+    await ops.release(fi.fh)
