@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -546,14 +547,17 @@ def check_mountpoint(mountpoint: str) -> str | None:
 
 
 def _try_lines(mountpoint: str) -> list[str]:
+    # Shell-quoted, so that the lines can be pasted even for a path with spaces.
+    q = shlex.quote
     ksm = f"{mountpoint}/sys/kernel/mm/ksm"
     return [
         "try:",
-        f"  cat {ksm}/pages_shared {ksm}/pages_sharing {ksm}/full_scans",
-        f"  grep . {mountpoint}/proc/*/ksm_stat",
-        f"  echo 0 > {ksm}/run       # stop ksmd; 2 unmerges everything, 1 restarts",
-        f"  ksmfs top {mountpoint}",
-        f"unmount: ksmfs umount {mountpoint}",
+        f"  cat {q(ksm + '/pages_shared')} {q(ksm + '/pages_sharing')} "
+        f"{q(ksm + '/full_scans')}",
+        f"  grep . {q(mountpoint + '/proc')}/*/ksm_stat",
+        f"  echo 0 > {q(ksm + '/run')}       # stop ksmd; 2 unmerges everything, 1 restarts",
+        f"  ksmfs top {q(mountpoint)}",
+        f"unmount: ksmfs umount {q(mountpoint)}",
     ]
 
 
@@ -630,10 +634,8 @@ def _mount_foreground(config: MountConfig, sim: Simulation) -> int:
 
     def ready(server: Server) -> None:
         pidf.append(_write_pid_file(config.mountpoint))
-        print(_banner(config, sim, os.getpid()).replace(
-            f"unmount: ksmfs umount {config.mountpoint}",
-            f"unmount: Ctrl-C, or ksmfs umount {config.mountpoint}",
-        ), flush=True)
+        banner = _banner(config, sim, os.getpid())
+        print(banner.replace("unmount: ksmfs", "unmount: Ctrl-C, or ksmfs"), flush=True)
 
     try:
         _serve_until_done(config, sim, ready)

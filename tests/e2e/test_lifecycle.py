@@ -179,3 +179,12 @@ def test_speed_makes_ksmd_faster(mountpoint):
         assert wait_until(lambda: m.ksm_value("full_scans") >= 3, 20)
         assert m.ksm_value("pages_sharing") > 0
         assert time.monotonic() - start < 20
+
+
+def test_a_mountpoint_with_a_space(tmp_path):
+    """mountinfo escapes the space (\\040); mount, the checks and umount still agree."""
+    with mounted(tmp_path / "with space") as m:
+        assert m.read("sys/kernel/mm/ksm/max_page_sharing") == "256\n"
+        assert "'" in m.banner  # the suggested commands are shell-quoted
+        again = run(ksmfs("mount", str(m.path)))
+        assert again.returncode == 2 and "already mounted" in again.stderr
