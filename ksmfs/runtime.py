@@ -26,8 +26,8 @@ import hashlib
 import logging
 import math
 import os
-import shutil
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
