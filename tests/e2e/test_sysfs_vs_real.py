@@ -193,3 +193,23 @@ def test_echo_2_unmerges_before_the_write_returns(tmp_path):
         lines = r.stdout.splitlines()
         assert lines[:3] == ["0", "0", "2"]
         assert all(line == "ksm_merging_pages 0" for line in lines[3:])
+
+
+def test_truncate_and_touch_are_accepted_and_change_no_value(idle):
+    """truncate(2) and utimes succeed on knobs and, for root, on read-only counters too
+    (kernfs ignores the size); `truncate -s0` (which opens the file for writing) is
+    refused on a 0444 counter.  Values never change -- on the mount as on /sys."""
+    bases = [idle.ksm] + ([REAL_KSM] if REAL_KSM.is_dir() else [])
+    for base in bases:
+        for name in ("run", "pages_shared"):
+            path = base / name
+            before = path.read_text()
+            os.truncate(path, 0)
+            os.utime(path)
+            r = run(f"truncate -s0 {path}")
+            if name == "run":
+                assert r.returncode == 0, r.stderr
+            else:
+                assert r.returncode == 1 and "Permission denied" in r.stderr
+            if base == idle.ksm or name == "pages_shared":  # a live real run may move
+                assert path.read_text() == before
