@@ -51,7 +51,12 @@ count = 6
 
 def writer(m, pids: list[str], deadline: float) -> dict[str, int]:
     """COW storms (rewrite merged pages with unique contents, then put identical
-    contents back) and run changes 1 -> 0 -> 1 -> 2 -> 1, until the deadline."""
+    contents back) and run changes 1 -> 0 -> 1 -> 2 -> 1, until the deadline.
+
+    No process exits: an exited task's ksm_merging_pages leave /proc at once while
+    pages_shared/pages_sharing drop only when ksmd next passes its slot (lazy counters,
+    spec §6.1), so the sum legitimately differs for a while on a real kernel too.
+    COW writes are lazy on both sides, and run = 2 changes both sides in one store."""
     done = {"cow_writes": 0, "run_changes": 0}
     i = 0
     while time.monotonic() < deadline:
