@@ -219,9 +219,13 @@ class KsmdPacer:
         t0 = trio.current_time()
         self._advanced_ms = 0.0
         next_due: int | None = k.now  # ksmd looks at its list right away
+        # The sleep_millisecs that next_due was computed from: a store that changes it
+        # wakes ksmd, even if it landed between the batch and the wait.
+        basis = k.ksm.sleep_millisecs
         while True:
             self._sync_clock(t0)
             if next_due is not None and k.now >= next_due:
+                basis = k.ksm.sleep_millisecs
                 ms = k.ksmd_step()
                 self.batches += 1
                 if self.on_batch is not None:
@@ -236,13 +240,12 @@ class KsmdPacer:
                 timeout = math.inf
             else:
                 timeout = max((next_due - k.now) / 1000.0 / self.speed, MIN_WALL_SLEEP)
-            sleep_before = k.ksm.sleep_millisecs
             with trio.move_on_after(timeout):
                 await self._wake.wait()
             if self._wake.is_set():
                 self._wake = trio.Event()
                 run_written, self._run_written = self._run_written, False
-                if next_due is None or run_written or k.ksm.sleep_millisecs != sleep_before:
+                if next_due is None or run_written or k.ksm.sleep_millisecs != basis:
                     next_due = k.now
 
 
