@@ -184,6 +184,7 @@ class Ksm:
         self.chk_exc: dict[int, int] = {}  # gpid -> oldchecksum of stable items (rare)
         self._stale_nodes: set[int] = set()  # nodes whose KSM page is gone, still in a tree
         self._pos = 0  # visit position in the current batch (orders deferred rbtree inserts)
+        self._due_chains: list[Chain] = []
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
         self.wakeups = 0  # bumped whenever ksmd would be woken (run=1, sleep change, enter)
@@ -540,6 +541,8 @@ class Ksm:
         if self.demoted_unique:
             unique &= ~np.isin(cand_tok, np.fromiter(self.demoted_unique, np.uint64))
         zero = (cand_tok == 0) & bool(self.use_zero_pages)
+        if self._due_chains:
+            self._prune_passed_chains(cand_tok[~zero])
         slow_c = ~unique & ~zero
         pos_plain = np.flatnonzero(plain)
         pos_c = pos_plain[stable_cand][slow_c]
@@ -1177,8 +1180,11 @@ class Ksm:
 
     def _tree_has_special(self) -> bool:
         """Is there a node whose visit by a search has a side effect (a stale KSM page, a
-        chain due for pruning, with a stale dup, with one dup or none, or whose first dup
-        with room is not at its head)? Without one, searches can be skipped."""
+        chain with a stale dup, with one dup or none, whose first dup with room is not at
+        its head, or due for a prune that would reorder its dups)? Without one, searches
+        can be skipped. Chains due for a prune that would only set the prune time are
+        collected in ``self._due_chains`` for the caller."""
+        self._due_chains = []
         if self._stale_nodes:
             return True
         if not self.chains:
@@ -1188,16 +1194,37 @@ class Ksm:
         mps = self.max_page_sharing
         for ch in self.chains.values():
             dl = ch.dups
-            if len(dl) < 2 or now >= ch.prune_time_ns + prune_ns:
+            if len(dl) < 2:
                 return True
             dla = np.fromiter(dl, np.int64, len(dl))
             lens = self.node_len.a[dla]
             if (self.node_kfn.a[dla] < 0).any():
                 return True
-            cand = np.flatnonzero((lens > 0) & (lens < mps))
-            if cand.shape[0] and cand[0] != 0 and lens[cand[0]] + 1 < mps:
+            cand = (lens > 0) & (lens < mps)
+            first = np.flatnonzero(cand)
+            if first.shape[0] and first[0] != 0 and lens[first[0]] + 1 < mps:
                 return True
+            if now >= ch.prune_time_ns + prune_ns:
+                # the pruning walk picks the candidate with the most items (the first one
+                # on a tie) and moves it to the head if it can take one more page
+                if first.shape[0]:
+                    best = int(np.flatnonzero(cand & (lens == lens[cand].max()))[0])
+                    if best != 0 and lens[best] + 1 < mps:
+                        return True
+                self._due_chains.append(ch)
         return False
+
+    def _prune_passed_chains(self, keys: np.ndarray) -> None:
+        """A due chain whose prune changes nothing but the prune time: the prune happens
+        if some search of this batch walks through it (its key interval holds a key)."""
+        now = self._clock_ns()
+        for ch in self._due_chains:
+            lo, hi = self.stable_tree[ch.nid].rb.interval(ch.token)
+            inside = (keys > np.uint64(max(lo, 0))) if lo >= 0 else np.ones(keys.shape[0], bool)
+            if hi < (1 << 64):
+                inside &= keys < np.uint64(hi)
+            if inside.any() or (keys == np.uint64(ch.token)).any():
+                ch.prune_time_ns = now
 
     def _stable_tree_search(self, token: int, nid: int) -> int | None:
         """stable_tree_search() for a page that is not a KSM page: a node that can take one
