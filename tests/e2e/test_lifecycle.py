@@ -188,3 +188,18 @@ def test_a_mountpoint_with_a_space(tmp_path):
         assert "'" in m.banner  # the suggested commands are shell-quoted
         again = run(ksmfs("mount", str(m.path)))
         assert again.returncode == 2 and "already mounted" in again.stderr
+
+
+def test_umount_of_a_busy_mount_says_so_and_keeps_serving(mountpoint):
+    """An open file keeps the mount busy: umount fails with one line and a hint, the
+    server keeps serving; once the file is closed umount works."""
+    with mounted(mountpoint) as m:
+        fd = os.open(m.ksm / "run", os.O_RDONLY)
+        try:
+            r = run(ksmfs("umount", str(mountpoint)))
+            assert r.returncode == 1
+            assert r.stderr.count("\n") == 1 and "busy" in r.stderr.lower(), r.stderr
+            assert os.pread(fd, 10, 0) == b"1\n"
+            assert pid_alive(m.pid)
+        finally:
+            os.close(fd)
