@@ -27,6 +27,15 @@ are written down once, each with its reason (fuse-notes.md, spec §1.1):
   FUSEError escaping a pyfuse3 handler would end the whole file system (notes §1.3).
 * **Timestamps** -- every node carries the mount time; an O_TRUNC open or a setattr
   sets mtime/ctime to now, a plain write does not (spec §1.1, kernfs_iop_setattr).
+  truncate(2) is accepted and ignored on every file (root may even truncate a 0444
+  counter on the live kernel); chmod/chown stick on kernfs files and are EPERM on procfs.
+* **Streams** (trace_pipe) -- a READ consumes records and waits, in trio, until ksmd
+  emits some (``kernel_changed()`` wakes it); O_NONBLOCK gives EAGAIN; poll(2) reports
+  readiness and is notified later.  ``close_streams()`` ends waiting reads with EOF at
+  unmount.
+* **Consistency** -- handlers render synchronously, so one file is one kernel state;
+  several files are one state when the ``user.ksmfs.generation`` xattr did not move
+  while they were read (see GENERATION_XATTR).
 """
 
 from __future__ import annotations
