@@ -41,6 +41,10 @@ last        (read-only) the result of the last successful command, e.g. "pid 101
 processes   (read-only) every task: pid, ppid, uid, comm, merge_any, then one line per
             VMA: index, maps-style header (start-end perms ...), pages, "mg" if mergeable.
 README      this text.
+spawn fork exit mmap munmap write madvise merge_any swapout swapin
+            (write-only) one action per write: the arguments of that command, e.g.
+            echo "qemu pages=64 fill=value:7 mergeable" > ksmfs/spawn
+            echo "101 0 0 8 unique" > ksmfs/write      (= "write 101 0 0 8 unique")
 
 Commands (PID and numbers are decimal; ADDR is 0x-hex):
   spawn COMM [uid=N] [gid=N] [pages=N] [fill=SOURCE] [mergeable] [merge_any] [shared]
@@ -355,13 +359,32 @@ def show_processes(k: Kernel, pid: int | None = None) -> bytes:
     return "".join(out).encode()
 
 
+def _store_action(verb: str) -> Callable[[Kernel, int | None, bytes], int]:
+    """ksmfs/<verb>: one action per write, the arguments of ``verb`` in the control
+    grammar (``echo "qemu pages=64 fill=value:7 mergeable" > ksmfs/spawn``)."""
+
+    def store(k: Kernel, pid: int | None, data: bytes) -> int:
+        try:
+            text = data.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise einval(f"{verb}: arguments must be UTF-8 text") from None
+        if "\n" in text:
+            raise einval(f"{verb}: one action per write (use ksmfs/control for several lines)")
+        run_command(k, f"{verb} {text}")
+        return len(data)
+
+    return store
+
+
 def file_specs(version) -> list[FileSpec]:
-    return [
+    specs = [
         FileSpec("README", 0o444, 0, show_readme, None),
         FileSpec("control", 0o200, 0, None, store_control),
         FileSpec("last", 0o444, 0, show_last, None),
         FileSpec("processes", 0o444, 0, show_processes, None),
     ]
+    specs += [FileSpec(verb, 0o200, 0, None, _store_action(verb)) for verb in COMMANDS]
+    return specs
 
 
 __all__ = ["COMMANDS", "README", "run_command", "store_control", "tokens"]

@@ -154,3 +154,28 @@ def test_tokens_are_uint64(kernel):
     assert tokens(kernel, "value:18446744073709551615", 2).dtype == np.uint64
     with pytest.raises(KsmError):
         tokens(kernel, "value:18446744073709551616", 1)
+
+
+def test_one_file_per_action() -> None:
+    """ksmfs/<verb> runs one action per write with that verb's arguments."""
+    from ksmfs.kernel import Kernel, KsmError
+    from ksmfs.kfs import Tree
+
+    k = Kernel()
+    tree = Tree(k)
+    spawn = tree.lookup(("ksmfs", "spawn"))
+    assert spawn is not None and spawn.spec.mode == 0o200 and spawn.spec.show is None
+    data = b"guest pages=8 fill=value:7 mergeable\n"
+    assert spawn.spec.store(k, None, data) == len(data)
+    (pid,) = [p for p, t in k.tasks.items() if t.comm == "guest"]
+    assert k.ksm_stat(pid)["ksm_mergeable"] == "yes"
+    write = tree.lookup(("ksmfs", "write"))
+    write.spec.store(k, None, f"{pid} 0 0 2 value:9".encode())
+    addr = k.task(pid).mm.vmas[0].start
+    assert list(k.read(pid, addr, 3)) == [9, 9, 7]
+    try:
+        write.spec.store(k, None, b"1 2\n3 4")
+    except KsmError as e:
+        assert e.errno == 22 and "one action per write" in str(e)
+    else:
+        raise AssertionError("two lines were accepted")
