@@ -9,16 +9,11 @@ from __future__ import annotations
 import logging
 
 import pytest
-from fuseapi_support import Ctx, FakeClock
+from fuseapi_support import FakeClock
 
 from ksmfs.fuse.ops import KsmfsOperations
 from ksmfs.kernel import Kernel
 from ksmfs.kfs import Tree
-
-
-@pytest.fixture
-def ctx() -> Ctx:
-    return Ctx()
 
 
 @pytest.fixture
