@@ -580,3 +580,21 @@ async def test_poll_on_trace_pipe_waits_for_records(ops, kernel):
     assert await ops.poll(pipe, fi.fh, None, Ctx()) & select.POLLIN
     assert b"ksm_" in await ops.read(fi.fh, 0, 65536)
     await ops.release(fi.fh)
+
+
+@pytest.mark.parametrize("version", ["5.15", "6.1", "6.4", "6.6", "6.8", "6.14", "6.18"])
+async def test_every_kernel_version_is_served_from_its_own_table(version, listing):
+    """Each version's tree (5.15 has no ksm_stat, 6.8 adds the advisor files ...) is
+    listed, resolved and read through the same adapter code."""
+    from ksmfs.kernel import Kernel
+    from ksmfs.kfs import Tree
+
+    kernel = Kernel(version=version)
+    kernel.spawn("worker")
+    ops = KsmfsOperations(Tree(kernel))
+    names = await list_dir(ops, await ino(ops, *KSM), listing)
+    assert names[2:] == list(kernel.version.sysfs_files)
+    for node in ops.tree.iter_files():
+        assert (await walk(ops, node.path)).st_ino == node.inode
+        if node.spec.show is not None and not node.spec.stream:
+            assert await read_all(ops, node.inode) == node.spec.show(kernel, node.pid)
