@@ -38,6 +38,12 @@ PID_BASE = 1 << 32
 PID_SHIFT = 8
 DIR_MODE = 0o755
 PID_DIR_MODE = 0o555  # dr-xr-xr-x, as /proc/<pid> on Linux
+# Directories whose mode is not 0755 on the live 6.18 machine (stat -c %a).
+STATIC_DIR_MODES: dict[tuple[str, ...], int] = {
+    ("proc",): 0o555,
+    ("sys",): 0o555,
+    ("sys", "kernel", "tracing"): 0o555,
+}
 
 ShowFn = Callable[["Kernel", "int | None"], bytes]
 StoreFn = Callable[["Kernel", "int | None", bytes], int]
@@ -131,7 +137,7 @@ class Tree:
         if path:
             self._add_dir(path[:-1])
             self._children[path[:-1]].append(path[-1])
-        node = Node(path, True, None, None, self._next_inode, DIR_MODE)
+        node = Node(path, True, None, None, self._next_inode, STATIC_DIR_MODES.get(path, DIR_MODE))
         self._next_inode += 1
         self._static[path] = node
         self._by_inode[node.inode] = node

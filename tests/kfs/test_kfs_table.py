@@ -155,3 +155,19 @@ def test_kfs_imports_neither_trio_nor_pyfuse3():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("path", [("proc",), ("sys",), ("sys", "kernel"), ("sys", "kernel", "mm"), ("sys", "kernel", "mm", "ksm")])
+def test_directory_modes_match_the_live_machine(path: tuple[str, ...]) -> None:
+    """Static directories have the live kernel's modes (/proc and /sys are 0555)."""
+    import os
+    import stat
+
+    from ksmfs.kernel import Kernel
+    from ksmfs.kfs import Tree
+
+    real = "/" + "/".join(path)
+    if not os.path.isdir(real):
+        pytest.skip(f"{real} does not exist here")
+    node = Tree(Kernel()).lookup(path)
+    assert node is not None and node.mode == stat.S_IMODE(os.stat(real).st_mode)
