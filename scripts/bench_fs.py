@@ -107,6 +107,59 @@ def spawn_processes(mount: Path, count: int) -> list[str]:
     return sorted((p for p in os.listdir(mount / "proc") if p.isdigit()), key=int)
 
 
+def minimal_pyfuse3_latency(n: int) -> dict[str, float] | None:
+    """The baseline: scripts/minimal_pyfuse3.py (one direct_io file, pyfuse3 + trio)."""
+    with tempfile.TemporaryDirectory(prefix="ksmfs-minimal-") as tmp:
+        proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "minimal_pyfuse3.py"), tmp])
+        try:
+            deadline = time.monotonic() + 10
+            while not os.path.ismount(tmp):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    print("bench_fs: the minimal pyfuse3 server did not mount", file=sys.stderr)
+                    return None
+                time.sleep(0.05)
+            return latency(os.path.join(tmp, "value"), n)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                subprocess.run(["fusermount3", "-u", "-z", tmp])
+
+
+def minimal_libfuse3_latency(n: int) -> dict[str, float] | None:
+    """The C floor: scripts/minimal_libfuse3.c, compiled here (gcc + libfuse3-dev)."""
+    with tempfile.TemporaryDirectory(prefix="ksmfs-cfloor-") as tmp:
+        exe = os.path.join(tmp, "minimal")
+        flags = subprocess.run(["pkg-config", "fuse3", "--cflags", "--libs"],
+                               capture_output=True, text=True)
+        build = subprocess.run(
+            ["gcc", "-O2", "-o", exe, str(REPO / "scripts" / "minimal_libfuse3.c"),
+             *flags.stdout.split()], capture_output=True, text=True)
+        if flags.returncode or build.returncode:
+            print("bench_fs: cannot build the C baseline (gcc, pkg-config, libfuse3-dev)",
+                  file=sys.stderr)
+            return None
+        mnt = os.path.join(tmp, "mnt")
+        os.mkdir(mnt)
+        proc = subprocess.Popen([exe, "-f", mnt])
+        try:
+            deadline = time.monotonic() + 10
+            while not os.path.ismount(mnt):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    return None
+                time.sleep(0.05)
+            return latency(os.path.join(mnt, "value"), n)
+        finally:
+            subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                subprocess.run(["fusermount3", "-u", "-z", mnt])
+
+
 def real_ksm_stat() -> Path | None:
     for p in (Path("/proc/self/ksm_stat"), Path("/proc/1/ksm_stat")):
         if p.exists():
@@ -162,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             if u.returncode != 0:
                 subprocess.run(["fusermount3", "-u", "-z", str(mount)])
 
+    floor = minimal_pyfuse3_latency(args.iterations)
+    c_floor = minimal_libfuse3_latency(args.iterations)
+
     real: dict[str, dict[str, float]] = {}
     if REAL_KSM.is_dir():
         real["real /sys/kernel/mm/ksm/pages_sharing"] = latency(
@@ -182,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         fmt_row("mount sys/kernel/mm/ksm/pages_sharing (run=0)",
                 res["mount pages_sharing, ksmd stopped"], ref_ksm),
     ]
+    if floor is not None:
+        rows.append(fmt_row("minimal pyfuse3 server, one file", floor, ref_ksm))
+    if c_floor is not None:
+        rows.append(fmt_row("minimal C libfuse3 server, one file", c_floor, ref_ksm))
     ratio = (res["mount pages_sharing"]["median_us"] / ref_ksm["median_us"]) if ref_ksm else None
     verdict_lat = (
         f"latency {ratio:.1f}x real sysfs (target <= {LATENCY_TARGET:g}x): "
@@ -200,7 +260,15 @@ def main(argv: list[str] | None = None) -> int:
         f"(pages_sharing {sharing} after {full_scans} full scans); spawning "
         f"{args.procs} processes took {spawn_s * 1e3:.0f} ms"
     )
-    text = "\n".join([header, "", *rows, "", f"- {verdict_lat}", f"- {verdict_scrape}"])
+    verdicts = [f"- {verdict_lat}", f"- {verdict_scrape}"]
+    if floor is not None:
+        verdicts.append(
+            f"- ksmfs vs the minimal pyfuse3 server (same machine, same run): "
+            f"{res['mount pages_sharing']['median_us'] / floor['median_us']:.2f}x "
+            f"({res['mount pages_sharing, ksmd stopped']['median_us'] / floor['median_us']:.2f}x "
+            "with ksmd stopped)"
+        )
+    text = "\n".join([header, "", *rows, "", *verdicts])
     print(text)
     if not args.no_notes:
         notes = REPO / "docs" / "NOTES.md"
