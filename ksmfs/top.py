@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterable
@@ -442,6 +443,9 @@ def cmd_top(args: argparse.Namespace) -> int:
             return run_once(root, interval, show_all)
         # A live view that refreshes faster than 10 times a second only burns CPU.
         interval = max(interval, 0.1)
+        # Ctrl-C must quit even when started from a script's background job, which
+        # inherits SIGINT ignored (Python then installs no KeyboardInterrupt handler).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if not (sys.stdout.isatty() and sys.stdin.isatty()):
             return run_plain(root, interval, show_all)
         read_ksm(root)  # fail before curses takes the screen, so the message stays visible
