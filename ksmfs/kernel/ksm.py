@@ -184,7 +184,10 @@ class Ksm:
         self.chk_exc: dict[int, int] = {}  # gpid -> oldchecksum of stable items (rare)
         self._stale_nodes: set[int] = set()  # nodes whose KSM page is gone, still in a tree
         self._pos = 0  # visit position in the current batch (orders deferred rbtree inserts)
-        self._due_chains: list[Chain] = []
+        self._due_chains = np.zeros(0, dtype=np.int64)
+        self.chain_live = GrowArray(np.bool_)
+        self.chain_head = GrowArray(np.int64, -1)
+        self.chain_prune = GrowArray(np.int64)
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
         self.wakeups = 0  # bumped whenever ksmd would be woken (run=1, sleep change, enter)
@@ -541,7 +544,7 @@ class Ksm:
         if self.demoted_unique:
             unique &= ~np.isin(cand_tok, np.fromiter(self.demoted_unique, np.uint64))
         zero = (cand_tok == 0) & bool(self.use_zero_pages)
-        if self._due_chains:
+        if self._due_chains.shape[0]:
             self._prune_passed_chains(cand_tok[~zero])
         slow_c = ~unique & ~zero
         pos_plain = np.flatnonzero(plain)
@@ -679,7 +682,7 @@ class Ksm:
                     slow.append(ps[starts[i] : starts[i] + k])
                     continue
                 if now >= ch.prune_time_ns + prune_ns:
-                    ch.prune_time_ns = now  # the first page's search prunes (no other effect)
+                    self._set_prune_time(cid, now)  # the first search prunes (no other effect)
                 e = dl[0]
             if e is not None:
                 ln = int(node_len[e])
@@ -777,16 +780,8 @@ class Ksm:
                     tree.add(t, n, int(bpos[c0 + 1]))
                 else:
                     if cid < 0:
-                        cid = self._next_chain
-                        self._next_chain += 1
-                        self.chains[cid] = Chain(t, nid, [prior], self._clock_ns())
-                        self.node_chain.a[prior] = cid
-                        tree[t] = -(cid + 1)
-                        self.stable_node_chains += 1
-                        self.stable_node_dups += 1
-                    self.chains[cid].dups.insert(0, n)
-                    self.node_chain.a[n] = cid
-                    self.stable_node_dups += 1
+                        cid = self._chain_new(t, nid, prior)
+                    self._chain_add_dup(cid, n)
                 prior = n
                 self.node_len.a[n] = blk.shape[0]
                 shared += 1
@@ -1095,9 +1090,7 @@ class Ksm:
             self.mem.fnode.a[kfn] = FRAME_ANON  # set_page_stable_node(page, NULL)
         c = int(self.node_chain.a[n])
         if c >= 0:
-            ch = self.chains[c]
-            ch.dups.remove(n)
-            self.stable_node_dups -= 1
+            self._chain_remove_dup(c, n)
         else:
             tree = self.stable_tree[int(self.node_nid.a[n]) if len(self.stable_tree) > 1 else 0]
             tok = int(self.node_token.a[n])
@@ -1113,11 +1106,55 @@ class Ksm:
         return int(self.node_kfn.a[n]) < 0
 
     def _free_chain(self, cid: int) -> None:
-        ch = self.chains.pop(cid)
+        """free_stable_node_chain(): rb_erase() of the chain, chains--."""
+        ch = self._chain_drop(cid)
         tree = self.stable_tree[ch.nid]
         if tree.get(ch.token) == -(cid + 1):
             del tree[ch.token]
+
+    # -- chain bookkeeping: Chain objects hold the dup lists; numpy mirrors of whether a
+    #    chain is live, its head dup and its prune time let a batch check every chain at
+    #    once (_tree_has_special)
+    def _chain_new(self, token: int, nid: int, first: int) -> int:
+        """alloc_stable_node_chain(): the chain takes the node's place in the tree and the
+        node becomes its first dup (chains++, dups++); prune time = now."""
+        cid = self._next_chain
+        self._next_chain += 1
+        for arr in (self.chain_live, self.chain_head, self.chain_prune):
+            arr.extend(1)
+        self.chains[cid] = Chain(token, nid, [first], self._clock_ns())
+        self.chain_live.a[cid] = True
+        self.chain_head.a[cid] = first
+        self.chain_prune.a[cid] = self._clock_ns()
+        self.node_chain.a[first] = cid
+        self.stable_tree[nid][token] = -(cid + 1)
+        self.stable_node_chains += 1
+        self.stable_node_dups += 1
+        return cid
+
+    def _chain_add_dup(self, cid: int, n: int) -> None:
+        """stable_node_chain_add_dup(): at the head of the hlist, dups++."""
+        self.chains[cid].dups.insert(0, n)
+        self.chain_head.a[cid] = n
+        self.node_chain.a[n] = cid
+        self.stable_node_dups += 1
+
+    def _chain_remove_dup(self, cid: int, n: int) -> None:
+        """__stable_node_dup_del(): dups--."""
+        dl = self.chains[cid].dups
+        dl.remove(n)
+        self.chain_head.a[cid] = dl[0] if dl else -1
+        self.stable_node_dups -= 1
+
+    def _chain_drop(self, cid: int) -> Chain:
+        ch = self.chains.pop(cid)
+        self.chain_live.a[cid] = False
         self.stable_node_chains -= 1
+        return ch
+
+    def _set_prune_time(self, cid: int, t: int) -> None:
+        self.chains[cid].prune_time_ns = t
+        self.chain_prune.a[cid] = t
 
     def _stable_node_dup(self, cid: int, prune: bool) -> int | None:
         """stable_node_dup(): pick a dup of a chain, dropping stale ones; collapse a chain
@@ -1125,7 +1162,7 @@ class Ksm:
         ch = self.chains[cid]
         now = self._clock_ns()
         if prune and now >= ch.prune_time_ns + self.stable_node_chains_prune_millisecs * 1_000_000:
-            ch.prune_time_ns = now
+            self._set_prune_time(cid, now)
         else:
             prune = False
         found: int | None = None
@@ -1148,14 +1185,14 @@ class Ksm:
             return None
         if len(ch.dups) == 1:
             # rb_replace_node(chain -> dup): the chain collapses into a plain node
-            self.chains.pop(cid)
+            self._chain_drop(cid)
             self.stable_tree[ch.nid][ch.token] = found
             self.node_chain.a[found] = -1
-            self.stable_node_chains -= 1
             self.stable_node_dups -= 1
         elif ch.dups[0] != found and self._candidate(found, 1):
             ch.dups.remove(found)
             ch.dups.insert(0, found)
+            self.chain_head.a[cid] = found
         return found
 
     def _walk(self, token: int, nid: int, prune: bool) -> None:
@@ -1180,51 +1217,48 @@ class Ksm:
 
     def _tree_has_special(self) -> bool:
         """Is there a node whose visit by a search has a side effect (a stale KSM page, a
-        chain with a stale dup, with one dup or none, whose first dup with room is not at
-        its head, or due for a prune that would reorder its dups)? Without one, searches
-        can be skipped. Chains due for a prune that would only set the prune time are
-        collected in ``self._due_chains`` for the caller."""
-        self._due_chains = []
+        chain of one dup or none, a chain whose dup with room for two more pages is not its
+        head — a search would move it there)? Without one, searches can be skipped. Chains
+        due for a prune (which then changes nothing but the prune time) are collected in
+        ``self._due_chains`` for the caller. Checked for all chains at once."""
+        self._due_chains = np.zeros(0, dtype=np.int64)
         if self._stale_nodes:
             return True
         if not self.chains:
             return False
-        now = self._clock_ns()
+        n = self.node_alive.n
+        chain = self.node_chain.a[:n]
+        isdup = self.node_alive.a[:n] & (chain >= 0)
+        nc = self.chain_live.n
+        live = self.chain_live.a[:nc]
+        ndups = np.bincount(chain[isdup], minlength=nc)[:nc]
+        if (live & (ndups < 2)).any():
+            return True
+        lens = self.node_len.a[:n]
+        room2 = isdup & (lens > 0) & (lens + 1 < self.max_page_sharing)
+        if room2.any():
+            ids = np.flatnonzero(room2)
+            if (self.chain_head.a[chain[ids]] != ids).any():
+                return True
         prune_ns = self.stable_node_chains_prune_millisecs * 1_000_000
-        mps = self.max_page_sharing
-        for ch in self.chains.values():
-            dl = ch.dups
-            if len(dl) < 2:
-                return True
-            dla = np.fromiter(dl, np.int64, len(dl))
-            lens = self.node_len.a[dla]
-            if (self.node_kfn.a[dla] < 0).any():
-                return True
-            cand = (lens > 0) & (lens < mps)
-            first = np.flatnonzero(cand)
-            if first.shape[0] and first[0] != 0 and lens[first[0]] + 1 < mps:
-                return True
-            if now >= ch.prune_time_ns + prune_ns:
-                # the pruning walk picks the candidate with the most items (the first one
-                # on a tie) and moves it to the head if it can take one more page
-                if first.shape[0]:
-                    best = int(np.flatnonzero(cand & (lens == lens[cand].max()))[0])
-                    if best != 0 and lens[best] + 1 < mps:
-                        return True
-                self._due_chains.append(ch)
+        due = live & (self._clock_ns() >= self.chain_prune.a[:nc] + prune_ns)
+        self._due_chains = np.flatnonzero(due)
         return False
 
     def _prune_passed_chains(self, keys: np.ndarray) -> None:
-        """A due chain whose prune changes nothing but the prune time: the prune happens
-        if some search of this batch walks through it (its key interval holds a key)."""
+        """A due chain (whose prune changes nothing but the prune time) is pruned if some
+        search of this batch walks through it: a search key inside its rbtree interval."""
+        if not keys.shape[0]:
+            return
         now = self._clock_ns()
-        for ch in self._due_chains:
-            lo, hi = self.stable_tree[ch.nid].rb.interval(ch.token)
-            inside = (keys > np.uint64(max(lo, 0))) if lo >= 0 else np.ones(keys.shape[0], bool)
-            if hi < (1 << 64):
-                inside &= keys < np.uint64(hi)
-            if inside.any() or (keys == np.uint64(ch.token)).any():
-                ch.prune_time_ns = now
+        skeys = np.sort(keys)
+        for cid in self._due_chains.tolist():
+            ch = self.chains[cid]
+            lo, hi = self.stable_tree[ch.nid].interval(ch.token)
+            left = np.searchsorted(skeys, np.uint64(lo), "right") if lo >= 0 else 0
+            right = np.searchsorted(skeys, np.uint64(hi), "left") if hi < (1 << 64) else skeys.shape[0]
+            if right > left:
+                self._set_prune_time(cid, now)
 
     def _stable_tree_search(self, token: int, nid: int) -> int | None:
         """stable_tree_search() for a page that is not a KSM page: a node that can take one
@@ -1260,15 +1294,7 @@ class Ksm:
                 if self._stale(e):
                     self._remove_node_from_stable_tree(e)
                     continue
-                # alloc_stable_node_chain(): the old node becomes the first dup
-                cid = self._next_chain
-                self._next_chain += 1
-                ch = Chain(token, nid, [e], self._clock_ns())
-                self.chains[cid] = ch
-                self.node_chain.a[e] = cid
-                tree[token] = -(cid + 1)
-                self.stable_node_chains += 1
-                self.stable_node_dups += 1
+                cid = self._chain_new(token, nid, e)
             else:
                 cid = -e - 1
                 if self._stable_node_dup(cid, prune=False) is None:
@@ -1276,9 +1302,7 @@ class Ksm:
                 if tree.get(token) != e:  # collapsed: chain again around the survivor
                     continue
             n = self._new_node(token, kfn, nid)
-            self.chains[cid].dups.insert(0, n)  # stable_node_chain_add_dup(): hlist head
-            self.node_chain.a[n] = cid
-            self.stable_node_dups += 1
+            self._chain_add_dup(cid, n)
             break
         self.mem.fnode.a[kfn] = n
         return n

@@ -23,6 +23,7 @@ class RBTree:
         self.left: dict[int, int | None] = {}
         self.right: dict[int, int | None] = {}
         self.color: dict[int, int] = {}
+        self.version = 0  # bumped by every insert and erase (the shape may change)
 
     def __len__(self) -> int:
         return len(self.color)
@@ -53,6 +54,7 @@ class RBTree:
         """rb_link_node() at the BST position of ``key``, then rb_insert_color()."""
         if key in self.color:
             raise KeyError(f"key {key} already in the tree")
+        self.version += 1
         parent = None
         cur = self.root
         go_left = False
@@ -139,6 +141,7 @@ class RBTree:
     # -- erase -------------------------------------------------------------------------
     def erase(self, node: int) -> None:
         """rb_erase(): __rb_erase_augmented() then ____rb_erase_color()."""
+        self.version += 1
         child = self.right[node]
         tmp = self.left[node]
         if tmp is None:

@@ -112,6 +112,8 @@ class StableTree(dict):  # type: ignore[type-arg]
         self.index = TokenIndex()
         self.rb = RBTree()
         self.defer: list[tuple[int, int]] | None = None  # (visit position, key)
+        self._ivl: dict[int, tuple[int, int]] = {}
+        self._ivl_version = -1
 
     def add(self, t: int, v: int, pos: int = 0) -> None:
         """A new key: rb_link_node() + rb_insert_color() (now, or at the end of the batch)."""
@@ -126,6 +128,16 @@ class StableTree(dict):  # type: ignore[type-arg]
         for _, t in sorted(pending):
             if t in self and t not in self.rb:
                 self.rb.insert(t)
+
+    def interval(self, t: int) -> tuple[int, int]:
+        """rb.interval(t), cached until the tree's shape changes."""
+        if self._ivl_version != self.rb.version:
+            self._ivl.clear()
+            self._ivl_version = self.rb.version
+        iv = self._ivl.get(t)
+        if iv is None:
+            iv = self._ivl[t] = self.rb.interval(t)
+        return iv
 
     def __setitem__(self, t: int, v: int) -> None:
         super().__setitem__(t, v)
