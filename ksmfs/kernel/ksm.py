@@ -188,6 +188,10 @@ class Ksm:
         self.chain_live = GrowArray(np.bool_)
         self.chain_head = GrowArray(np.int64, -1)
         self.chain_prune = GrowArray(np.int64)
+        self.chain_ivl_lo = GrowArray(np.uint64)  # rbtree interval of the chain's key
+        self.chain_ivl_hi = GrowArray(np.uint64)
+        self.chain_ivl_flags = GrowArray(np.uint8)  # 1: has a low bound, 2: a high one
+        self.chain_ivl_ver = GrowArray(np.int64, -1)  # rb version it was computed at
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
         self.wakeups = 0  # bumped whenever ksmd would be woken (run=1, sleep change, enter)
@@ -1120,8 +1124,10 @@ class Ksm:
         node becomes its first dup (chains++, dups++); prune time = now."""
         cid = self._next_chain
         self._next_chain += 1
-        for arr in (self.chain_live, self.chain_head, self.chain_prune):
+        for arr in (self.chain_live, self.chain_head, self.chain_prune, self.chain_ivl_lo,
+                    self.chain_ivl_hi, self.chain_ivl_flags, self.chain_ivl_ver):
             arr.extend(1)
+        self.chain_ivl_ver.a[cid] = -1
         self.chains[cid] = Chain(token, nid, [first], self._clock_ns())
         self.chain_live.a[cid] = True
         self.chain_head.a[cid] = first
@@ -1247,18 +1253,35 @@ class Ksm:
 
     def _prune_passed_chains(self, keys: np.ndarray) -> None:
         """A due chain (whose prune changes nothing but the prune time) is pruned if some
-        search of this batch walks through it: a search key inside its rbtree interval."""
+        search of this batch walks through it: a search key inside its rbtree interval
+        (intervals are kept per chain until the tree's shape changes)."""
         if not keys.shape[0]:
             return
-        now = self._clock_ns()
+        cids = self._due_chains
+        ver = self.chain_ivl_ver.a
+        if len(self.stable_tree) == 1:
+            stale = cids[ver[cids] != self.stable_tree[0].rb.version].tolist()
+        else:
+            stale = [c for c in cids.tolist()
+                     if ver[c] != self.stable_tree[self.chains[c].nid].rb.version]
+        for c in stale:
+            ch = self.chains[c]
+            tree = self.stable_tree[ch.nid]
+            lo, hi = tree.interval(ch.token)
+            self.chain_ivl_lo.a[c] = max(lo, 0)
+            self.chain_ivl_hi.a[c] = min(hi, (1 << 64) - 1)
+            self.chain_ivl_flags.a[c] = (lo >= 0) | ((hi < (1 << 64)) << 1)
+            ver[c] = tree.rb.version
         skeys = np.sort(keys)
-        for cid in self._due_chains.tolist():
-            ch = self.chains[cid]
-            lo, hi = self.stable_tree[ch.nid].interval(ch.token)
-            left = np.searchsorted(skeys, np.uint64(lo), "right") if lo >= 0 else 0
-            right = np.searchsorted(skeys, np.uint64(hi), "left") if hi < (1 << 64) else skeys.shape[0]
-            if right > left:
-                self._set_prune_time(cid, now)
+        flags = self.chain_ivl_flags.a[cids]
+        left = np.where(flags & 1, np.searchsorted(skeys, self.chain_ivl_lo.a[cids], "right"), 0)
+        right = np.where(flags & 2, np.searchsorted(skeys, self.chain_ivl_hi.a[cids], "left"), skeys.shape[0])
+        hit = cids[right > left]
+        if hit.shape[0]:
+            now = self._clock_ns()
+            self.chain_prune.a[hit] = now
+            for cid in hit.tolist():
+                self.chains[cid].prune_time_ns = now
 
     def _stable_tree_search(self, token: int, nid: int) -> int | None:
         """stable_tree_search() for a page that is not a KSM page: a node that can take one
