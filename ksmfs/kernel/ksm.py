@@ -36,7 +36,7 @@ from .mm import (
     Segment,
     UNIQUE_BIT,
 )
-from .tokenindex import MISSING, StableTree
+from .tokenindex import StableTree
 from .trace import TraceBuffer
 
 # rmap_item flag bits kept in PhysMem.iflags (the kernel keeps them in rmap_item->address)
@@ -1416,8 +1416,8 @@ class Ksm:
     def remove_all_stable_nodes(self) -> bool:
         """remove_all_stable_nodes(): True if some KSM page is still mapped (busy)."""
         busy = False
-        for nid, tree in enumerate(self.stable_tree):
-            for token, e in list(tree.items()):
+        for tree in self.stable_tree:
+            for e in list(tree.values()):
                 members = [e] if e >= 0 else list(self.chains[-e - 1].dups)
                 for n in members:
                     kfn = int(self.node_kfn.a[n])
