@@ -28,56 +28,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ksmfs.kernel.versions import SYSFS_ATTR_ORDER, WRITABLE_SYSFS
+
 PAGE_SIZE = 4096
 MIB = 1024 * 1024
 
 # Order of the kernel's ksm_attrs[] array (mm/ksm.c), so the view reads like the source;
 # files this list does not know (a newer kernel) follow in name order.
-KSM_ATTR_ORDER = (
-    "sleep_millisecs",
-    "pages_to_scan",
-    "run",
-    "pages_scanned",
-    "pages_shared",
-    "pages_sharing",
-    "pages_unshared",
-    "pages_volatile",
-    "pages_skipped",
-    "ksm_zero_pages",
-    "full_scans",
-    "merge_across_nodes",
-    "max_page_sharing",
-    "stable_node_chains",
-    "stable_node_dups",
-    "stable_node_chains_prune_millisecs",
-    "use_zero_pages",
-    "general_profit",
-    "smart_scan",
-    "advisor_mode",
-    "advisor_max_cpu",
-    "advisor_min_pages_to_scan",
-    "advisor_max_pages_to_scan",
-    "advisor_target_scan_time",
-)
+KSM_ATTR_ORDER = SYSFS_ATTR_ORDER
 # The writable files (0644 in mm/ksm.c). Decided by name, not by st_mode, because a tree of
 # plain files (tests, copies) has every file writable; every other file is a counter.
-KSM_KNOBS = frozenset(
-    {
-        "run",
-        "pages_to_scan",
-        "sleep_millisecs",
-        "merge_across_nodes",
-        "max_page_sharing",
-        "stable_node_chains_prune_millisecs",
-        "use_zero_pages",
-        "smart_scan",
-        "advisor_mode",
-        "advisor_max_cpu",
-        "advisor_min_pages_to_scan",
-        "advisor_max_pages_to_scan",
-        "advisor_target_scan_time",
-    }
-)
+KSM_KNOBS = WRITABLE_SYSFS
 # ksm_stat fields that mean "this process has KSM state" when non-zero / "yes".
 _ACTIVE_NUMBERS = ("ksm_rmap_items", "ksm_merging_pages", "ksm_zero_pages")
 _ACTIVE_FLAGS = ("ksm_merge_any", "ksm_mergeable")

@@ -58,6 +58,8 @@ WRITABLE_SYSFS_ORDER: tuple[str, ...] = (
     "advisor_target_scan_time",
 )
 WRITABLE_SYSFS = frozenset(WRITABLE_SYSFS_ORDER)
+# Every attribute any supported release has, in ksm_attrs[] order.
+SYSFS_ATTR_ORDER: tuple[str, ...] = tuple(name for name, _ in _ALL_SYSFS)
 
 SUPPORTED = ("5.15", "6.1", "6.4", "6.6", "6.8", "6.14", "6.18")
 DEFAULT_VERSION = "6.18"
