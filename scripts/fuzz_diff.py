@@ -74,6 +74,8 @@ def scenario(rng: random.Random, i: int) -> str:
         ksm["smart_scan"] = rng.randint(0, 1)
     if rng.random() < 0.4:
         ksm["pages_to_scan"] = rng.choice([7, 50, 1000])
+    if rng.random() < 0.3:
+        ksm["stable_node_chains_prune_millisecs"] = rng.choice([0, 2000])
     if ksm:
         out.append("[ksm]")
         out += [f"{k} = {v}" for k, v in ksm.items()]
@@ -110,7 +112,9 @@ def scenario(rng: random.Random, i: int) -> str:
             p = rng.choice(alive)
             out.append(f'[[step]]\nafter_full_scans = {k}\nmerge_any = {{process = "{p}", enable = {rng.choice(["true", "false"])}}}')
         elif act == "sysfs":
-            key, val = rng.choice([("run", 2), ("run", 1), ("run", 0), ("use_zero_pages", 1), ("smart_scan", 0), ("max_page_sharing", 3)])
+            key, val = rng.choice([("run", 2), ("run", 1), ("run", 0), ("use_zero_pages", 1),
+                                   ("use_zero_pages", 0), ("smart_scan", 0), ("smart_scan", 1),
+                                   ("max_page_sharing", 3), ("stable_node_chains_prune_millisecs", 0)])
             out.append(f"[[step]]\nafter_full_scans = {k}\nsysfs = {{{key} = {val}}}")
         elif act == "exit":
             p = alive.pop(rng.randrange(len(alive)))
