@@ -734,6 +734,8 @@ class Ksm:
         repl_k: list[np.ndarray] = []
         seq_flag = SEQ_ODD if self.seqnr & 1 else 0
         shared = sharing = unshared = 0
+        tracing = self.trace.want("ksm_merge_with_ksm_page")
+        events: list[tuple[int, int, int, int | None, int]] = []  # (pos, order, item, ksm_page, pfn)
         if app_pos.shape[0]:
             # one content per node: the groups' nodes are distinct, so += is exact
             gn, gs = app_groups
@@ -741,6 +743,9 @@ class Ksm:
             mem.fmap.a[self.node_kfn.a[gn]] += gs.astype(np.int32)
             ga = g[app_pos]
             sharing += ga.shape[0]
+            if tracing:
+                kfns = self.node_kfn.a[app_nodes].tolist()
+                events += [(p, 0, gi, kf, kf) for p, gi, kf in zip(app_pos.tolist(), ga.tolist(), kfns)]
             att_g.append(ga)
             att_n.append(app_nodes.astype(np.int32))
             old = mem.pte.a[ga].copy()
@@ -754,6 +759,8 @@ class Ksm:
                 head = gg[:room]
                 self.node_len.a[node] += head.shape[0]
                 sharing += head.shape[0]
+                if tracing:
+                    events += [(p, 0, gi, kfn, kfn) for p, gi in zip(pos[:room].tolist(), head.tolist())]
                 att_g.append(head)
                 att_n.append(np.full(head.shape[0], node, np.int32))
                 repl_g.append(head)
@@ -788,6 +795,13 @@ class Ksm:
                     self._chain_add_dup(cid, n)
                 prior = n
                 self.node_len.a[n] = blk.shape[0]
+                if tracing:
+                    # try_to_merge_two_pages(): the current page becomes the KSM page
+                    # (ksm_page NULL), then the tree page joins it; the rest append
+                    bp = bpos[c0 : c0 + blk.shape[0]].tolist()
+                    events.append((bp[1], 0, int(blk[1]), None, kfn))
+                    events.append((bp[1], 1, int(blk[0]), kfn, kfn))
+                    events += [(p, 0, int(gi), kfn, kfn) for p, gi in zip(bp[2:], blk[2:].tolist())]
                 shared += 1
                 sharing += blk.shape[0] - 1
                 att_g.append(blk)
@@ -813,9 +827,10 @@ class Ksm:
             mmids = self._mm_by_gpid(ag)
             for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
                 self._mms[int(mmid)].ksm_merging_pages += int(cnt)
-            if self.trace.want("ksm_merge_with_ksm_page"):
-                for gi, n in zip(ag.tolist(), an.tolist()):
-                    self._emit_merge_with_ksm(gi, n, err=0)
+        if events:
+            for _, _, gi, kpage, pfn in sorted(events, key=lambda e: (e[0], e[1])):
+                self._emit("ksm_merge_with_ksm_page", ksm_page=kpage, pfn=pfn, rmap_item=gi,
+                           mm=self._mmid(gi), err=0)
 
     def _insert_unstable_bulk(self, g: np.ndarray) -> None:
         mem = self.mem

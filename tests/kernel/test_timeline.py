@@ -300,3 +300,26 @@ def test_clock_only_moves_when_driven() -> None:
     assert k.ksmd_step() == 20
     assert k.clock.ns > 20_000_000
     assert np.issubdtype(type(k.now), np.integer) or isinstance(k.now, int)
+
+
+def test_trace_events_of_a_pair_merge() -> None:
+    """ksm_start_scan/stop_scan frame each pass; a pair merge traces the current page
+    first (no ksm_page: it becomes the KSM page), then the tree page joining it."""
+    k = Kernel()
+    k.trace.enabled = {"ksm_start_scan", "ksm_stop_scan", "ksm_merge_with_ksm_page", "ksm_enter"}
+    a, va = proc(k, "A", [11, 12])
+    b, vb = proc(k, "B", [11, 13])
+    knobs.store(k, "run", b"1")
+    full_scan(k)
+    full_scan(k)
+    recs = [(r.event, r.fields) for r in k.trace.records]
+    assert [e for e, _ in recs[:2]] == ["ksm_enter", "ksm_enter"]
+    assert recs[2] == ("ksm_start_scan", {"seq": 0, "rmap_entries": 0})
+    assert recs[3] == ("ksm_stop_scan", {"seq": 0, "rmap_entries": 4})
+    assert recs[4] == ("ksm_start_scan", {"seq": 1, "rmap_entries": 4})
+    merges = [f for e, f in recs if e == "ksm_merge_with_ksm_page"]
+    assert len(merges) == 2
+    first, second = merges
+    assert first["ksm_page"] is None and second["ksm_page"] == first["pfn"]
+    assert first["mm"] == k.task(b).mm.id and second["mm"] == k.task(a).mm.id
+    assert recs[-1] == ("ksm_stop_scan", {"seq": 1, "rmap_entries": 4})
