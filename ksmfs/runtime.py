@@ -120,9 +120,11 @@ class Timeline:
     """Plays a scenario's ``[[step]]`` timeline on a mounted kernel: the steps of
     ``after_full_scans = K`` run right after the K-th full scan that ksmd completes.
 
-    Only full scans that really happen count (while ksmd does not run the timeline
-    waits; ``ksmfs run`` makes such scans virtual instead).  A run=2 store resets the
-    kernel's ``full_scans``, so completed scans are counted here.
+    While ksmd does not run (run 0 or 2, or no mm registered) further full scans are
+    *virtual*, as in the scenario contract: the pacer counts one every
+    ``sleep_millisecs`` of simulated time (:meth:`virtual_scan`), so a timeline that
+    stops ksmd and starts it again plays on.  A run=2 store resets the kernel's
+    ``full_scans``, so completed scans are counted here.
     """
 
     def __init__(self, kernel: Kernel, scenario: Any, handles: Any) -> None:
@@ -132,21 +134,34 @@ class Timeline:
         self.completed = 0
         self._seen = kernel.ksm.full_scans
 
-    def after_batch(self) -> None:
+    def pending(self) -> bool:
+        """Steps are left for a later full scan (within the scenario's max_full_scans)."""
+        return any(
+            step.after_full_scans > self.completed for step in self.scenario.steps
+        ) and self.completed < self.scenario.max_full_scans
+
+    def virtual_scan(self) -> None:
+        """One full scan while ksmd does not run: its steps happen now."""
+        self.completed += 1
+        self._apply(self.completed)
+
+    def _apply(self, k: int) -> None:
         from ksmfs.scenario.sim import apply_step
 
+        for step in self.scenario.steps_after(k):
+            try:
+                apply_step(self.kernel, self.handles, step)
+            except Exception as e:  # e.g. its process was ended through ksmfs/control
+                log.warning("scenario step after full scan %d (%s) skipped: %s", k, step.action, e)
+
+    def after_batch(self) -> None:
         full_scans = self.kernel.ksm.full_scans
         if full_scans < self._seen:  # run = 2 reset the counter
             self._seen = full_scans
         while self._seen < full_scans:
             self._seen += 1
             self.completed += 1
-            for step in self.scenario.steps_after(self.completed):
-                try:
-                    apply_step(self.kernel, self.handles, step)
-                except Exception as e:  # e.g. its process was ended through ksmfs/control
-                    log.warning("scenario step after full scan %d (%s) skipped: %s",
-                                self.completed, step.action, e)
+            self._apply(self.completed)
 
 
 @dataclass
@@ -194,6 +209,7 @@ class KsmdPacer:
         self.speed = speed
         self.ops: KsmfsOperations | None = None
         self.on_batch: Callable[[], None] | None = None
+        self.timeline: Timeline | None = None  # for virtual full scans while ksmd is idle
         self._wake = trio.Event()
         self._run_written = False
         self._advanced_ms = 0.0
@@ -236,12 +252,23 @@ class KsmdPacer:
                 # One batch at a time: FUSE requests are served between batches.
                 await trio.lowlevel.checkpoint()
                 continue
-            if next_due is None:
+            idle_timeline = next_due is None and self.timeline is not None and self.timeline.pending()
+            if idle_timeline:
+                # a virtual full scan every sleep_millisecs while ksmd does not run
+                timeout = max(k.ksm.sleep_millisecs / 1000.0 / self.speed, MIN_WALL_SLEEP)
+            elif next_due is None:
                 timeout = math.inf
             else:
                 timeout = max((next_due - k.now) / 1000.0 / self.speed, MIN_WALL_SLEEP)
             with trio.move_on_after(timeout):
                 await self._wake.wait()
+            if idle_timeline and not self._wake.is_set() and self.timeline is not None:
+                self._sync_clock(t0)
+                self.timeline.virtual_scan()
+                if self.ops is not None:
+                    self.ops.kernel_changed()
+                next_due = k.now  # a step may have set run = 1: ksmd looks again
+                continue
             if self._wake.is_set():
                 self._wake = trio.Event()
                 run_written, self._run_written = self._run_written, False
@@ -337,6 +364,7 @@ async def serve(
     pacer = KsmdPacer(kernel, config.speed)
     if sim.timeline is not None:
         pacer.on_batch = sim.timeline.after_batch
+        pacer.timeline = sim.timeline
     ops = KsmfsOperations(
         Tree(kernel), on_store=pacer.on_store, invalidate_entry=_invalidate_entry
     )

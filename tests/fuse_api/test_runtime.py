@@ -169,3 +169,26 @@ def test_mount_checks_name_the_problem(tmp_path):
     (d / "x").write_text("")
     assert "not empty" in check_mountpoint(str(d))
     assert os.path.isdir(d)
+
+
+async def test_timeline_plays_on_while_ksmd_is_stopped(autojump_clock):
+    """run2-and-back stops ksmd with run=2 after full scan 3 and restarts it after 5: on a
+    mount the scans in between are virtual (one per sleep_millisecs), so run comes back
+    to 1 and merging starts over, as `ksmfs run` does it."""
+    sim = build_simulation(MountConfig("/nonexistent", scenario="run2-and-back"))
+    k, timeline = sim.kernel, sim.timeline
+    pacer = KsmdPacer(k, speed=1.0)
+    pacer.on_batch = timeline.after_batch
+    pacer.timeline = timeline
+    seen_run = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pacer.run)
+        for _ in range(400):
+            await trio.sleep(0.05)
+            seen_run.append(k.ksm.run)
+            if timeline.completed >= 7 and k.ksm.run == 1 and k.ksm.full_scans >= 2:
+                break
+        nursery.cancel_scope.cancel()
+    assert 2 in seen_run  # ksmd was stopped by the timeline
+    assert k.ksm.run == 1 and timeline.completed >= 7
+    assert k.ksm.full_scans >= 2 and k.ksm.pages_sharing > 0  # merging started over
