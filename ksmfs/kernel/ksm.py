@@ -492,22 +492,42 @@ class Ksm:
                 skipped = g0 + np.flatnonzero(skip)
                 self.pages_skipped += nskip
                 self._remove_from_tree(skipped)
-                self._cmp_and_merge_pages(g0 + np.flatnonzero(~skip))
+                keep = np.flatnonzero(~skip)
+                frames = self.mem.pte.a[g0:g1]
+                self._cmp_and_merge_pages(g0 + keep, frames[keep], kinds[:stop][keep])
                 return stop - nskip, stop
-        self._cmp_and_merge_pages(np.arange(g0, g1, dtype=np.int64))
+        self._cmp_and_merge_pages(
+            np.arange(g0, g1, dtype=np.int64), mem.pte.a[g0:g1], kinds[:stop], contiguous=True
+        )
         return stop, stop
 
     # ------------------------------------------------------------------ cmp_and_merge_page
-    def _cmp_and_merge_pages(self, g: np.ndarray) -> None:
-        """cmp_and_merge_page() for a run of visited pages (visit order)."""
+    def _cmp_and_merge_pages(
+        self,
+        g: np.ndarray,
+        f: np.ndarray | None = None,
+        kind: np.ndarray | None = None,
+        contiguous: bool = False,
+    ) -> None:
+        """cmp_and_merge_page() for a run of visited pages (visit order). ``f``/``kind``
+        (frames and their folio_stable_node() kind) may be passed in when the caller has
+        them; ``contiguous`` says g is one range, so item fields are read as slices."""
         if not g.shape[0]:
             return
         mem = self.mem
-        f = mem.pte.a[g]
-        kind = mem.fnode.a[f]
+        if f is None:
+            f = mem.pte.a[g]
+        if kind is None:
+            kind = mem.fnode.a[f]
         ksm = kind >= 0
-        fl = mem.iflags.a[g]
-        attached = ksm & ((fl & STABLE) != 0) & (mem.ival.a[g].astype(np.int64) == kind)
+        if contiguous:
+            g0, g1 = int(g[0]), int(g[-1]) + 1
+            fl = mem.iflags.a[g0:g1].copy()
+            ival = mem.ival.a[g0:g1]
+        else:
+            fl = mem.iflags.a[g]
+            ival = mem.ival.a[g]
+        attached = ksm & ((fl & STABLE) != 0) & (ival == kind.astype(np.uint32))
         if attached.any():
             # an item already attached to its KSM page: nothing to do (the usual case)
             rest = ~attached
