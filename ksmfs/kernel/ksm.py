@@ -36,7 +36,7 @@ from .mm import (
     Segment,
     UNIQUE_BIT,
 )
-from .tokenindex import StableTree
+from .tokenindex import UNKNOWN, StableTree
 from .trace import TraceBuffer
 
 # rmap_item flag bits kept in PhysMem.iflags (the kernel keeps them in rmap_item->address)
@@ -103,7 +103,7 @@ class Chain:
     token: int
     nid: int
     dups: list[int] = field(default_factory=list)  # hlist order, head first
-    prune_time_ns: int = 0
+    # (its chain_prune_time lives in Ksm.chain_prune, indexed by chain id)
 
 
 @dataclass
@@ -663,13 +663,26 @@ class Ksm:
             # for the whole group (no prune, chain or stale page involved)
             vals = self.stable_tree[0].index.lookup(uniq)
             plain = vals >= 0
-            vv = np.where(plain, vals, 0)
-            ln = node_len[vv]
+            target = np.where(plain, vals, 0)
+            # a chain whose only dup with room is its head (no stale or single dup):
+            # every search picks the head, as for a plain node (see the loop below)
+            chained = (vals < 0) & (vals > UNKNOWN)
+            if chained.any():
+                cids = np.where(chained, -vals - 1, 0)
+                ok_chain = self._chains_with_head_only(mps)
+                chained &= ok_chain[cids]
+                target = np.where(chained, self.chain_head.a[cids], target)
+            ln = node_len[target]
             room = np.where(ln < mps, mps - ln, 0)
-            app_group = ok_a & plain & (node_kfn[vv] >= 0) & (ln > 0) & (sizes_a <= room)
+            app_group = ok_a & (plain | chained) & (node_kfn[target] >= 0) & (ln > 0) & (sizes_a <= room)
             if forced:
                 app_group &= ~np.isin(uniq, np.fromiter(forced, np.uint64, len(forced)))
-            gnode[app_group] = vals[app_group]
+            gnode[app_group] = target[app_group]
+            if chained.any():
+                # the first search of such a group prunes a due chain: only the time moves
+                due_c = cids[app_group & chained]
+                due_c = due_c[now >= self.chain_prune.a[due_c] + prune_ns]
+                self.chain_prune.a[due_c] = now
             rest = np.flatnonzero(~app_group).tolist()
         else:
             app_group = np.zeros(starts_a.shape[0], dtype=bool)
@@ -705,7 +718,7 @@ class Ksm:
                 if len(dl) < 2 or (node_kfn[dla] < 0).any() or (lens <= 0).any() or cand[1:].any():
                     slow.append(ps[starts[i] : starts[i] + k])
                     continue
-                if now >= ch.prune_time_ns + prune_ns:
+                if now >= self.chain_prune.a[cid] + prune_ns:
                     self._set_prune_time(cid, now)  # the first search prunes (no other effect)
                 e = dl[0]
             if e is not None:
@@ -1163,7 +1176,7 @@ class Ksm:
                     self.chain_ivl_hi, self.chain_ivl_flags, self.chain_ivl_ver):
             arr.extend(1)
         self.chain_ivl_ver.a[cid] = -1
-        self.chains[cid] = Chain(token, nid, [first], self._clock_ns())
+        self.chains[cid] = Chain(token, nid, [first])
         self.chain_live.a[cid] = True
         self.chain_head.a[cid] = first
         self.chain_prune.a[cid] = self._clock_ns()
@@ -1194,7 +1207,6 @@ class Ksm:
         return ch
 
     def _set_prune_time(self, cid: int, t: int) -> None:
-        self.chains[cid].prune_time_ns = t
         self.chain_prune.a[cid] = t
 
     def _stable_node_dup(self, cid: int, prune: bool) -> int | None:
@@ -1202,7 +1214,7 @@ class Ksm:
         of one dup (6.18 does this without waiting for the prune timer, spec §8.9)."""
         ch = self.chains[cid]
         now = self._clock_ns()
-        if prune and now >= ch.prune_time_ns + self.stable_node_chains_prune_millisecs * 1_000_000:
+        if prune and now >= self.chain_prune.a[cid] + self.stable_node_chains_prune_millisecs * 1_000_000:
             self._set_prune_time(cid, now)
         else:
             prune = False
@@ -1255,6 +1267,23 @@ class Ksm:
                 cur = rb.root  # the chain was empty and has been freed
                 continue
             cur = rb.left[cur] if token < cur else rb.right[cur]
+
+    def _chains_with_head_only(self, mps: int) -> np.ndarray:
+        """Per chain id: live, at least two dups, none stale, and no dup but the head
+        with room for a page (then every search, pruning or not, picks the head)."""
+        n = self.node_alive.n
+        chain = self.node_chain.a[:n]
+        isdup = self.node_alive.a[:n] & (chain >= 0)
+        nc = self.chain_live.n
+        ndups = np.bincount(chain[isdup], minlength=nc)[:nc]
+        bad = isdup & (self.node_kfn.a[:n] < 0)
+        lens = self.node_len.a[:n]
+        ids = np.arange(n)
+        nonhead = isdup & (self.chain_head.a[np.maximum(chain, 0)] != ids)
+        bad |= nonhead & (lens > 0) & (lens < mps)
+        bad |= isdup & (lens <= 0)
+        nbad = np.bincount(chain[bad], minlength=nc)[:nc]
+        return self.chain_live.a[:nc] & (ndups >= 2) & (nbad == 0)
 
     def _tree_has_special(self) -> bool:
         """Is there a node whose visit by a search has a side effect (a stale KSM page, a
@@ -1315,8 +1344,6 @@ class Ksm:
         if hit.shape[0]:
             now = self._clock_ns()
             self.chain_prune.a[hit] = now
-            for cid in hit.tolist():
-                self.chains[cid].prune_time_ns = now
 
     def _stable_tree_search(self, token: int, nid: int) -> int | None:
         """stable_tree_search() for a page that is not a KSM page: a node that can take one
