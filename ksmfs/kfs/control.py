@@ -68,7 +68,8 @@ Commands (PID and numbers are decimal; ADDR is 0x-hex):
           or a 0x-hex address inside the VMA.
   SOURCE  zero        the all-zero page (token 0)
           unique      contents no other page has (k.unique_tokens)
-          value:K     every page has content K (K decimal or 0x-hex; value:0 = zero)
+          value:K     every page has content K (K decimal or 0x-hex below 2^63;
+                      value:0 = zero)
           cycle:K     contents 1, 2, ..., K, 1, 2, ... (K distinct pages, repeating)
 Without FIRST COUNT a command applies to the whole VMA.
 """
@@ -138,8 +139,10 @@ def tokens(k: Kernel, source: str, count: int) -> np.ndarray:
     kind, sep, arg = source.partition(":")
     if sep and kind == "value":
         value = _int(arg, "value", minimum=0)
-        if value >= 2**64:
-            raise einval(f"value {value} does not fit in 64 bits")
+        if value >= 2**63:
+            # tokens with bit 63 set are the kernel's unique contents (k.unique_tokens):
+            # ksmd knows no other page can hold them
+            raise einval(f"value {value} is too large (values must be below 2^63)")
         return np.full(count, value, dtype=np.uint64)
     if sep and kind == "cycle":
         period = _int(arg, "cycle", minimum=1)

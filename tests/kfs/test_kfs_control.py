@@ -149,11 +149,14 @@ def test_readme_and_processes(tree):
 
 
 def test_tokens_are_uint64(kernel):
+    """value:K takes K below 2^63; bit 63 is reserved for the kernel's unique contents."""
     from ksmfs.kfs.control import tokens
 
-    assert tokens(kernel, "value:18446744073709551615", 2).dtype == np.uint64
-    with pytest.raises(KsmError):
-        tokens(kernel, "value:18446744073709551616", 1)
+    assert tokens(kernel, "value:9223372036854775807", 2).dtype == np.uint64
+    for too_big in ("value:9223372036854775808", "value:18446744073709551616"):
+        with pytest.raises(KsmError):
+            tokens(kernel, too_big, 1)
+    assert (tokens(kernel, "unique", 3) >= np.uint64(1 << 63)).all()
 
 
 def test_one_file_per_action() -> None:
