@@ -386,7 +386,11 @@ class Kernel:
     def write(self, pid: int, addr: int, tokens: np.ndarray | list[int]) -> None:
         """Store new contents: a write fault on a KSM page, a fork-shared page, the zero
         page or a swapped page gives the writer a private copy (cow_ksm counts KSM COWs);
-        a private anon page changes in place (and so does its checksum)."""
+        a private anon page changes in place (and so does its checksum).
+
+        Tokens with bit 63 set are *unique* contents: ksmd takes them to be held by one
+        page only, so take them from :meth:`unique_tokens` (or any source that never
+        repeats one) and use values below 2^63 for contents meant to be shared."""
         mm = self._mm(pid)
         tok = np.asarray(tokens, dtype=np.uint64)
         done = 0
