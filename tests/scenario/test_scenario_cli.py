@@ -107,3 +107,35 @@ def test_diff_prints_each_difference(monkeypatch: pytest.MonkeyPatch,
     assert out[1].startswith("full_scans=3 processes.batch-1.smaps_ksm_kb.ram sim=")
     assert out[1].endswith(" real=0")
     assert "2 differences" in out[2]
+
+
+def test_progress_shows_on_a_terminal(tmp_path: Path) -> None:
+    """With stderr on a terminal, `ksmfs run` shows one progress line per full scan
+    (rewritten in place); the JSON lines still go to the file."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    out = tmp_path / "run.jsonl"
+    master, slave = pty.openpty()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ksmfs", "run", "kvm-guests", "--json", str(out)],
+        stderr=slave, stdout=subprocess.PIPE, timeout=120,
+    )
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    text = shown.decode()
+    assert "full scan 0/6" in text and "full scan 6/6" in text
+    assert "\r" in text  # one line rewritten, not a scroll of lines
+    assert len(out.read_text().splitlines()) == 7
