@@ -535,7 +535,7 @@ class Ksm:
                 return
             g, f, kind, ksm, fl = g[rest], f[rest], kind[rest], ksm[rest], fl[rest]
             attached = np.zeros(g.shape[0], dtype=bool)
-        if self._tree_has_special():
+        if self._tree_has_special() or self._detaches_from_chain(g, fl, ksm):
             # searches have side effects now: every page in visit order, walks included
             for i, gi in enumerate(g.tolist()):
                 self._pos = i
@@ -1267,6 +1267,18 @@ class Ksm:
                 cur = rb.root  # the chain was empty and has been freed
                 continue
             cur = rb.left[cur] if token < cur else rb.right[cur]
+
+    def _detaches_from_chain(self, g: np.ndarray, fl: np.ndarray, ksm: np.ndarray) -> bool:
+        """Will a page of this batch leave a chain's dup (a COW noticed lazily)? Then a
+        dup may gain room in the middle of the batch, and later searches passing the
+        chain would act on it: the batch must run in visit order."""
+        if not self.chains:
+            return False
+        st = ~ksm & ((fl & STABLE) != 0)
+        if not st.any():
+            return False
+        nodes = self.mem.ival.a[g[st]].astype(np.int64)
+        return bool((self.node_chain.a[nodes] >= 0).any())
 
     def _chains_with_head_only(self, mps: int) -> np.ndarray:
         """Per chain id: live, at least two dups, none stale, and no dup but the head
