@@ -13,7 +13,7 @@ import numpy as np
 
 from .clock import SimClock
 from .errors import KsmError
-from .ksm import KSM_RUN_MERGE, Ksm
+from .ksm import Ksm
 from .mm import (
     FRAME_ANON,
     FRAME_FILE,
@@ -675,9 +675,6 @@ class Kernel:
     def set_run(self, value: int) -> None:
         self.ksm.set_run(value, self._unmerge_vma)
 
-    @property
-    def ksmd_wants_to_run(self) -> bool:
-        return bool(self.ksm.run & KSM_RUN_MERGE) and bool(self.ksm.mm_list)
 
 
 __all__ = [

@@ -194,7 +194,6 @@ class Ksm:
         self.chain_ivl_ver = GrowArray(np.int64, -1)  # rb version it was computed at
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
-        self.wakeups = 0  # bumped whenever ksmd would be woken (run=1, sleep change, enter)
 
     # ------------------------------------------------------------------ derived counters
     @property
@@ -239,9 +238,6 @@ class Ksm:
             "advisor_target_scan_time": self.advisor_target_scan_time,
         }
 
-    def mm_list_empty(self) -> bool:
-        return not self.mm_list
-
     def would_scan(self) -> bool:
         """ksmd_should_run(): (run & MERGE) and the mm list is not empty."""
         return bool(self.run & KSM_RUN_MERGE) and bool(self.mm_list)
@@ -257,15 +253,12 @@ class Ksm:
         run=2, or between passes), set MMF_VM_MERGEABLE, wake ksmd if it is the first."""
         if mm.registered:
             return
-        needs_wakeup = not self.mm_list
         if self.run & KSM_RUN_UNMERGE or self.cursor < 0:
             self.mm_list.append(mm)
         else:
             self.mm_list.insert(self.cursor, mm)
             self.cursor += 1
         mm.registered = True
-        if needs_wakeup:
-            self.wakeups += 1
         self._emit("ksm_enter", pid=pid, comm=comm, mm=mm.id)
 
     def ksm_exit(self, mm: MM, pid: int, comm: str) -> None:
@@ -416,14 +409,7 @@ class Ksm:
             gone = g0 + np.flatnonzero(~swept & ((mem.iflags.a[g0 : g0 + stop] & HAS_ITEM) != 0))
             if gone.shape[0]:
                 self._free_items(gone)
-            # allocate rmap_items for first-seen pages (age 0, oldchecksum 0)
-            new = g[(fl & HAS_ITEM) == 0]
-            if new.shape[0]:
-                mem.iflags.a[new] = HAS_ITEM
-                mem.ags.a[new] = 0
-                mem.ival.a[new] = 0
-                self.ksm_rmap_items += new.shape[0]
-                mm.ksm_rmap_items += new.shape[0]
+            self._alloc_rmap_items(mm, g[(fl & HAS_ITEM) == 0])
             if self.smart_scan:
                 # should_skip_rmap_item(): age counts visits of non-KSM pages, saturating
                 gk = g[~is_ksm]
@@ -444,6 +430,18 @@ class Ksm:
             processed += int(np.count_nonzero(proc))
             off += stop
         return processed, off
+
+    def _alloc_rmap_items(self, mm: MM, g: np.ndarray) -> None:
+        """get_next_rmap_item() for first-seen pages: a zeroed item (age 0, oldchecksum 0);
+        ksm_rmap_items++ globally and for the mm."""
+        if not g.shape[0]:
+            return
+        mem = self.mem
+        mem.iflags.a[g] = HAS_ITEM
+        mem.ags.a[g] = 0
+        mem.ival.a[g] = 0
+        self.ksm_rmap_items += g.shape[0]
+        mm.ksm_rmap_items += g.shape[0]
 
     def _scan_dense(self, mm: MM, g0: int, g1: int, kinds: np.ndarray, want: int) -> tuple[int, int]:
         """_scan_vma() for a window whose pages are all present and anonymous (the common
@@ -470,12 +468,7 @@ class Ksm:
         is_ksm = is_ksm[:stop]
         newm = (fl & HAS_ITEM) == 0
         if newm.any():
-            new = g0 + np.flatnonzero(newm)
-            mem.iflags.a[new] = HAS_ITEM
-            mem.ags.a[new] = 0
-            mem.ival.a[new] = 0
-            self.ksm_rmap_items += new.shape[0]
-            mm.ksm_rmap_items += new.shape[0]
+            self._alloc_rmap_items(mm, g0 + np.flatnonzero(newm))
         if self.smart_scan:
             # should_skip_rmap_item(): age counts visits of non-KSM pages, saturating
             a8 = mem.ags.a[g0:g1]
@@ -534,7 +527,6 @@ class Ksm:
             if not rest.any():
                 return
             g, f, kind, ksm, fl = g[rest], f[rest], kind[rest], ksm[rest], fl[rest]
-            attached = np.zeros(g.shape[0], dtype=bool)
         if self._tree_has_special() or self._detaches_from_chain(g, fl, ksm):
             # searches have side effects now: every page in visit order, walks included
             for i, gi in enumerate(g.tolist()):
@@ -544,18 +536,18 @@ class Ksm:
         for tree in self.stable_tree:
             tree.defer = []
         try:
-            self._cmp_and_merge_bulk(g, f, kind, ksm, fl, attached)
+            self._cmp_and_merge_bulk(g, f, kind, ksm, fl)
         finally:
             for tree in self.stable_tree:
                 tree.flush()
 
     def _cmp_and_merge_bulk(
-        self, g: np.ndarray, f: np.ndarray, kind: np.ndarray, ksm: np.ndarray, fl: np.ndarray,
-        attached: np.ndarray,
+        self, g: np.ndarray, f: np.ndarray, kind: np.ndarray, ksm: np.ndarray, fl: np.ndarray
     ) -> None:
-        """The vector path of _cmp_and_merge_pages() (no search has side effects)."""
+        """The vector path of _cmp_and_merge_pages() (no search has side effects). No page
+        here is attached to its KSM page, so a KSM page is one inherited through fork."""
         mem = self.mem
-        forked = ksm & ~attached  # a KSM page this item is not attached to (fork)
+        forked = ksm
         plain = ~ksm
         tok = mem.ftoken.a[f]
         chk = calc_checksum(tok[plain])
@@ -597,9 +589,14 @@ class Ksm:
         bulk = plain & ~in_order
         gb = g[bulk]
         self._remove_from_tree(gb)
-        chk_b = calc_checksum(tok[bulk])
-        changed = chk_b != mem.ival.a[gb]
-        mem.ival.a[gb[changed]] = chk_b[changed]
+        # the checksum rule, with the checksums and their comparison from above (leaving
+        # the tree restores exactly the oldchecksum that _oldchecksum() reported)
+        chk_all = np.zeros(g.shape[0], dtype=np.uint32)
+        chk_all[plain] = chk
+        same = np.zeros(g.shape[0], dtype=bool)
+        same[pos_plain[stable_cand]] = True
+        changed = ~same[bulk]
+        mem.ival.a[gb[changed]] = chk_all[bulk][changed]
         in_fast = np.zeros(g.shape[0], dtype=bool)
         in_fast[app_pos] = True
         for plan in plans:
@@ -1505,13 +1502,12 @@ class Ksm:
 
     # ------------------------------------------------------------------ knob side effects
     def set_run(self, value: int, unmerge_vma: Callable[[MM, object], None]) -> None:
-        """run_store() after parsing: 2 unmerges synchronously; 1 always wakes ksmd."""
+        """run_store() after parsing: 2 unmerges synchronously (waking ksmd on 1 is the
+        runtime pacer's job: it sees every store)."""
         if value != self.run:
             self.run = value
             if value & KSM_RUN_UNMERGE:
                 self.unmerge_and_remove_all_rmap_items(unmerge_vma)
-        if value & KSM_RUN_MERGE:
-            self.wakeups += 1
 
     def _drop_stable_tree_or_ebusy(self) -> None:
         """max_page_sharing_store() / merge_across_nodes_store(): a real change needs no
@@ -1536,9 +1532,8 @@ class Ksm:
         self.unstable_tree = [{} for _ in range(trees)]
 
     def set_sleep_millisecs(self, value: int) -> None:
-        # sleep_millisecs_store(): ksmd's wait ends early only if the value changed
-        if value != self.sleep_millisecs:
-            self.wakeups += 1
+        # sleep_millisecs_store() also wakes ksmd if the value changed; the runtime's pacer
+        # does that (it sees every store)
         self.sleep_millisecs = value
 
     def set_pages_to_scan(self, value: int) -> None:

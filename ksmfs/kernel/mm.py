@@ -186,10 +186,6 @@ class PhysMem:
         self.fmap.a[frames] = 0
         self.nr_free_frames += n
 
-    @property
-    def nr_frames_in_use(self) -> int:
-        return self.ftoken.n - self.nr_free_frames
-
     # -- swap -----------------------------------------------------------------------------
     def alloc_swap(self, token: int, count: int) -> int:
         if self._swap_free:
@@ -238,8 +234,6 @@ class Vma:
     def ksm_compatible(self) -> bool:
         return not (self.flags & VM_KSM_INCOMPATIBLE) and self.kind != FRAME_SHMEM
 
-    def page_index(self, addr: int) -> int:
-        return (addr - self.start) >> PAGE_SHIFT
 
 
 @dataclass(eq=False)
@@ -290,11 +284,6 @@ class MM:
         segs.sort(key=lambda s: s.start)
         return segs
 
-    def find_vma(self, addr: int) -> Vma | None:
-        for v in self.vmas:
-            if v.start <= addr < v.end:
-                return v
-        return None
 
 
 @dataclass(eq=False)

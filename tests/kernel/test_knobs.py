@@ -144,7 +144,6 @@ def test_defaults_match_a_fresh_kernel() -> None:
 
 @pytest.mark.skipif(not os.path.isdir(REAL), reason="no /sys/kernel/mm/ksm on this machine")
 def test_file_list_and_defaults_like_the_real_kernel() -> None:
-    """The 6.18 profile has exactly the live machine's files; the knobs' defaults match
-    whatever the live kernel shows while nobody has changed them (counters excluded)."""
+    """The 6.18 profile has exactly the live machine's files."""
     k = Kernel()
     assert sorted(k.version.sysfs_files) == sorted(os.listdir(REAL))
