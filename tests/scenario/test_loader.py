@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ksmfs.scenario.loader import ScenarioError, list_builtin, load_scenario, parse_scenario
-from ksmfs.scenario.model import Segment
+from ksmfs.scenario.model import Exit, MergeAny, Segment, Spawn, Sysfs, Write
 
 BASE = """\
 max_full_scans = 3
@@ -101,16 +101,15 @@ def test_full_file(tmp_path: Path) -> None:
     assert fill[0] == Segment("pool", 3, pool="img", offset=2, shuffle=True)
     assert fill[1] == Segment("value", 2, value=7)
     # sorted by K, file order within one K
-    assert [(st.after_full_scans, st.action) for st in s.steps] == [
+    assert [(st.after_full_scans, st.kind) for st in s.steps] == [
         (1, "write"), (1, "sysfs"), (2, "madvise"), (2, "merge_any"), (2, "spawn"),
         (3, "exit")]
-    w = s.steps[0].args
-    assert (w["process"], w["vma"], w["first"], w["count"]) == ("vm-1", "ram", 6, 2)
-    assert w["segment"] == Segment("value", 2, value=1)
-    assert list(s.steps[1].args.items()) == [("run", 2), ("max_page_sharing", 4)]
-    assert s.steps[3].args == {"process": "vm-0", "enable": False}
-    assert [p.name for p in s.steps[4].args] == ["new"]
-    assert s.steps[5].args == {"process": "vm-1"}
+    assert s.steps[0].action == Write("vm-1", "ram", 6, 2, Segment("value", 2, value=1))
+    assert s.steps[1].action == Sysfs((("run", 2), ("max_page_sharing", 4)))
+    assert s.steps[3].action == MergeAny("vm-0", False)
+    spawn = s.steps[4].action
+    assert isinstance(spawn, Spawn) and [p.name for p in spawn.processes] == ["new"]
+    assert s.steps[5].action == Exit("vm-1")
     assert [p.name for p in s.all_processes()] == ["vm-0", "vm-1", "new"]
 
 
@@ -193,7 +192,7 @@ def test_step_may_use_a_spawned_process(tmp_path: Path) -> None:
     spawn = ("[[step]]\nafter_full_scans = 2\nspawn = {name = \"b\", vma = "
              "[{name = \"x\", pages = 1}]}\n")
     ok = BASE + spawn + "[[step]]\nafter_full_scans = 2\nexit = \"b\"\n"
-    assert [s.action for s in load_text(tmp_path, ok).steps] == ["spawn", "exit"]
+    assert [s.kind for s in load_text(tmp_path, ok).steps] == ["spawn", "exit"]
     bad = BASE + "[[step]]\nafter_full_scans = 1\nexit = \"b\"\n" + spawn
     assert "not defined" in str(error_of(tmp_path, bad))
 

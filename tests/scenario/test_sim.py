@@ -13,7 +13,7 @@ from ksmfs.scenario.model import KSM_COUNTER_FILES, KSM_STAT_FIELDS
 
 pytest.importorskip("ksmfs.kernel.kernel")
 
-from ksmfs.scenario.sim import build_kernel, run_sim  # noqa: E402
+from ksmfs.scenario.sim import SimBackend, run_sim  # noqa: E402
 
 KNOBS = ("run", "pages_to_scan", "sleep_millisecs", "merge_across_nodes", "max_page_sharing",
          "stable_node_chains_prune_millisecs", "use_zero_pages", "smart_scan",
@@ -75,12 +75,14 @@ def test_on_snapshot_streams_every_snapshot() -> None:
     assert seen == out and msgs[-1] == "full scan 6/6"
 
 
-def test_build_kernel_sets_up_without_scanning() -> None:
-    """build_kernel (for the mount) creates the processes but leaves run = 0."""
-    k, handles = build_kernel(load_scenario("kvm-guests"))
+def test_backend_start_sets_up_without_scanning() -> None:
+    """SimBackend.start (the mount's too) creates the processes but leaves run = 0."""
+    backend = SimBackend(load_scenario("kvm-guests"))
+    backend.start()
+    k = backend.kernel
     assert k.ksm.run == 0 and k.ksm.pages_scanned == 0
-    assert list(handles.processes) == ["kvm-guest-0", "kvm-guest-1", "kvm-guest-2"]
-    for p in handles.processes.values():
+    assert list(backend.processes) == ["kvm-guest-0", "kvm-guest-1", "kvm-guest-2"]
+    for p in backend.processes.values():
         assert k.ksm_stat(p.pid)["ksm_mergeable"] == "yes"
         starts = list(p.vmas.values())
         assert starts == sorted(starts)
