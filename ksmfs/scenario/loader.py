@@ -557,16 +557,14 @@ def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
 
     steps_raw = c.array(doc, "step", (), False)
     parsed: list[Step] = []
-    forks: dict[str, Path_] = {}
     for i, s in enumerate(steps_raw):
         step = _step(c, s, ("step", i), i, pools, add)
         if isinstance(step.action, Fork):
             child = step.action.child.name
-            if child in where or child in forks:
-                other = where.get(child) or forks[child]
+            if child in where:
                 raise c.fail(("step", i, "fork", "name"), f"fork to the name {child!r}, which "
-                             f"the scenario already uses (at {_key_text(other)})")
-            forks[child] = ("step", i, "fork")
+                             f"the scenario already uses (at {_key_text(where[child])})")
+            where[child] = ("step", i, "fork")
         parsed.append(step)
     # Steps run by K, in file order within one K (a stable sort keeps file order).
     steps = _check_timeline(c, processes, sorted(parsed, key=lambda s: s.after_full_scans))
