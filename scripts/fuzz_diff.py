@@ -197,6 +197,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sim-only", action="store_true",
                     help="generate and run on the sim only (checks the generator; no root)")
+    ap.add_argument("--kernel-batches", action="store_true",
+                    help="let the real ksmd scan pages_to_scan pages per batch (run_real's "
+                         "kernel_batches) instead of a whole pass per batch")
     ap.add_argument("--keep", default="/tmp/ksmfs-fuzz", help="where failing scenarios are saved")
     args = ap.parse_args()
     keep = Path(args.keep)
@@ -220,7 +223,7 @@ def main() -> int:
         if args.sim_only:
             path.unlink()
             continue
-        real = run_real(sc, lambda s: None)
+        real = run_real(sc, lambda s: None, kernel_batches=args.kernel_batches)
         res = compare(sim, real, allowed_fields(sc))
         cells += res.cells
         if res.equal:
@@ -232,7 +235,8 @@ def main() -> int:
             for d in [d for d in res.differences if d.counted][:8]:
                 print("   ", d.line())
     steps = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
-    print(f"seed {args.seed} rounds {args.first}..{last - 1}: {bad} of {args.rounds} scenarios "
+    mode = " (kernel batches)" if args.kernel_batches else ""
+    print(f"seed {args.seed}{mode} rounds {args.first}..{last - 1}: {bad} of {args.rounds} scenarios "
           f"differ, {broken} not loadable; {cells} cells compared; steps: {steps}; "
           f"{time.monotonic() - t0:.1f} s")
     return 1 if bad or broken else 0
