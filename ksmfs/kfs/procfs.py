@@ -9,13 +9,12 @@ smaps, smaps_rollup.  The KSM rows exist only when the kernel version has them.
 from __future__ import annotations
 
 import errno
-import time
-import weakref
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ksmfs.kfs import smaps as _smaps
 from ksmfs.kfs.errors import KsmError
-from ksmfs.kfs.tree import FileSpec
+from ksmfs.kfs.spec import FileSpec, RenderContext
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
@@ -24,24 +23,6 @@ PAGE_SIZE = 4096
 USER_HZ = 100  # clock ticks of /proc/<pid>/stat and /proc/stat (sysconf(_SC_CLK_TCK))
 NR_CPUS = 2  # the reference machine has 2 CPUs (spec §0.2)
 PROC_SIZE = 0  # procfs files report st_size 0
-
-# -- boot time ---------------------------------------------------------------------------
-# The kernel package has no wall clock; /proc/stat's btime anchors simulated time to the
-# epoch.  Default: the wall time when this kernel was first rendered, minus its uptime.
-_btime: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def set_btime(k: Kernel, btime: int) -> None:
-    _btime[k] = int(btime)
-
-
-def btime(k: Kernel) -> int:
-    value = _btime.get(k)
-    if value is None:
-        value = int(time.time() - k.now / 1000)
-        _btime[k] = value
-    return value
-
 
 def _ticks(ms: int) -> int:
     return int(ms) * USER_HZ // 1000
@@ -124,8 +105,9 @@ def show_meminfo(k: Kernel, pid: int | None = None) -> bytes:
 
 
 # -- /proc/stat, uptime, version, vmstat -------------------------------------------------
-def show_stat(k: Kernel, pid: int | None = None) -> bytes:
-    """show_stat(): cpu lines in USER_HZ ticks (all simulated time is idle), then counters."""
+def show_stat(k: Kernel, pid: int | None, *, ctx: RenderContext) -> bytes:
+    """show_stat(): cpu lines in USER_HZ ticks (all simulated time is idle), then counters.
+    btime anchors simulated time to the epoch (the mount's boot time, ``ctx``)."""
     ticks = _ticks(k.now)
     cpu = f"{0} {0} {0} {{idle}} {0} {0} {0} {0} {0} {0}"
     out = ["cpu  " + cpu.format(idle=ticks * NR_CPUS) + "\n"]
@@ -135,7 +117,7 @@ def show_stat(k: Kernel, pid: int | None = None) -> bytes:
     running = sum(1 for t in k.tasks.values() if t.state == "R")
     out += [
         "ctxt 0\n",
-        f"btime {btime(k)}\n",
+        f"btime {ctx.boot_time(k)}\n",
         f"processes {nproc}\n",
         f"procs_running {max(running, 1)}\n",  # the reader itself is running
         "procs_blocked 0\n",
@@ -204,10 +186,10 @@ def show_vmstat(k: Kernel, pid: int | None = None) -> bytes:
     return "".join(f"{name} {int(v)}\n" for name, v in values.items()).encode()
 
 
-def global_specs(version) -> list[FileSpec]:
+def global_specs(version, ctx: RenderContext) -> list[FileSpec]:
     return [
         FileSpec("meminfo", 0o444, PROC_SIZE, show_meminfo, None),
-        FileSpec("stat", 0o444, PROC_SIZE, show_stat, None),
+        FileSpec("stat", 0o444, PROC_SIZE, partial(show_stat, ctx=ctx), None),
         FileSpec("uptime", 0o444, PROC_SIZE, show_uptime, None),
         FileSpec("version", 0o444, PROC_SIZE, show_version, None),
         FileSpec("vmstat", 0o444, PROC_SIZE, show_vmstat, None),

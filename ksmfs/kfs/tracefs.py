@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ksmfs.kfs.errors import KsmError, einval
-from ksmfs.kfs.tree import FileSpec
+from ksmfs.kfs.spec import FileSpec
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
