@@ -171,3 +171,32 @@ def test_directory_modes_match_the_live_machine(path: tuple[str, ...]) -> None:
         pytest.skip(f"{real} does not exist here")
     node = Tree(Kernel()).lookup(path)
     assert node is not None and node.mode == stat.S_IMODE(os.stat(real).st_mode)
+
+
+def test_kfs_modules_import_without_a_cycle():
+    """The import graph of kfs' modules is acyclic: spec.py imports no kfs module, the
+    kind modules import spec (never tree or table), table imports the kinds, tree the table."""
+    import ast
+    from graphlib import CycleError, TopologicalSorter
+    from pathlib import Path
+
+    import ksmfs.kfs
+
+    folder = Path(ksmfs.kfs.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    graph: dict[str, set[str]] = {}
+    for name in modules:
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module.startswith("ksmfs.kfs."):
+                    deps.add(node.module.split(".")[2])
+                elif node.module == "ksmfs.kfs":
+                    deps |= {a.name for a in node.names if a.name in modules}
+        graph[name] = deps
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as err:  # pragma: no cover - the failure message
+        pytest.fail(f"import cycle in ksmfs.kfs: {err.args[1]}")
+    assert graph["spec"] <= set(), graph["spec"]
+    assert order.index("table") < order.index("tree")
