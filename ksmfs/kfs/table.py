@@ -77,7 +77,16 @@ def rows(version: KernelProfile, ctx: RenderContext) -> list[Row]:
         *_files(("proc",), procfs.global_specs(version, ctx)),
         _dir("ksmfs"),
         *_files(("ksmfs",), control.file_specs(version, ctx)),
-        # /proc/<pid>: the same rows for every task (tgid_base_stuff)
+        _dir("proc", "sys", mode=0o555),
+        _dir("proc", "sys", "kernel", mode=0o555),
+        *_files(("proc", "sys", "kernel"), procfs.sysctl_kernel_specs(version)),
+        # /proc/<pid>: the same rows for every task (tgid_base_stuff), and task/<tid>
+        # for its one thread (tid_base_stuff: the same files, without task/)
         _dir("proc", PID, mode=0o555),
+        _dir("proc", PID, "task", mode=0o555),
+        _dir("proc", PID, "fd", mode=0o500),  # dr-x------; no simulated task has files
         *_files(("proc", PID), procfs.pid_specs(version)),
+        _dir("proc", PID, "task", TID, mode=0o555),
+        _dir("proc", PID, "task", TID, "fd", mode=0o500),
+        *_files(("proc", PID, "task", TID), procfs.pid_specs(version)),
     ]

@@ -21,7 +21,7 @@ def kind(path: tuple[str, ...]) -> str:
     if path[:3] == TRACING:
         return "tracefs"
     if path[0] == "proc":
-        return "procpid" if len(path) == 3 else "proc"
+        return "procpid" if path[1].isdigit() else "proc"
     return "control"
 
 
@@ -116,8 +116,18 @@ def test_directories_and_inodes(kernel, pids):
     assert d.is_dir and d.mode == PID_DIR_MODE and d.inode == PID_BASE + (pid << 8)
     assert tree.owner(d) == (1000, 1000)
     smaps = tree.child(d.inode, "smaps")
-    index = tree.pid_specs.index(smaps.spec)
+    index = tree.listdir(("proc", str(pid))).index("smaps")  # rows under proc/<pid>
     assert smaps.inode == PID_BASE + (pid << 8) + index + 1
+    # task/<tid>/ nodes: tid = pid only; every per-pid inode resolves back to its node
+    assert tree.listdir(("proc", str(pid), "task")) == [str(pid)]
+    assert tree.lookup(("proc", str(pid), "task", str(pids["worker"]))) is None
+    nested = tree.lookup(("proc", str(pid), "task", str(pid), "smaps"))
+    assert nested.spec == smaps.spec and nested.inode != smaps.inode
+    for path in [("proc", str(pid), *rest) for rest in
+                 [("task",), ("fd",), ("task", str(pid)), ("task", str(pid), "fd"),
+                  ("task", str(pid), "io")]]:  # fmt: skip
+        node = tree.lookup(path)
+        assert tree.node_by_inode(node.inode) == node, path
     assert tree.child(d.inode, "..") == tree.lookup(("proc",))
     assert str(pid) in tree.listdir(("proc",))
     kernel.exit(pid)
