@@ -10,11 +10,13 @@ imports ``ksmfs.kernel`` only: never trio or pyfuse3 (tests/kfs checks it).
 
 from __future__ import annotations
 
-from ksmfs.kfs.spec import DIR_MODE, PID_DIR_MODE, FileSpec, RenderContext
+from ksmfs.kfs.spec import DIR_MODE, PID_DIR_MODE, ROOT, Caller, FileSpec, RenderContext
 from ksmfs.kfs.tracefs import TraceReader, read_stream
 from ksmfs.kfs.tree import PID_BASE, ROOT_INODE, Node, Tree
 
 __all__ = [
+    "ROOT",
+    "Caller",
     "DIR_MODE",
     "PID_BASE",
     "PID_DIR_MODE",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ksmfs.kfs import smaps as _smaps
 from ksmfs.kfs.errors import KsmError
-from ksmfs.kfs.spec import FileSpec, RenderContext
+from ksmfs.kfs.spec import Caller, FileSpec, RenderContext
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
@@ -306,8 +306,31 @@ def _stack_start(task) -> int:
     return 0
 
 
-def show_pid_stat(k: Kernel, pid: int | None) -> bytes:
-    """do_task_stat(): 52 space-separated fields; man proc_pid_stat numbers them."""
+def ptrace_may_access(k: Kernel, pid: int, caller: Caller) -> bool:
+    """ptrace_may_access(task, PTRACE_MODE_READ_FSCREDS) for a FUSE caller.
+
+    __ptrace_may_access(): a caller whose fsuid and fsgid equal the task's uids and gids
+    passes, then cap_ptrace_access_check() wants the task's permitted capabilities to be
+    a subset of the caller's -- a root task has them all, other tasks none.  Otherwise
+    only CAP_SYS_PTRACE passes, which a caller with uid 0 is taken to have.  The caller
+    is never the task itself (simulated tasks do not run), and Yama only restricts
+    PTRACE_MODE_ATTACH.
+    """
+    if caller.uid == 0:
+        return True
+    task = k.tasks.get(pid)
+    if task is None:
+        return False
+    return caller.uid == int(task.uid) and caller.gid == int(task.gid) and int(task.uid) != 0
+
+
+def show_pid_stat(k: Kernel, pid: int | None, *, permitted: bool = True) -> bytes:
+    """do_task_stat(): 52 space-separated fields; man proc_pid_stat numbers them.
+
+    A reader that fails ptrace_may_access() (``permitted`` False) gets 1 for start_code
+    and end_code (when there is an mm), 0 for start_stack, wchan, the seven addresses
+    from start_data and exit_code [LIVE: the same sleep(1) read by root and by nobody].
+    """
     task = _task(k, pid)
     mm = task.mm
     state = task.state if task.state in STATE_NAMES else "S"
@@ -317,8 +340,8 @@ def show_pid_stat(k: Kernel, pid: int | None) -> bytes:
     if mm is not None:
         mem = _mem(k, pid)
         vsize, rss = mem["total_vm"] * PAGE_SIZE, _rss(mem)
-        start_code, end_code = _code_range(task)
-        start_stack = _stack_start(task)
+        start_code, end_code = _code_range(task) if permitted else (1, 1)
+        start_stack = _stack_start(task) if permitted else 0
     fields = [
         pid,  # (1) pid
         f"({task.comm})",  # (2) comm
@@ -340,7 +363,7 @@ def show_pid_stat(k: Kernel, pid: int | None) -> bytes:
         start_code, end_code, start_stack,  # (26-28)
         0, 0,  # (29-30) kstkesp kstkeip
         0, 0, 0, 0,  # (31-34) signal blocked sigignore sigcatch
-        0, 0, 0,  # (35-37) wchan nswap cnswap
+        int(permitted and state != "R"), 0, 0,  # (35-37) wchan: 1 if it sleeps; nswap cnswap
         17,  # (38) exit_signal SIGCHLD
         0, 0, 0,  # (39-41) processor rt_priority policy
         0, 0, 0,  # (42-44) delayacct_blkio_ticks guest_time cguest_time
@@ -618,22 +641,23 @@ def pid_specs(version) -> list[FileSpec]:
     """The files of /proc/<pid>/ and /proc/<pid>/task/<tid>/ (the same ones here: a
     simulated task has one thread), in tgid_base_stuff order; all owned by the task."""
 
-    def row(name: str, mode: int, show, store=None) -> FileSpec:
-        return FileSpec(name, mode, PROC_SIZE, show, store, owner="task")
+    def row(name: str, mode: int, show, store=None, **kw) -> FileSpec:
+        return FileSpec(name, mode, PROC_SIZE, show, store, owner="task", **kw)
 
     rows = [
-        row("environ", 0o400, show_pid_environ),
+        row("environ", 0o400, show_pid_environ, ptrace="open"),
         row("status", 0o444, show_pid_status),
         row("limits", 0o444, show_pid_limits),
         row("comm", 0o644, show_pid_comm, store_pid_comm),
         row("cmdline", 0o444, show_pid_cmdline),
-        row("stat", 0o444, show_pid_stat),
+        row("stat", 0o444, show_pid_stat,
+            show_unpermitted=partial(show_pid_stat, permitted=False)),
         row("statm", 0o444, show_pid_statm),
-        row("maps", 0o444, show_pid_maps),
-        row("smaps", 0o444, show_pid_smaps),
-        row("smaps_rollup", 0o444, show_pid_smaps_rollup),
-        row("io", 0o400, show_pid_io),
-    ]
+        row("maps", 0o444, show_pid_maps, ptrace="open"),
+        row("smaps", 0o444, show_pid_smaps, ptrace="open"),
+        row("smaps_rollup", 0o444, show_pid_smaps_rollup, ptrace="open"),
+        row("io", 0o400, show_pid_io, ptrace="read"),
+    ]  # fmt: skip
     if version.has_ksm_merging_pages_file:
         rows.append(row("ksm_merging_pages", 0o400, show_pid_ksm_merging_pages))
     if version.ksm_stat_lines:

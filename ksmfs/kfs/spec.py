@@ -17,7 +17,10 @@ if TYPE_CHECKING:
 __all__ = [
     "DIR_MODE",
     "PID_DIR_MODE",
+    "ROOT",
+    "Caller",
     "FileSpec",
+    "PtraceCheck",
     "RenderContext",
     "ShowFn",
     "StoreFn",
@@ -32,6 +35,14 @@ ShowFn = Callable[["Kernel", "int | None"], bytes]
 # store(kernel, pid, data) -> bytes consumed, or raises KsmError(errno, message).
 StoreFn = Callable[["Kernel", "int | None", bytes], int]
 TruncateFn = Callable[["Kernel", "int | None"], None]
+
+# When a /proc/<pid> file applies ptrace_may_access(task, PTRACE_MODE_READ_FSCREDS), as
+# fs/proc/base.c and task_mmu.c do and the live 6.18 kernel shows as another user:
+# "open" -- proc_mem_open()/mm_access() at open: maps, smaps, smaps_rollup, environ;
+# "read" -- in the show function, so open succeeds and read(2) fails: io
+# (do_io_accounting()).  Both give EACCES.  None: the mode bits only (ksm_stat and
+# ksm_merging_pages are 0400 but check nothing more [LIVE]).
+PtraceCheck = Literal["open", "read"] | None
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,9 @@ class FileSpec:
     ``stream`` files (trace_pipe) are read with :func:`ksmfs.kfs.tracefs.read_stream`
     instead of ``show``: reads consume records, and block while there is nothing new.
 
+    ``ptrace`` says when the kernel checks ptrace access mode read (see PtraceCheck);
+    ``show_unpermitted`` is what a reader failing that check sees of a file everyone may
+    read but hides some fields from strangers (do_task_stat's ``permitted``).
     """
 
     name: str
@@ -60,6 +74,20 @@ class FileSpec:
     owner: Literal["root", "task"] = "root"
     stream: bool = False
     truncate: TruncateFn | None = None
+    ptrace: PtraceCheck = None
+    show_unpermitted: ShowFn | None = None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: the file-system uid/gid of the process behind a request (FUSE's)."""
+
+    uid: int = 0
+    gid: int = 0
+    pid: int = 0
+
+
+ROOT = Caller()
 
 
 @dataclass

@@ -15,8 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import errno
+
+from ksmfs.kernel import KsmError
 from ksmfs.kfs import table
-from ksmfs.kfs.spec import DIR_MODE, PID_DIR_MODE, FileSpec, RenderContext
+from ksmfs.kfs.procfs import ptrace_may_access
+from ksmfs.kfs.spec import DIR_MODE, PID_DIR_MODE, ROOT, Caller, FileSpec, RenderContext
 from ksmfs.kfs.table import PID, TID
 
 if TYPE_CHECKING:
@@ -203,6 +207,27 @@ class Tree:
         if name == "..":
             return self.lookup(parent.path[:-1]) if parent.path else parent
         return self.lookup((*parent.path, name))
+
+    def check_open(self, node: Node, caller: Caller = ROOT) -> None:
+        """A read-open of ``node`` by ``caller``: EACCES where the kernel's open checks
+        ptrace access (proc_mem_open).  The mode bits are the VFS's business (FUSE
+        default_permissions), not checked here."""
+        spec = node.spec
+        if spec is not None and spec.ptrace == "open" and node.pid is not None:
+            if not ptrace_may_access(self.kernel, node.pid, caller):
+                raise KsmError(errno.EACCES, f"/{'/'.join(node.path)}: ptrace access denied")
+
+    def render(self, node: Node, caller: Caller = ROOT) -> bytes:
+        """The content ``caller`` reads from file ``node`` (after :meth:`check_open`)."""
+        spec = node.spec
+        if spec is None or spec.show is None:
+            raise KsmError(errno.EACCES, f"/{'/'.join(node.path)} cannot be read")
+        if node.pid is not None and (spec.ptrace == "read" or spec.show_unpermitted):
+            if not ptrace_may_access(self.kernel, node.pid, caller):
+                if spec.show_unpermitted is not None:
+                    return spec.show_unpermitted(self.kernel, node.pid)
+                raise KsmError(errno.EACCES, f"/{'/'.join(node.path)}: ptrace access denied")
+        return spec.show(self.kernel, node.pid)
 
     def owner(self, node: Node) -> tuple[int, int]:
         """(uid, gid) for stat: root, or the task's for /proc/<pid> and task-owned rows."""
