@@ -34,6 +34,23 @@ KSM_EVENTS = (
 EventFilter = Callable[[int, str, dict], bool]
 
 
+@dataclass
+class Trigger:
+    """One line of events/<system>/<event>/trigger (kernel/trace/trace_events_trigger.c).
+
+    ``command``: traceon, traceoff, stacktrace, enable_event or disable_event; ``target``:
+    the event an enable_event/disable_event trigger switches; ``count``: how many more
+    times it may act (-1: unlimited); ``condition``: the ``if FILTER`` part, evaluated on
+    the record (None: the trigger acts before the record is written, as the kernel calls
+    unconditional triggers from trace_trigger_soft_disabled())."""
+
+    command: str
+    count: int = -1
+    target: str | None = None
+    condition: EventFilter | None = None
+    filter_text: str | None = None
+
+
 @dataclass(frozen=True)
 class TraceRecord:
     seq: int
@@ -62,14 +79,20 @@ class TraceBuffer:
         self.limit = limit
         # filter_match_preds(): an event with a filter keeps only the records it accepts
         self.filters: dict[str, EventFilter] = {}
+        # the filter_string each event's filter file shows (a refused one with its error)
+        self.filter_text: dict[str, str] = {}
         # the task the kernel runs for right now (pid, comm): a store's writer, whose
         # context run_store's unmerge runs in; None means ksmd's own context
         self.current: tuple[int, str] | None = None
         self.overrun = 0  # records the full ring dropped since the last reset
+        # event -> its triggers, newest first (list_add_rcu at the head)
+        self.triggers: dict[str, list[Trigger]] = {}
         self._seq = 0
 
     def want(self, event: str) -> bool:
-        return self.tracing_on and event in self.enabled
+        # an event with triggers fires even while it is not enabled or tracing is off
+        # (the trigger keeps its tracepoint on in soft mode)
+        return (self.tracing_on and event in self.enabled) or event in self.triggers
 
     def enable(self, event: str, on: bool) -> None:
         """events/<system>/<event>/enable (ftrace_event_enable_disable)."""
@@ -79,17 +102,42 @@ class TraceBuffer:
             self.enabled.discard(event)
 
     def emit(self, ts_ns: int, pid: int, comm: str, event: str, **fields: int | str | None) -> None:
-        if not self.want(event):
+        triggers = self.triggers.get(event)
+        if triggers:
+            for t in triggers:
+                if t.condition is None:
+                    self._fire(t)
+        if self.tracing_on and event in self.enabled:
+            keep = self.filters.get(event)
+            if keep is None or keep(pid, comm, fields):
+                self._seq += 1
+                self.records.append(TraceRecord(self._seq, ts_ns, pid, comm, event, fields))
+                if len(self.records) > self.limit:
+                    drop = len(self.records) - self.limit
+                    del self.records[:drop]
+                    self.overrun += drop
+        if triggers:
+            for t in triggers:
+                if t.condition is not None and t.condition(pid, comm, fields):
+                    self._fire(t)
+
+    def _fire(self, t: Trigger) -> None:
+        """traceon/traceoff/event_enable *_count_trigger(): act only when it changes
+        something, and count down only then."""
+        if t.count == 0:
             return
-        keep = self.filters.get(event)
-        if keep is not None and not keep(pid, comm, fields):
-            return
-        self._seq += 1
-        self.records.append(TraceRecord(self._seq, ts_ns, pid, comm, event, fields))
-        if len(self.records) > self.limit:
-            drop = len(self.records) - self.limit
-            del self.records[:drop]
-            self.overrun += drop
+        if t.command in ("traceon", "traceoff"):
+            on = t.command == "traceon"
+            if self.tracing_on == on:
+                return
+            self.tracing_on = on
+        elif t.command in ("enable_event", "disable_event") and t.target is not None:
+            on = t.command == "enable_event"
+            if (t.target in self.enabled) == on:
+                return
+            self.enable(t.target, on)
+        if t.count > 0:
+            t.count -= 1
 
     @property
     def written(self) -> int:
