@@ -11,8 +11,6 @@ import pytest
 
 from ksmfs.cli import main
 
-pytest.importorskip("ksmfs.kernel.kernel")
-
 BAD = """\
 max_full_scans = 2
 [[process]]
