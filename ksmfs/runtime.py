@@ -624,7 +624,7 @@ def _banner(config: MountConfig, sim: Simulation, pid: int, log: Path | None) ->
     return "\n".join([*lines, try_text(config.mountpoint)])
 
 
-# fusermount3's words when the container lacks what FUSE needs (container-notes: without
+# fusermount3's words when a container lacks what FUSE needs (seen with podman: without
 # CAP_SYS_ADMIN "mount failed: Operation not permitted", without the device "fuse:
 # device not found").
 def _mount_hint(reason: str) -> str:

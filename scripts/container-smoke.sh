@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the Dockerfile with podman and check the container serves /ksm, on a machine with no
-# Docker engine and no image registry (recipe: docs in shared/docs/container-notes.md).
+# Docker engine and no image registry (podman with runc, a debootstrap'd base image).
 #
 #   scripts/container-smoke.sh            # as root; about 2-3 minutes
 #   KEEP=1 scripts/container-smoke.sh     # keep the images (not the container) afterwards

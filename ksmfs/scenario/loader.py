@@ -1,4 +1,4 @@
-"""Read and check scenario files (/work/shared/scenario-format.md, version 1).
+"""Read and check scenario files (docs/scenario-format.md, version 1).
 
 ``load_scenario(path_or_name)`` returns a :class:`~ksmfs.scenario.model.Scenario` or raises
 :class:`ScenarioError`, whose text is one line: ``FILE:LINE: KEY: PROBLEM``.  TOML syntax

@@ -1,4 +1,4 @@
-"""The in-memory form of a scenario file (/work/shared/scenario-format.md, version 1).
+"""The in-memory form of a scenario file (docs/scenario-format.md, version 1).
 
 Everything here is a frozen value: the loader (``loader.py``) builds it once, and both
 backends (``sim.py`` drives ksmfs.kernel, ``real.py`` drives the machine's kernel) read it.

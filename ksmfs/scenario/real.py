@@ -1,7 +1,7 @@
 """The real backend: a scenario run on this machine's kernel (/sys/kernel/mm/ksm).
 
 ``run_real(scenario, on_snapshot, progress=None)`` implements the contract
-(/work/shared/scenario-format.md) with one C worker process per scenario process
+(docs/scenario-format.md) with one C worker process per scenario process
 (worker/ksmworker.c) and ksmd paced one full pass at a time (realkernel.Pacer), so that
 every snapshot is read between two ksmd batches at the end of a full scan.
 

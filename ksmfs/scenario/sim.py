@@ -1,6 +1,6 @@
 """The simulated backend: play a scenario on ksmfs.kernel by its own clock (no sleeping).
 
-The run follows the contract (/work/shared/scenario-format.md):
+The run follows the contract (docs/scenario-format.md):
 
 1. ``[ksm]`` knobs are stored in key order (``ksmfs.kernel.knobs.store``, the same store
    functions the FUSE files use), then the processes start in file order: ``spawn``,
