@@ -72,7 +72,10 @@ class Kernel:
         nr_nodes: int = 1,
         mem_total: int = DEFAULT_MEM_TOTAL,
         swap_total: int = 4 << 30,
+        exact: bool = False,
     ) -> None:
+        """``exact``: ksmd handles every page on its own (cmp_and_merge_page() in visit
+        order, no vector shortcuts): slow, the reference for the fast path."""
         self.version = get_profile(version)
         if nr_nodes < 1 or nr_nodes > 64:
             raise KsmError(errno.EINVAL, f"nr_nodes must be 1..64, not {nr_nodes}")
@@ -99,6 +102,7 @@ class Kernel:
             self.mm_ids_of,
             self.mms,
             self.version,
+            exact=exact,
         )
 
     # ------------------------------------------------------------------ clock and ksmd
