@@ -590,22 +590,40 @@ def check_mountpoint(mountpoint: str) -> str | None:
     return None
 
 
-def _try_lines(mountpoint: str) -> list[str]:
-    # Shell-quoted, so that the lines can be pasted even for a path with spaces.
+def ksmfs_command() -> str:
+    """How a shell reaches this ksmfs: ``ksmfs`` when that name on PATH is this
+    installation (or none is known), else the full path of the venv's script."""
+    here = Path(sys.executable).parent / "ksmfs"
+    found = shutil.which("ksmfs")
+    if not here.exists() or (found and os.path.realpath(found) == os.path.realpath(here)):
+        return "ksmfs"
+    return shlex.quote(str(here))
+
+
+def try_text(mountpoint: str) -> str:
+    """What to try on a fresh mount: printed by `ksmfs mount` and scripts/setup-demo.sh.
+    Lines to paste into a shell (the variables keep them short)."""
     q = shlex.quote
-    ksm = f"{mountpoint}/sys/kernel/mm/ksm"
-    return [
-        "try:",
-        f"  cat {q(ksm + '/pages_shared')} {q(ksm + '/pages_sharing')} "
-        f"{q(ksm + '/full_scans')}",
-        f"  grep . {q(mountpoint + '/proc')}/*/ksm_stat",
-        f"  echo 0 > {q(ksm + '/run')}       # stop ksmd; 2 unmerges everything, 1 restarts",
-        f"  ksmfs top {q(mountpoint)}",
-        f"unmount: ksmfs umount {q(mountpoint)}",
+    plain = q(mountpoint) == mountpoint
+    m, k = ("$M", "$K") if plain else ('"$M"', '"$K"')  # a path with spaces stays one word
+    cmd = ksmfs_command()
+    rows = [
+        (f"M={q(mountpoint)}; K={m}/sys/kernel/mm/ksm", ""),
+        (f"cat {k}/pages_shared {k}/pages_sharing", "the main counters"),
+        (f"grep . {k}/*", "every counter and knob"),
+        (f"grep . {m}/proc/*/ksm_stat", "per-process KSM state"),
+        (f"echo 2 > {k}/run", "unmerge all (0 stops ksmd, 1 restarts it)"),
+        (f"cat {m}/ksmfs/README", "control files: start processes, write pages"),
+        (f"{cmd} top {m}", "live view (q quits)"),
+        (f"{cmd} scenarios", "built-in workloads (ksmfs run NAME)"),
     ]
+    width = max(len(c) for c, _ in rows)
+    lines = ["try:", *(f"  {c:<{width}}  # {why}".rstrip(" #") for c, why in rows)]
+    lines.append(f"unmount: {cmd} umount {q(mountpoint)}")
+    return "\n".join(lines)
 
 
-def _banner(config: MountConfig, sim: Simulation, pid: int) -> str:
+def _banner(config: MountConfig, sim: Simulation, pid: int, log: Path | None) -> str:
     kernel = sim.kernel
     what = f"processes ({sim.label})"
     speed = f", speed x{config.speed:g}" if config.speed != 1.0 else ""
@@ -613,7 +631,23 @@ def _banner(config: MountConfig, sim: Simulation, pid: int) -> str:
         f"ksmfs: simulated Linux {config.kernel_version} with {len(kernel.tasks)} "
         f"{what}{speed} mounted at {config.mountpoint} (server pid {pid})"
     )
-    return "\n".join([head, *_try_lines(config.mountpoint)])
+    lines = [head]
+    if log is not None:
+        lines.append(f"log: {log} (refused control commands and errors are written there)")
+    return "\n".join([*lines, try_text(config.mountpoint)])
+
+
+# fusermount3's words when a container lacks what FUSE needs (seen with podman: without
+# CAP_SYS_ADMIN "mount failed: Operation not permitted", without the device "fuse:
+# device not found").
+def _mount_hint(reason: str) -> str:
+    if "Operation not permitted" in reason or "Permission denied" in reason:
+        if os.geteuid() == 0:
+            return ("; in a container, FUSE needs the capability: run it with "
+                    "--cap-add SYS_ADMIN --device /dev/fuse")
+    if "device not found" in reason or "No such device" in reason:
+        return "; in a container, pass the device: --device /dev/fuse --cap-add SYS_ADMIN"
+    return ""
 
 
 def _one_line(e: BaseException) -> str:
@@ -639,9 +673,29 @@ def _serve_until_done(
     trio.run(main)
 
 
+def _missing(path: str) -> bool:
+    """True only for ENOENT (a stale FUSE mount gives ENOTCONN: it exists)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     """``ksmfs mount``: check, build the kernel, then serve (foreground) or fork."""
     config = MountConfig.from_args(args)
+    if _missing(config.mountpoint):
+        # A new user types `ksmfs mount /tmp/ksm` and expects it to work, as mkdir would.
+        try:
+            os.makedirs(config.mountpoint)
+        except OSError as e:
+            _say(f"{config.mountpoint}: no such directory, and it cannot be created "
+                 f"({e.strerror})")
+            return EXIT_USAGE
+        _say(f"created {config.mountpoint}")
     problem = check_mountpoint(config.mountpoint)
     if problem is not None:
         _say(problem)
@@ -678,13 +732,19 @@ def _mount_foreground(config: MountConfig, sim: Simulation) -> int:
 
     def ready(server: Server) -> None:
         pidf.append(_write_pid_file(config.mountpoint))
-        banner = _banner(config, sim, os.getpid())
-        print(banner.replace("unmount: ksmfs", "unmount: Ctrl-C, or ksmfs"), flush=True)
+        banner = _banner(config, sim, os.getpid(), None)
+        print(banner.replace("unmount: ", "unmount: Ctrl-C, or "), flush=True)
 
     try:
         _serve_until_done(config, sim, ready)
     except Exception as e:
-        _say(f"{config.mountpoint}: {_one_line(e)}")
+        reason = _one_line(e)
+        hint = ""
+        if "fuse_session_mount" in reason:
+            # libfuse printed its reason on this stderr just above, out of our reach.
+            hint = ("; if it says Operation not permitted or device not found and this runs "
+                    "in a container: --cap-add SYS_ADMIN --device /dev/fuse")
+        _say(f"{config.mountpoint}: {reason}{hint}")
         return EXIT_FAIL
     finally:
         for p in pidf:
@@ -711,12 +771,13 @@ def _mount_daemon(config: MountConfig, sim: Simulation) -> int:
     with os.fdopen(r, "rb") as pipe:
         message = pipe.read().decode(errors="replace").strip()
     if message.startswith("ready"):
-        print(_banner(config, sim, pid), flush=True)
+        print(_banner(config, sim, pid, logpath), flush=True)
         return EXIT_OK
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)  # reap the failed server
     if message.startswith("error "):
-        _say(message[len("error ") :])
+        reason = message[len("error ") :]
+        _say(reason + _mount_hint(reason))
     else:
         _say(f"the server exited before the mount was ready; see {logpath}")
     return EXIT_FAIL

@@ -190,7 +190,7 @@ class KsmSysfs:
     def restore(self, warn: Callable[[str], None]) -> None:
         """Unmerge everything and put every saved knob back.
 
-        Order (TEAM.md): run=2 (synchronous unmerge, mm/ksm.c run_store), wait until
+        Order (CONTRIBUTING.md): run=2 (synchronous unmerge, mm/ksm.c run_store), wait until
         pages_shared is 0, run=0, then the saved values with advisor_mode first and
         max_page_sharing / merge_across_nodes only while pages_shared == 0, run last.
         Signals are blocked meanwhile: a pending signal aborts run=2 with EINTR.

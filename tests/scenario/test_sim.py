@@ -11,10 +11,7 @@ import pytest
 
 from ksmfs.scenario.loader import list_builtin, load_scenario
 from ksmfs.scenario.model import KSM_COUNTER_FILES, KSM_STAT_FIELDS
-
-pytest.importorskip("ksmfs.kernel.kernel")
-
-from ksmfs.scenario.sim import SimBackend, run_sim  # noqa: E402
+from ksmfs.scenario.sim import SimBackend, run_sim
 
 KNOBS = ("run", "pages_to_scan", "sleep_millisecs", "merge_across_nodes", "max_page_sharing",
          "stable_node_chains_prune_millisecs", "use_zero_pages", "smart_scan",
