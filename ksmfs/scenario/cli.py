@@ -12,7 +12,6 @@ when stdout is not a terminal, with ``--json`` (stdout) or ``--json FILE``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -20,7 +19,19 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from ksmfs.scenario.loader import ScenarioError, list_builtin, load_scenario
-from ksmfs.scenario.model import Scenario
+from ksmfs.scenario.driver import steps_due
+from ksmfs.scenario.model import (
+    Exit,
+    Fork,
+    Madvise,
+    MergeAny,
+    Munmap,
+    Scenario,
+    Spawn,
+    Step,
+    Sysfs,
+    Write,
+)
 
 EXIT_OK = 0
 EXIT_FAIL = 1  # the run failed, or `diff` found differences
@@ -44,42 +55,44 @@ def _say(command: str, message: str) -> None:
     print(f"ksmfs {command}: {' '.join(message.split())}", file=sys.stderr)
 
 
-def step_label(step: Any) -> str:
+def step_label(step: Step) -> str:
     """A step as a short phrase for the table and the plots: ``write vm-0 ram 0+100 unique``,
-    ``run=2``, ``exit vm-1``, ``spawn late-0 late-1``."""
-    action = str(getattr(step, "action", type(step).__name__))
-    args = getattr(step, "args", step)
-    if dataclasses.is_dataclass(args) and not isinstance(args, type):
-        args = {f.name: getattr(args, f.name) for f in dataclasses.fields(args)}
-    words: list[str] = []
-    if isinstance(args, dict):
-        if action == "sysfs":  # a knob write reads best as itself: run=2
-            return " ".join(f"{k}={v}" for k, v in args.items())
-        else:
-            for key in ("process", "vma"):
-                if key in args:
-                    words.append(str(args[key]))
-            if "first" in args and "count" in args:
-                words.append(f"{args['first']}+{args['count']}")
-            segment = args.get("segment")
-            if segment is not None:
-                words.append(str(getattr(segment, "spec", segment)))
-            for key in ("advice", "enable"):
-                if key in args:
-                    words.append(str(args[key]).lower())
-    elif isinstance(args, (tuple, list)):
-        words = [str(getattr(a, "name", a)) for a in args]
-    return " ".join([action, *words])
+    ``run=2``, ``exit vm-1``, ``spawn late-0 late-1``, ``fork web worker-0``,
+    ``munmap vm-0 ram 0+64``."""
+    a = step.action
+    if isinstance(a, Sysfs):  # a knob write reads best as itself: run=2
+        return " ".join(f"{k}={v}" for k, v in a.values)
+    if isinstance(a, Spawn):
+        words = [p.name for p in a.processes]
+    elif isinstance(a, Fork):
+        words = [a.process, a.child.name]
+    elif isinstance(a, Exit):
+        words = [a.process]
+    elif isinstance(a, MergeAny):
+        words = [a.process, str(a.enable).lower()]
+    elif isinstance(a, Write):
+        words = [a.process, a.vma, f"{a.first}+{a.count}", a.segment.spec]
+    elif isinstance(a, Munmap):
+        words = [a.process, a.vma, f"{a.first}+{a.count}"]
+    else:
+        assert isinstance(a, Madvise)
+        words = [a.process, a.vma]
+        if a.count is not None:
+            words.append(f"{a.first}+{a.count}")
+        elif a.first:
+            words.append(f"{a.first}+")
+        words.append(a.advice)
+    return " ".join([step.kind, *words])
 
 
 def steps_by_scan(scenario: Scenario) -> dict[int, list[str]]:
-    """Labels of the steps that run after each full scan's snapshot (none after the last:
-    no snapshot could show them)."""
+    """Labels of the steps that run after each full scan's snapshot, by the driver's
+    schedule (none after the last: no snapshot could show them)."""
     out: dict[int, list[str]] = {}
-    for step in scenario.steps:
-        k = step.after_full_scans
-        if k < scenario.max_full_scans:
-            out.setdefault(k, []).append(step_label(step))
+    for k in range(1, scenario.max_full_scans):
+        labels = [step_label(step) for step in steps_due(scenario, k)]
+        if labels:
+            out[k] = labels
     return out
 
 
