@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-from ksmfs.scenario.loader import ScenarioError, list_builtin, load_scenario
 from ksmfs.scenario.driver import steps_due
+from ksmfs.scenario.loader import ScenarioError, list_builtin, load_scenario
 from ksmfs.scenario.model import (
     Exit,
     Fork,
@@ -57,32 +57,26 @@ def _say(command: str, message: str) -> None:
 
 def step_label(step: Step) -> str:
     """A step as a short phrase for the table and the plots: ``write vm-0 ram 0+100 unique``,
-    ``run=2``, ``exit vm-1``, ``spawn late-0 late-1``, ``fork web worker-0``,
-    ``munmap vm-0 ram 0+64``."""
+    ``run=2``, ``exit vm-1``, ``spawn late-0 late-1``."""
     a = step.action
     if isinstance(a, Sysfs):  # a knob write reads best as itself: run=2
         return " ".join(f"{k}={v}" for k, v in a.values)
+    if isinstance(a, Write):
+        return f"write {a.process} {a.vma} {a.first}+{a.count} {a.segment.spec}"
+    if isinstance(a, Madvise):
+        rng = "" if a.first == 0 and a.count is None else f" {a.first}+{a.count or 'end'}"
+        return f"madvise {a.process} {a.vma}{rng} {a.advice}"
+    if isinstance(a, Munmap):
+        return f"munmap {a.process} {a.vma} {a.first}+{a.count}"
+    if isinstance(a, Fork):
+        return f"fork {a.process} {a.child.name}"
+    if isinstance(a, MergeAny):
+        return f"merge_any {a.process} {'on' if a.enable else 'off'}"
+    if isinstance(a, Exit):
+        return f"exit {a.process}"
     if isinstance(a, Spawn):
-        words = [p.name for p in a.processes]
-    elif isinstance(a, Fork):
-        words = [a.process, a.child.name]
-    elif isinstance(a, Exit):
-        words = [a.process]
-    elif isinstance(a, MergeAny):
-        words = [a.process, str(a.enable).lower()]
-    elif isinstance(a, Write):
-        words = [a.process, a.vma, f"{a.first}+{a.count}", a.segment.spec]
-    elif isinstance(a, Munmap):
-        words = [a.process, a.vma, f"{a.first}+{a.count}"]
-    else:
-        assert isinstance(a, Madvise)
-        words = [a.process, a.vma]
-        if a.count is not None:
-            words.append(f"{a.first}+{a.count}")
-        elif a.first:
-            words.append(f"{a.first}+")
-        words.append(a.advice)
-    return " ".join([step.kind, *words])
+        return "spawn " + " ".join(p.name for p in a.processes)
+    return a.kind
 
 
 def steps_by_scan(scenario: Scenario) -> dict[int, list[str]]:
