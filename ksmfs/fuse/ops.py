@@ -124,6 +124,16 @@ def _err(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
 
+def _comm_of(pid: int) -> str:
+    """The comm of a (real) calling process; "<...>" when it is gone, as the trace output
+    prints a task whose comm was not saved (trace_find_cmdline)."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode("utf-8", "replace") or "<...>"
+    except OSError:
+        return "<...>"
+
+
 @dataclass
 class _FileHandle:
     """One open file: the content snapshot for readers, or a trace_pipe cursor."""
@@ -137,6 +147,7 @@ class _FileHandle:
     nonblock: bool = False
     poll_handle: Any = None  # pyfuse3.PollHandle of a poll(2) waiting for records
     read_errno: int = 0  # a show that refused this reader: every READ fails with it
+    opener: int = 0  # pid of the process that opened the file (FUSE request context)
 
 
 @dataclass
@@ -515,7 +526,7 @@ class KsmfsOperations(pyfuse3.Operations):
             if spec.truncate is not None:
                 spec.truncate(self.kernel, node.pid)
             self._touch(node)
-        h = _FileHandle(node, readable, writable)
+        h = _FileHandle(node, readable, writable, opener=int(getattr(ctx, "pid", 0) or 0))
         if spec.stream:
             h.reader = TraceReader()
             h.nonblock = bool(flags & os.O_NONBLOCK)
@@ -607,7 +618,11 @@ class KsmfsOperations(pyfuse3.Operations):
             return 0  # kernfs: an empty write returns 0 and never reaches store()
         data = bytes(buf[:WRITE_MAX])
         try:
-            n = spec.store(self.kernel, node.pid, data)
+            # A store runs in the writer's context (`echo 2 > run` unmerges as that
+            # process: its trace lines show its comm-pid, not ksmd's).  WRITE requests
+            # carry no context in pyfuse3, so the opener stands for the writer.
+            with self.kernel.trace.running(h.opener, _comm_of(h.opener)):
+                n = spec.store(self.kernel, node.pid, data)
         except KsmError as e:
             if node.path and node.path[0] == "ksmfs":
                 # A refused control command is worth a line in the server log: the

@@ -101,7 +101,10 @@ def test_trace_events_follow_the_version(version):
     if not k.version.trace_events:
         assert tree.lookup((*TRACING, "events")) is None
         return
-    assert events == ["enable", *sorted(k.version.trace_events)]
+    assert events == ["enable", "filter", *sorted(k.version.trace_events)]
+    for event in k.version.trace_events:
+        assert tree.listdir((*TRACING, "events", "ksm", event)) == [
+            "enable", "filter", "format", "id", "trigger"]
 
 
 def test_directories_and_inodes(kernel, pids):
