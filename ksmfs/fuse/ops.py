@@ -57,14 +57,12 @@ import trio
 
 from ksmfs.kernel.errors import KsmError
 from ksmfs.kfs import ROOT, ROOT_INODE, Caller, Node, TraceReader, Tree, read_stream
+from ksmfs.linux import WRITE_MAX
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GENERATION_XATTR", "WRITE_MAX", "KsmfsOperations"]
 
-# kernfs_fop_write_iter copies at most PAGE_SIZE bytes of one write(2) for the store
-# function; the caller sees a short write and retries the rest (spec §1.1, verified).
-WRITE_MAX = 4096
 
 # Top-level directory whose files follow procfs rules rather than kernfs rules
 # (chmod/chown -> EPERM, creating a name -> ENOENT).  Everything else (sys/, ksmfs/, the

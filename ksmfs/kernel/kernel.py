@@ -48,10 +48,12 @@ from .smaps import SmapsCounts, vma_smaps
 from .trace import TraceBuffer
 from .versions import DEFAULT_VERSION, get_profile
 
-MADV_MERGEABLE = 12
-MADV_UNMERGEABLE = 13
-PR_SET_MEMORY_MERGE = 67
-PR_GET_MEMORY_MERGE = 68
+from ksmfs.linux import (
+    MADV_MERGEABLE,
+    MADV_UNMERGEABLE,
+    PR_GET_MEMORY_MERGE,
+    PR_SET_MEMORY_MERGE,
+)
 
 # include/linux/threads.h: the default /proc/sys/kernel/pid_max for up to 32 CPUs, its
 # 64-bit upper bound, and the pids below which allocation never wraps (kernel/pid.c).
