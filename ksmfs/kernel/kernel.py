@@ -26,10 +26,8 @@ from .mm import (
     PTE_SWAP0,
     UNIQUE_BIT,
     VM_ACCOUNT,
-    VM_DONTEXPAND,
     VM_EXEC,
     VM_GROWSDOWN,
-    VM_HUGETLB,
     VM_MAYEXEC,
     VM_MAYREAD,
     VM_MAYSHARE,
@@ -238,20 +236,6 @@ class Kernel:
             self.ksm.ksm_enter(cmm, child.pid, child.comm)
         return child.pid
 
-    def exec(self, pid: int, comm: str | None = None, cmdline: list[str] | None = None) -> None:
-        """execve(): a new mm; MMF_VM_MERGE_ANY survives and registers it (ksm_execve)."""
-        t = self.task(pid)
-        old = self._mm(pid)
-        merge_any = old.merge_any
-        self._exit_mm(t)
-        t.mm = self._new_mm(pid)
-        if comm:
-            t.comm = comm[:15]
-        t.cmdline = cmdline or [t.comm]
-        if merge_any:
-            t.mm.merge_any = True
-            self.ksm.ksm_enter(t.mm, pid, t.comm)
-
     def exit(self, pid: int) -> None:
         t = self.task(pid)
         self._exit_mm(t)
@@ -281,45 +265,26 @@ class Kernel:
         npages: int,
         *,
         shared: bool = False,
-        file: str | None = None,
-        hugetlb: bool = False,
         name: str | None = None,
-        prot: str = "rw",
-        stack: bool = False,
-        special: bool = False,
     ) -> int:
-        """mmap(): VMAs of a process go at rising addresses with a one-page hole between
-        them, so no two are ever merged into one (the scenario layout rule)."""
+        """mmap() of ``npages`` read-write anonymous pages (MAP_SHARED: shmem).  VMAs of a
+        process go at rising addresses with a one-page hole between them, so no two are
+        ever merged into one (the scenario layout rule).  ``name`` labels the VMA in maps
+        (as prctl(PR_SET_VMA_ANON_NAME) or a path would)."""
         mm = self._mm(pid)
         if npages <= 0 or npages > (1 << 40):
             raise KsmError(errno.EINVAL, f"mmap: bad length {npages} pages")
-        flags = VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
-        if "r" in prot:
-            flags |= VM_READ
-        if "w" in prot:
-            flags |= VM_WRITE
-        if "x" in prot:
-            flags |= VM_EXEC
+        flags = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
         kind = FRAME_ANON
         if shared:
             flags |= VM_SHARED | VM_MAYSHARE
-            kind = FRAME_SHMEM if file is None else FRAME_FILE
-        elif file is not None:
-            kind = FRAME_FILE
-        elif "w" in prot:
+            kind = FRAME_SHMEM
+        else:
             flags |= VM_ACCOUNT
-        if hugetlb:
-            flags |= VM_HUGETLB
-        if stack:
-            flags |= VM_GROWSDOWN
-        if special:
-            flags |= VM_DONTEXPAND
         addr = mm.next_addr
         mm.next_addr = addr + (npages + 1) * PAGE_SIZE
         base = self._reserve(mm, npages)
-        vma = Vma(addr, npages, flags, base, name if name is not None else file, kind=kind)
-        if file is not None:
-            vma.dev, vma.inode = (0xFE, 0x00), 1000 + (hash(file) & 0xFFFFF)
+        vma = Vma(addr, npages, flags, base, name, kind=kind)
         # 6.16+ ksm_vma_flags(): under MERGE_ANY a new compatible VMA is born mergeable and
         # the mm is (re-)registered
         if mm.merge_any and vma.ksm_compatible:
@@ -328,11 +293,6 @@ class Kernel:
                 self.ksm.ksm_enter(mm, pid, self.tasks[pid].comm)
         mm.vmas.append(vma)
         mm.vmas.sort(key=lambda v: v.start)
-        if file is not None:
-            # page cache pages of the file are mapped (read) but stay clean and not anon
-            tokens = np.arange(npages, dtype=np.uint64) + np.uint64((hash(file) & 0xFFFF) << 32) + np.uint64(1)
-            frames = self.mem.alloc_frames(tokens, FRAME_FILE)
-            self.mem.pte.a[base : base + npages] = frames
         return addr
 
     def _find_range(self, mm: MM, addr: int, npages: int, what: str) -> list[tuple[Vma, int, int]]:
@@ -717,6 +677,4 @@ __all__ = [
     "PR_GET_MEMORY_MERGE",
     "PR_SET_MEMORY_MERGE",
     "Kernel",
-    "VM_DONTEXPAND",
-    "VM_HUGETLB",
 ]

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE, PAGE_SIZE
+from ksmfs.linux import PAGE_SIZE
 
 KSM_DIR = Path("/sys/kernel/mm/ksm")
 
