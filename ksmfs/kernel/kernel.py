@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import errno
 import itertools
+import zlib
 
 import numpy as np
+
+from ksmfs.linux import (
+    MADV_MERGEABLE,
+    MADV_UNMERGEABLE,
+    PR_GET_MEMORY_MERGE,
+    PR_SET_MEMORY_MERGE,
+)
 
 from .clock import SimClock
 from .errors import KsmError
@@ -26,8 +34,10 @@ from .mm import (
     PTE_SWAP0,
     UNIQUE_BIT,
     VM_ACCOUNT,
+    VM_DONTEXPAND,
     VM_EXEC,
     VM_GROWSDOWN,
+    VM_HUGETLB,
     VM_MAYEXEC,
     VM_MAYREAD,
     VM_MAYSHARE,
@@ -46,13 +56,6 @@ from .smaps import SmapsCounts, vma_smaps
 from .trace import TraceBuffer
 from .versions import DEFAULT_VERSION, get_profile
 
-from ksmfs.linux import (
-    MADV_MERGEABLE,
-    MADV_UNMERGEABLE,
-    PR_GET_MEMORY_MERGE,
-    PR_SET_MEMORY_MERGE,
-)
-
 # include/linux/threads.h: the default /proc/sys/kernel/pid_max for up to 32 CPUs, its
 # 64-bit upper bound, and the pids below which allocation never wraps (kernel/pid.c).
 PID_MAX_DEFAULT = 0x8000
@@ -61,6 +64,18 @@ RESERVED_PIDS = 300
 FIRST_PID = 100  # simulated tasks start here: lower pids belong to the boot
 
 DEFAULT_MEM_TOTAL = 16 << 30
+
+# install_pages() page kinds
+INSTALL_NONE = 0
+INSTALL_ANON = 1
+INSTALL_FILE = 2
+INSTALL_SWAP = 3
+
+
+def _file_id(path: str) -> int:
+    """A number for a mapped file's name, the same in every run (its inode number and page
+    contents derive from it; Python's hash() of a str is salted per process)."""
+    return zlib.crc32(path.encode())
 
 
 class Kernel:
@@ -72,7 +87,10 @@ class Kernel:
         nr_nodes: int = 1,
         mem_total: int = DEFAULT_MEM_TOTAL,
         swap_total: int = 4 << 30,
+        exact: bool = False,
     ) -> None:
+        """``exact``: ksmd handles every page on its own (cmp_and_merge_page() in visit
+        order, no vector shortcuts): slow, the reference for the fast path."""
         self.version = get_profile(version)
         if nr_nodes < 1 or nr_nodes > 64:
             raise KsmError(errno.EINVAL, f"nr_nodes must be 1..64, not {nr_nodes}")
@@ -91,6 +109,7 @@ class Kernel:
         self.total_forks = FIRST_PID - 1  # forks since boot (/proc/stat "processes")
         self._mm_ids = itertools.count(1)
         self._next_unique = 1
+        self._install_frames: dict[int, int] = {}  # install_pages() share name -> frame
         self.ksm = Ksm(
             self.mem,
             self.trace,
@@ -99,6 +118,7 @@ class Kernel:
             self.mm_ids_of,
             self.mms,
             self.version,
+            exact=exact,
         )
 
     # ------------------------------------------------------------------ clock and ksmd
@@ -265,26 +285,63 @@ class Kernel:
         npages: int,
         *,
         shared: bool = False,
+        file: str | None = None,
+        hugetlb: bool = False,
         name: str | None = None,
+        prot: str = "rw",
+        stack: bool = False,
+        special: bool = False,
+        extra_flags: int = 0,
+        addr: int | None = None,
+        populate: bool = True,
     ) -> int:
-        """mmap() of ``npages`` read-write anonymous pages (MAP_SHARED: shmem).  VMAs of a
-        process go at rising addresses with a one-page hole between them, so no two are
-        ever merged into one (the scenario layout rule).  ``name`` labels the VMA in maps
-        (as prctl(PR_SET_VMA_ANON_NAME) or a path would)."""
+        """mmap(): VMAs of a process go at rising addresses with a one-page hole between
+        them, so no two are ever merged into one (the scenario layout rule).
+
+        ``addr`` places the VMA there instead (MAP_FIXED_NOREPLACE: EEXIST over another
+        VMA); ``extra_flags`` adds VM_* bits such as VM_IO or VM_PFNMAP (a VMA rebuilt
+        from another machine's VmFlags); ``populate=False`` leaves a file mapping's pages
+        unmapped (for :meth:`install_pages`)."""
         mm = self._mm(pid)
         if npages <= 0 or npages > (1 << 40):
             raise KsmError(errno.EINVAL, f"mmap: bad length {npages} pages")
-        flags = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+        if addr is not None:
+            if addr % PAGE_SIZE or addr <= 0:
+                raise KsmError(errno.EINVAL, f"mmap: address {addr:#x} is not page aligned")
+            end = addr + npages * PAGE_SIZE
+            if any(v.start < end and addr < v.end for v in mm.vmas):
+                raise KsmError(errno.EEXIST, f"mmap: [{addr:#x}, {end:#x}) overlaps a mapping")
+        flags = VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+        if "r" in prot:
+            flags |= VM_READ
+        if "w" in prot:
+            flags |= VM_WRITE
+        if "x" in prot:
+            flags |= VM_EXEC
         kind = FRAME_ANON
         if shared:
             flags |= VM_SHARED | VM_MAYSHARE
-            kind = FRAME_SHMEM
-        else:
+            kind = FRAME_SHMEM if file is None else FRAME_FILE
+        elif file is not None:
+            kind = FRAME_FILE
+        elif "w" in prot:
             flags |= VM_ACCOUNT
-        addr = mm.next_addr
-        mm.next_addr = addr + (npages + 1) * PAGE_SIZE
+        if hugetlb:
+            flags |= VM_HUGETLB
+        if stack:
+            flags |= VM_GROWSDOWN
+        if special:
+            flags |= VM_DONTEXPAND
+        flags |= extra_flags & ~VM_MERGEABLE  # VM_MERGEABLE only through madvise/prctl
+        if addr is None:
+            addr = mm.next_addr
+            mm.next_addr = addr + (npages + 1) * PAGE_SIZE
+        else:
+            mm.next_addr = max(mm.next_addr, addr + (npages + 1) * PAGE_SIZE)
         base = self._reserve(mm, npages)
-        vma = Vma(addr, npages, flags, base, name, kind=kind)
+        vma = Vma(addr, npages, flags, base, name if name is not None else file, kind=kind)
+        if file is not None:
+            vma.dev, vma.inode = (0xFE, 0x00), 1000 + (_file_id(file) & 0xFFFFF)
         # 6.16+ ksm_vma_flags(): under MERGE_ANY a new compatible VMA is born mergeable and
         # the mm is (re-)registered
         if mm.merge_any and vma.ksm_compatible:
@@ -293,6 +350,11 @@ class Kernel:
                 self.ksm.ksm_enter(mm, pid, self.tasks[pid].comm)
         mm.vmas.append(vma)
         mm.vmas.sort(key=lambda v: v.start)
+        if file is not None and populate:
+            # page cache pages of the file are mapped (read) but stay clean and not anon
+            tokens = np.arange(npages, dtype=np.uint64) + np.uint64((_file_id(file) & 0xFFFF) << 32) + np.uint64(1)
+            frames = self.mem.alloc_frames(tokens, FRAME_FILE)
+            self.mem.pte.a[base : base + npages] = frames
         return addr
 
     def _find_range(self, mm: MM, addr: int, npages: int, what: str) -> list[tuple[Vma, int, int]]:
@@ -425,6 +487,59 @@ class Kernel:
         idx = np.flatnonzero(new)
         mem.pte.a[g0 + idx] = frames
         self.ksm.put_frames(old.astype(np.int32))
+
+    def install_pages(
+        self,
+        pid: int,
+        addr: int,
+        kinds: np.ndarray,
+        tokens: np.ndarray,
+        share: np.ndarray | None = None,
+    ) -> None:
+        """Map pages as another machine's page tables had them (a capture), into a range
+        whose pages are not mapped yet: per page ``kinds`` is INSTALL_NONE (no PTE, or the
+        shared zero page: ksmd never sees it), INSTALL_ANON (an anonymous page holding
+        ``tokens[i]``, also inside a private file mapping: a COW'd page),
+        INSTALL_FILE (a page-cache page) or INSTALL_SWAP (swapped out). ``share[i] > 0``
+        names a frame: anonymous pages with the same name, in this call or an earlier one,
+        map one frame, as pages still shared copy-on-write after fork() do."""
+        mm = self._mm(pid)
+        kinds = np.asarray(kinds, dtype=np.uint8)
+        tokens = np.asarray(tokens, dtype=np.uint64)
+        if kinds.shape != tokens.shape or (share is not None and share.shape != kinds.shape):
+            raise KsmError(errno.EINVAL, "install_pages: kinds, tokens and share differ in length")
+        if kinds.shape[0] and int(kinds.max()) > INSTALL_SWAP:
+            raise KsmError(errno.EINVAL, f"install_pages: unknown page kind {int(kinds.max())}")
+        mem = self.mem
+        done = 0
+        for v, lo, cnt in self._find_range(mm, addr, kinds.shape[0], "install_pages"):
+            g0 = v.base + lo
+            if np.any(mem.pte.a[g0 : g0 + cnt] != PTE_NONE):
+                raise KsmError(errno.EEXIST, f"install_pages: {v.start:#x} has mapped pages")
+            k = kinds[done : done + cnt]
+            t = tokens[done : done + cnt]
+            anon = k == INSTALL_ANON
+            if share is not None:
+                sh = share[done : done + cnt]
+                shared = anon & (sh > 0)
+                anon &= ~shared
+                for i in np.flatnonzero(shared).tolist():
+                    key = int(sh[i])
+                    fr = self._install_frames.get(key)
+                    if fr is None:
+                        fr = int(mem.alloc_frames(t[i : i + 1], FRAME_ANON, self._nid(mm))[0])
+                        self._install_frames[key] = fr
+                    else:
+                        mem.fmap.a[fr] += 1
+                    mem.pte.a[g0 + i] = fr
+            for sel, kind in ((anon, FRAME_ANON), (k == INSTALL_FILE, FRAME_FILE)):
+                idx = np.flatnonzero(sel)
+                if idx.shape[0]:
+                    fk = FRAME_SHMEM if v.kind == FRAME_SHMEM and kind == FRAME_ANON else kind
+                    mem.pte.a[g0 + idx] = mem.alloc_frames(t[idx], fk, self._nid(mm))
+            for i in np.flatnonzero(k == INSTALL_SWAP).tolist():
+                mem.pte.a[g0 + i] = PTE_SWAP0 - mem.alloc_swap(int(t[i]), 1)
+            done += cnt
 
     def _nid(self, mm: MM) -> int:
         return mm.owner_pid % self.mem.nr_nodes
@@ -672,9 +787,15 @@ class Kernel:
 
 
 __all__ = [
+    "INSTALL_ANON",
+    "INSTALL_FILE",
+    "INSTALL_NONE",
+    "INSTALL_SWAP",
     "MADV_MERGEABLE",
     "MADV_UNMERGEABLE",
     "PR_GET_MEMORY_MERGE",
     "PR_SET_MEMORY_MERGE",
     "Kernel",
+    "VM_DONTEXPAND",
+    "VM_HUGETLB",
 ]

@@ -12,7 +12,6 @@ when stdout is not a terminal, with ``--json`` (stdout) or ``--json FILE``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -21,7 +20,18 @@ from typing import IO, Any
 
 from ksmfs.linux import DEFAULT_VERSION
 from ksmfs.scenario.loader import ScenarioError, list_builtin, load_scenario
-from ksmfs.scenario.model import Scenario
+from ksmfs.scenario.model import (
+    Exit,
+    Fork,
+    Madvise,
+    MergeAny,
+    Munmap,
+    Scenario,
+    Spawn,
+    Step,
+    Sysfs,
+    Write,
+)
 
 EXIT_OK = 0
 EXIT_FAIL = 1  # the run failed, or `diff` found differences
@@ -45,32 +55,28 @@ def _say(command: str, message: str) -> None:
     print(f"ksmfs {command}: {' '.join(message.split())}", file=sys.stderr)
 
 
-def step_label(step: Any) -> str:
+def step_label(step: Step) -> str:
     """A step as a short phrase for the table and the plots: ``write vm-0 ram 0+100 unique``,
     ``run=2``, ``exit vm-1``, ``spawn late-0 late-1``."""
-    action = str(getattr(step, "action", type(step).__name__))
-    args = getattr(step, "args", step)
-    if dataclasses.is_dataclass(args) and not isinstance(args, type):
-        args = {f.name: getattr(args, f.name) for f in dataclasses.fields(args)}
-    words: list[str] = []
-    if isinstance(args, dict):
-        if action == "sysfs":  # a knob write reads best as itself: run=2
-            return " ".join(f"{k}={v}" for k, v in args.items())
-        else:
-            for key in ("process", "vma"):
-                if key in args:
-                    words.append(str(args[key]))
-            if "first" in args and "count" in args:
-                words.append(f"{args['first']}+{args['count']}")
-            segment = args.get("segment")
-            if segment is not None:
-                words.append(str(getattr(segment, "spec", segment)))
-            for key in ("advice", "enable"):
-                if key in args:
-                    words.append(str(args[key]).lower())
-    elif isinstance(args, (tuple, list)):
-        words = [str(getattr(a, "name", a)) for a in args]
-    return " ".join([action, *words])
+    a = step.action
+    if isinstance(a, Sysfs):  # a knob write reads best as itself: run=2
+        return " ".join(f"{k}={v}" for k, v in a.values)
+    if isinstance(a, Write):
+        return f"write {a.process} {a.vma} {a.first}+{a.count} {a.segment.spec}"
+    if isinstance(a, Madvise):
+        rng = "" if a.first == 0 and a.count is None else f" {a.first}+{a.count or 'end'}"
+        return f"madvise {a.process} {a.vma}{rng} {a.advice}"
+    if isinstance(a, Munmap):
+        return f"munmap {a.process} {a.vma} {a.first}+{a.count}"
+    if isinstance(a, Fork):
+        return f"fork {a.process} {a.child.name}"
+    if isinstance(a, MergeAny):
+        return f"merge_any {a.process} {'on' if a.enable else 'off'}"
+    if isinstance(a, Exit):
+        return f"exit {a.process}"
+    if isinstance(a, Spawn):
+        return "spawn " + " ".join(p.name for p in a.processes)
+    return a.kind
 
 
 def steps_by_scan(scenario: Scenario) -> dict[int, list[str]]:

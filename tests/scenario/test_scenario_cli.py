@@ -179,21 +179,23 @@ def _on_a_terminal(argv: list[str], stdout: bool = False) -> str:
     """Run `ksmfs ARGV` with stderr (and stdout, if asked) on a terminal; what it showed."""
     master, slave = pty.openpty()
     env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
-    proc = subprocess.run(
+    # Read the terminal while the command runs: a full pty buffer would block its writes.
+    proc = subprocess.Popen(
         [sys.executable, "-m", "ksmfs", *argv],
-        stderr=slave, stdout=slave if stdout else subprocess.PIPE, timeout=120, env=env,
+        stderr=slave, stdout=slave if stdout else subprocess.DEVNULL, env=env,
     )
     os.close(slave)
     shown = b""
     while True:
         try:
             chunk = os.read(master, 65536)
-        except OSError:
+        except OSError:  # EIO: the last holder of the terminal's other side is gone
             break
         if not chunk:
             break
         shown += chunk
     os.close(master)
+    proc.wait(timeout=120)
     assert proc.returncode == 0
     return shown.decode()
 
