@@ -11,6 +11,9 @@ real KSM and no long test runs. Two markers are opt-in:
   test). They run only with ``--run-slow``.
 
 ``.ci/run`` passes both flags.
+
+pytest puts the folder of this file (tests/) on sys.path, so every tier imports the one
+table of answers measured on the live kernel, ksm_cases.py, instead of keeping a copy.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ksmfs.linux import DEFAULT_VERSION
+
 if TYPE_CHECKING:
     from ksmfs.fuse.ops import KsmfsOperations
     from ksmfs.kernel import Kernel
@@ -60,7 +62,7 @@ class MountConfig:
     """Everything ``serve()`` needs; ``from_args`` maps the CLI's namespace onto it."""
 
     mountpoint: str
-    kernel_version: str = "6.18"
+    kernel_version: str = DEFAULT_VERSION
     scenario: str | None = None
     speed: float = 1.0
     allow_other: bool = False
@@ -71,7 +73,7 @@ class MountConfig:
     def from_args(cls, args: argparse.Namespace) -> MountConfig:
         return cls(
             mountpoint=os.path.realpath(args.mountpoint),
-            kernel_version=getattr(args, "kernel", None) or "6.18",
+            kernel_version=getattr(args, "kernel", None) or DEFAULT_VERSION,
             scenario=getattr(args, "scenario", None),
             speed=float(getattr(args, "speed", 1.0)),
             allow_other=bool(getattr(args, "allow_other", False)),
