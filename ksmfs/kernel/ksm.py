@@ -251,7 +251,9 @@ class Ksm:
         return bool(self.run & KSM_RUN_MERGE) and bool(self.mm_list)
 
     # ------------------------------------------------------------------ tracing helpers
-    def _emit(self, event: str, pid: int | None = None, comm: str = "ksmd", **fields: object) -> None:
+    def _emit(
+        self, event: str, pid: int | None = None, comm: str = "ksmd", **fields: object
+    ) -> None:
         """Record an event in ``pid``'s context; by default in the context the kernel runs
         in now: the writer of a store (trace.current, e.g. run_store's unmerge) or ksmd."""
         if self.trace.want(event):

@@ -663,7 +663,8 @@ def _filter_specs(event: str) -> FileSpec:
         try:
             _apply_filter(k, event, _filter_arg(data))
         except FilterError as e:
-            raise KsmError(e.errno, f"events/ksm/{event}/filter: {e.text(_filter_arg(data))!r}") from None
+            shown = e.text(_filter_arg(data))
+            raise KsmError(e.errno, f"events/ksm/{event}/filter: {shown!r}") from None
         return len(data)
 
     return FileSpec("filter", RW, TRACE_SIZE, show, store)
@@ -737,10 +738,13 @@ def _trigger_specs(event: str) -> FileSpec:
         remove, trig = _parse_trigger(k, event, text)
         current = k.trace.triggers.get(event, [])
         if remove:
-            left = [t for t in current if not (t.command == trig.command and t.target == trig.target)]
+            left = [t for t in current
+                    if not (t.command == trig.command and t.target == trig.target)]
         else:
             if any(_same_kind(t, trig) for t in current):
-                raise KsmError(errno.EEXIST, f"events/ksm/{event}/trigger: {trig.command} is already set")
+                raise KsmError(
+                    errno.EEXIST, f"events/ksm/{event}/trigger: {trig.command} is already set"
+                )
             left = [trig, *current]
         if left:
             k.trace.triggers[event] = left
