@@ -275,9 +275,18 @@ def _events(k: Kernel) -> list[str]:
     return [e for e in k.version.trace_events if e in EVENT_IDS]
 
 
+def _soft_mode(k: Kernel, event: str) -> bool:
+    """EVENT_FILE_FL_SOFT_MODE: an event with triggers, or the target of an
+    enable_event/disable_event trigger, keeps its tracepoint on while not enabled."""
+    if event in k.trace.triggers:
+        return True
+    return any(t.target == event for ts in k.trace.triggers.values() for t in ts)
+
+
 def show_system_enable(k: Kernel, pid: int | None = None) -> bytes:
-    """system_enable_read(): 0 none, 1 all, X mixed."""
-    states = {e in k.trace.enabled for e in _events(k)}
+    """system_enable_read(): 0 none, 1 all, X mixed -- of EVENT_FILE_FL_ENABLED, which
+    soft mode sets too [live: one trigger on ksm_start_scan makes it X]."""
+    states = {e in k.trace.enabled or _soft_mode(k, e) for e in _events(k)}
     if states == {True}:
         return b"1\n"
     if states == {False} or not states:
@@ -309,7 +318,7 @@ def store_system_enable(k: Kernel, pid: int | None, data: bytes) -> int:
 # The parser follows predicate_parse() / parse_pred() step by step, because the error text
 # the filter file shows afterwards points with a caret at the position the kernel reached.
 FILT_ERRORS = {
-    "INVALID_OP": "Illegal operation for field type",
+    "INVALID_OP": "Invalid operator",
     "TOO_MANY_OPEN": "Too many '('",
     "TOO_MANY_CLOSE": "Too few '('",
     "MISSING_QUOTE": "Missing matching quote",
@@ -557,13 +566,14 @@ def parse_filter(event: str, text: str) -> Callable[[int, str, dict], bool]:
             if c != ")":
                 raise FilterError(errno.EPERM, "TOO_MANY_PREDS", nxt)
             if depth == 0:
-                raise FilterError(errno.EPERM, "TOO_MANY_CLOSE", ptr)
+                raise FilterError(errno.EPERM, "TOO_MANY_CLOSE", nxt)
             depth -= 1
             out.append(")")
         if c == "\0":
             break
     if depth:
-        raise FilterError(errno.EPERM, "TOO_MANY_OPEN", ptr)
+        # live 6.18: ENOENT, the caret at the start
+        raise FilterError(errno.ENOENT, "TOO_MANY_OPEN", 0)
     if not any(callable(t) for t in out):
         raise FilterError(errno.EINVAL)
     return _compile(out)
@@ -757,7 +767,9 @@ def _trigger_specs(event: str) -> FileSpec:
 
 def _event_specs(event: str) -> list[FileSpec]:
     def show_enable(k: Kernel, pid: int | None = None) -> bytes:
-        return b"1\n" if event in k.trace.enabled else b"0\n"
+        # event_enable_read(): "1" when recording, "*" appended in soft mode
+        text = "1" if event in k.trace.enabled else "0"
+        return (text + ("*" if _soft_mode(k, event) else "") + "\n").encode()
 
     def store_enable(k: Kernel, pid: int | None, data: bytes) -> int:
         if not data:
