@@ -58,6 +58,18 @@ SCENARIOS: dict[str, tuple[list[tuple], set[tuple[str, str]]]] = {
         ("spawn", "a", 100, "cycle:25"), ("spawn", "b", 100, "cycle:25"), SCAN, SCAN,
         ("knob", "run", 2), SCAN, SCAN,
     ], {("writer", "ksm_remove_rmap_item"), ("writer", "ksm_remove_ksm_page")}),
+    # triggers and a filter written as tools write them: traceoff (with or without a
+    # condition) acts after its own record; a filter drops lines
+    "triggers": ([
+        ("spawn", "a", 10, "cycle:5"), SCAN,
+        ("tracefs_write", "events/ksm/ksm_start_scan/filter", "seq != 1 && comm == \"ksmd\""),
+        ("tracefs_write", "events/ksm/ksm_stop_scan/trigger", "traceoff if seq > 1"), SCAN,
+        ("tracefs_write", "events/ksm/ksm_start_scan/filter", "0"),
+        ("write", "a", 0, 5, "unique"), SCAN, SCAN,
+        ("tracefs_write", "tracing_on", "1"),
+        ("tracefs_write", "events/ksm/ksm_start_scan/trigger", "traceoff:1"), SCAN,
+        ("tracefs_write", "tracing_on", "1"), ("write", "a", 5, 5, "value:9"), SCAN, SCAN,
+    ], {("ksmd", "ksm_stop_scan"), ("ksmd", "ksm_remove_ksm_page")}),
     # a process spawned with merge_any (ksm_enter at its prctl), zero pages, merge_any off
     "merge-any": ([
         ("knob", "use_zero_pages", 1),

@@ -5,7 +5,6 @@ has overflowed."""
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import stat
@@ -18,7 +17,13 @@ from ksmfs.kfs.tracefs import NR_CPUS, TRACE_HEADER
 from ksmfs.scenario.realkernel import MADV_MERGEABLE
 
 from .conftest import PacedKsm
-from .trace_support import ksmfs_mount, live_tracefs
+from .trace_support import (
+    event_dirs,
+    ksmfs_mount,
+    live_tracefs,
+    reset_events,
+    write_file,
+)
 
 # (file under events/ksm, bytes written): filters and triggers as tools (trace-cmd, perf,
 # shell one-liners) write them, valid and invalid; files are compared after each write.
@@ -68,43 +73,15 @@ WRITES: list[tuple[str, bytes]] = [
 ]
 
 
-def _write(path: Path, data: bytes) -> str:
-    """One open (O_WRONLY, no O_TRUNC: triggers append) and one write; the outcome."""
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        return f"ok {os.write(fd, data)}"
-    except OSError as e:
-        return errno.errorcode[e.errno or 0]
-    finally:
-        os.close(fd)
-
-
-def _event_dirs(events: Path) -> list[str]:
-    return sorted(p.name for p in events.iterdir() if p.is_dir())
-
-
 def _files(events: Path) -> dict[str, bytes]:
     """Every filter, trigger and enable file of events/ksm and its contents."""
     out = {}
     for rel in ("enable", "filter"):
         out[rel] = (events / rel).read_bytes()
-    for ev in _event_dirs(events):
+    for ev in event_dirs(events):
         for name in ("enable", "filter", "trigger"):
             out[f"{ev}/{name}"] = (events / ev / name).read_bytes()
     return out
-
-
-def _reset(events: Path) -> None:
-    """Filters off, triggers removed (as "!" lines), events off."""
-    _write(events / "filter", b"0\n")
-    for ev in _event_dirs(events):
-        _write(events / ev / "filter", b"0\n")
-        for line in (events / ev / "trigger").read_text().splitlines():
-            if line.startswith("#") or not line:
-                continue
-            name = re.sub(r":(unlimited|count=\d+)( if .*)?$", "", line)
-            _write(events / ev / "trigger", f"!{name}\n".encode())
-    _write(events / "enable", b"0\n")
 
 
 @pytest.mark.realkernel
@@ -114,9 +91,9 @@ def test_filter_and_trigger_files_match_the_live_tracefs(tmp_path: Path) -> None
         live = live_root / "events" / "ksm"
         ours = mnt / "sys" / "kernel" / "tracing" / "events" / "ksm"
         try:
-            _reset(live)
-            _reset(ours)
-            for rel in ("", *_event_dirs(live)):
+            reset_events(live)
+            reset_events(ours)
+            for rel in ("", *event_dirs(live)):
                 names = sorted(os.listdir(live / rel))
                 assert sorted(os.listdir(ours / rel)) == names, rel
                 for name in names:
@@ -124,13 +101,13 @@ def test_filter_and_trigger_files_match_the_live_tracefs(tmp_path: Path) -> None
                     assert stat.S_IMODE(b.st_mode) == stat.S_IMODE(a.st_mode), f"{rel}/{name}"
             assert _files(ours) == _files(live)
             for rel, data in WRITES:
-                got = (_write(ours / rel, data), _files(ours))
-                want = (_write(live / rel, data), _files(live))
+                got = (write_file(ours / rel, data), _files(ours))
+                want = (write_file(live / rel, data), _files(live))
                 assert got[0] == want[0], f"write {data!r} to {rel}"
                 for name, text in want[1].items():
                     assert got[1][name] == text, f"after {data!r} to {rel}: {name}"
         finally:
-            _reset(live)
+            reset_events(live)
 
 
 @pytest.mark.realkernel

@@ -14,6 +14,7 @@ the same mm, by an earlier merge line of the same side.  The context is "ksmd", 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -215,6 +216,10 @@ class RealSide:
     def knob(self, knob: str, value: int) -> None:
         self.sysfs.write(knob, value)
 
+    def tracefs_write(self, rel: str, text: str) -> None:
+        outcome = write_file(self.tracefs / rel, text.encode())
+        assert outcome.startswith("ok"), f"{rel}: writing {text!r}: {outcome}"
+
     def full_scan(self) -> None:
         ran, _ = self.pacer.full_scan()
         assert ran, "the real ksmd had nothing to scan (a scenario must keep an mm registered)"
@@ -246,11 +251,8 @@ class MountSide:
         self.canon = Canon({os.getpid(): "writer"})
 
     def _write(self, path: Path, text: str) -> None:
-        fd = os.open(path, os.O_WRONLY)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
+        outcome = write_file(path, text.encode())
+        assert outcome.startswith("ok"), f"{path}: writing {text!r}: {outcome}"
 
     def control(self, line: str) -> str:
         self._write(self.mnt / "ksmfs" / "control", line + "\n")
@@ -283,6 +285,10 @@ class MountSide:
     def knob(self, knob: str, value: int) -> None:
         self._write(self.ksm / knob, f"{value}\n")
 
+    def tracefs_write(self, rel: str, text: str) -> None:
+        outcome = write_file(self.tracefs / rel, text.encode())
+        assert outcome.startswith("ok"), f"{rel}: writing {text!r}: {outcome}"
+
     def full_scan(self, timeout: float = 60.0) -> None:
         before = (self.ksm / "full_scans").read_text()
         self.knob("run", 1)
@@ -307,6 +313,35 @@ class MountSide:
 
 
 # -- mounts --------------------------------------------------------------------------------
+def write_file(path: Path, data: bytes) -> str:
+    """One open (O_WRONLY, no O_TRUNC: trigger files append) and one write; the outcome
+    as "ok N" or the errno's name."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        return f"ok {os.write(fd, data)}"
+    except OSError as e:
+        return errno.errorcode[e.errno or 0]
+    finally:
+        os.close(fd)
+
+
+def event_dirs(events: Path) -> list[str]:
+    return sorted(p.name for p in events.iterdir() if p.is_dir())
+
+
+def reset_events(events: Path) -> None:
+    """Filters off, triggers removed (as "!" lines), events off."""
+    write_file(events / "filter", b"0\n")
+    for ev in event_dirs(events):
+        write_file(events / ev / "filter", b"0\n")
+        for line in (events / ev / "trigger").read_text().splitlines():
+            if line.startswith("#") or not line:
+                continue
+            name = re.sub(r":(unlimited|count=\d+)( if .*)?$", "", line)
+            write_file(events / ev / "trigger", f"!{name}\n".encode())
+    write_file(events / "enable", b"0\n")
+
+
 @contextlib.contextmanager
 def live_tracefs() -> Iterator[Path]:
     """The machine's tracefs with every ksm event on and an empty buffer; afterwards the
@@ -333,7 +368,8 @@ def live_tracefs() -> Iterator[Path]:
         yield TRACEFS
     finally:
         with contextlib.suppress(OSError):
-            enable.write_text("0\n")
+            reset_events(TRACEFS / "events" / "ksm")
+            (TRACEFS / "tracing_on").write_text("1\n")
             os.close(os.open(TRACEFS / "trace", os.O_WRONLY | os.O_TRUNC))
         if mounted_here:
             subprocess.run(["umount", str(TRACEFS)], capture_output=True)
