@@ -1178,8 +1178,11 @@ class Ksm:
             kpfn = int(self.node_kfn.a[n])
         if self.trace.want("ksm_remove_rmap_item") and ln > 1:
             items = hlist if hlist is not None else self._hlists([n]).get(n, [])
-            for gi in items[:-1]:
-                self._emit("ksm_remove_rmap_item", pfn=kpfn, rmap_item=gi, mm=self._mmid(gi))
+            named = items[:-1]
+            if named:
+                mms = self._mm_by_gpid(np.asarray(named, dtype=np.int64)).tolist()
+                for gi, mi in zip(named, mms):
+                    self._emit("ksm_remove_rmap_item", pfn=kpfn, rmap_item=gi, mm=mi)
         self._emit("ksm_remove_ksm_page", pfn=kpfn)
         kfn = int(self.node_kfn.a[n])
         if kfn >= 0 and self.mem.fnode.a[kfn] == n:
