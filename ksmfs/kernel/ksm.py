@@ -126,8 +126,13 @@ class Ksm:
         mm_by_gpid: Callable[[np.ndarray], np.ndarray],
         mms: dict[int, MM],
         profile: object,
+        exact: bool = False,
     ) -> None:
         self.mem = mem
+        # exact: every visited page goes through cmp_and_merge_page() one at a time, in
+        # visit order, with real rbtree walks (the reference the vector path is tested
+        # against, tests/kernel/test_oracle.py)
+        self.exact = exact
         self.trace = trace
         self._clock_ns = clock_ns
         self._advance_ns = advance_ns
@@ -202,6 +207,8 @@ class Ksm:
         self.chain_ivl_ver = GrowArray(np.int64, -1)  # rb version it was computed at
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
+        # trace records of vector merges: (visit position, order, event, fields)
+        self._trace_queue: list[tuple[int, int, str, dict[str, object]]] = []
 
     # ------------------------------------------------------------------ derived counters
     @property
@@ -541,7 +548,7 @@ class Ksm:
             if not rest.any():
                 return
             g, f, kind, ksm, fl = g[rest], f[rest], kind[rest], ksm[rest], fl[rest]
-        if self._tree_has_special() or self._detaches_from_chain(g, fl, ksm):
+        if self.exact or self._tree_has_special() or self._detaches_from_chain(g, fl, ksm):
             # searches have side effects now: every page in visit order, walks included
             for i, gi in enumerate(g.tolist()):
                 self._pos = i
@@ -621,17 +628,32 @@ class Ksm:
         if gbk.shape[0]:
             z = (tbk == 0) & bool(self.use_zero_pages)
             if z.any():
-                self._merge_with_zero_page(gbk[z])
+                self._merge_with_zero_page(gbk[z], np.flatnonzero(bulk)[keep][z])
             rest = gbk[~z]
             if rest.shape[0]:
                 # unstable_tree_search_insert() that cannot find a match: insert
                 self._insert_unstable_bulk(rest)
         if plans or app_pos.shape[0]:
             self._merge_groups(g, plans, app_pos, app_nodes, app_group_nodes)
-        # in order: everything whose outcome depends on other pages of the same content
+        # in order: everything whose outcome depends on other pages of the same content;
+        # the trace records of the vector merges are written at their pages' places
         for i in np.flatnonzero(in_order).tolist():
             self._pos = i
+            self._flush_trace(i)
             self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
+        self._flush_trace(None)
+
+    def _flush_trace(self, before: int | None) -> None:
+        """Write the queued records of vector merges at visit positions < ``before``
+        (all of them for None), in visit order."""
+        q = self._trace_queue
+        if not q:
+            return
+        q.sort(key=lambda e: (e[0], e[1]))
+        k = len(q) if before is None else next((j for j, e in enumerate(q) if e[0] >= before), len(q))
+        for _, _, event, fields in q[:k]:
+            self._emit(event, **fields)
+        del q[:k]
 
     def _classify_groups(
         self, g: np.ndarray, f: np.ndarray, pos_c: np.ndarray, tok_c: np.ndarray, forced: set[int]
@@ -888,9 +910,12 @@ class Ksm:
             rows = np.concatenate(hl, axis=1)
             self._note_appends(rows[2][np.lexsort((rows[1], rows[0]))])
         if events:
-            for _, _, gi, kpage, pfn in sorted(events, key=lambda e: (e[0], e[1])):
-                self._emit("ksm_merge_with_ksm_page", ksm_page=kpage, pfn=pfn, rmap_item=gi,
-                           mm=self._mmid(gi), err=0)
+            # written by _flush_trace() at their places among the page-by-page merges
+            self._trace_queue += [
+                (pos, order, "ksm_merge_with_ksm_page",
+                 {"ksm_page": kpage, "pfn": pfn, "rmap_item": gi, "mm": self._mmid(gi), "err": 0})
+                for pos, order, gi, kpage, pfn in events
+            ]
 
     def _insert_unstable_bulk(self, g: np.ndarray) -> None:
         mem = self.mem
@@ -958,7 +983,7 @@ class Ksm:
         mem.fmap.a[kfn] += 1
         self.put_frames(np.array([old], dtype=np.int32))
 
-    def _merge_with_zero_page(self, g: np.ndarray) -> None:
+    def _merge_with_zero_page(self, g: np.ndarray, pos: np.ndarray | None = None) -> None:
         """try_to_merge_with_zero_page(): map the shared zero page, dirty-tagged as KSM's."""
         mem = self.mem
         old = mem.pte.a[g].copy()
@@ -969,8 +994,14 @@ class Ksm:
         for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
             self._mms[int(mmid)].ksm_zero_pages += int(cnt)
         if self.trace.want("ksm_merge_one_page"):
-            for gi, mi in zip(g.tolist(), mmids.tolist()):
-                self._emit("ksm_merge_one_page", pfn=0, rmap_item=gi, mm=mi, err=0)
+            if pos is None:
+                for gi, mi in zip(g.tolist(), mmids.tolist()):
+                    self._emit("ksm_merge_one_page", pfn=0, rmap_item=gi, mm=mi, err=0)
+            else:  # a vector merge: written at the pages' places (_flush_trace)
+                self._trace_queue += [
+                    (p, 0, "ksm_merge_one_page", {"pfn": 0, "rmap_item": gi, "mm": mi, "err": 0})
+                    for p, gi, mi in zip(pos.tolist(), g.tolist(), mmids.tolist())
+                ]
 
     # ------------------------------------------------------------------ frames
     def put_frames(self, frames: np.ndarray) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ksmfs.kernel.trace import Trigger
 
 from ksmfs.kfs.errors import KsmError, einval
-from ksmfs.kfs.tree import FileSpec
+from ksmfs.kfs.spec import FileSpec
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
