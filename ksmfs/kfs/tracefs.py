@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ksmfs.kernel.trace import Trigger
+from ksmfs.kernel.trace import EventFilter, Trigger
 
 from ksmfs.kfs.errors import KsmError, einval
 from ksmfs.kfs.spec import FileSpec
@@ -429,7 +429,9 @@ def _glob_pred(pattern: str) -> tuple[Callable[[str], bool], bool]:
     return (lambda s: s == body), negate
 
 
-def _parse_pred(text: str, at: int, pos: int, fields: dict[str, _Field]):
+def _parse_pred(
+    text: str, at: int, pos: int, fields: dict[str, _Field]
+) -> tuple[int, EventFilter]:
     """parse_pred() on text[at:]; returns (chars consumed, predicate function)."""
     n = len(text)
 
@@ -492,7 +494,7 @@ def _parse_pred(text: str, at: int, pos: int, fields: dict[str, _Field]):
     raise FilterError(errno.EINVAL, "INVALID_VALUE", pos + i)
 
 
-def _numeric_pred(field: _Field, op: str, value: int) -> Callable[[int, str, dict], bool]:
+def _numeric_pred(field: _Field, op: str, value: int) -> EventFilter:
     """filter_pred_<OP>_<type>(): both sides cast to the field's C type."""
     bits = 8 * field.size
     mask = (1 << bits) - 1
@@ -523,7 +525,7 @@ def _numeric_pred(field: _Field, op: str, value: int) -> Callable[[int, str, dic
     return lambda pid, comm, f: compare(get(pid, f))
 
 
-def parse_filter(event: str, text: str) -> Callable[[int, str, dict], bool]:
+def parse_filter(event: str, text: str) -> EventFilter:
     """predicate_parse(): the filter string (already stripped) of ``event`` as a function
     of (pid, comm, fields); raises FilterError.  '&&' binds tighter than '||'."""
     if not text:
@@ -579,11 +581,11 @@ def parse_filter(event: str, text: str) -> Callable[[int, str, dict], bool]:
     return _compile(out)
 
 
-def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
+def _compile(tokens: list[object]) -> EventFilter:
     """The token list as one function (precedence: ! over && over ||)."""
     pos = 0
 
-    def expr_or():
+    def expr_or() -> EventFilter:
         nonlocal pos
         terms = [expr_and()]
         while pos < len(tokens) and tokens[pos] == "||":
@@ -592,7 +594,7 @@ def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
                 terms.append(expr_and())
         return terms[0] if len(terms) == 1 else (lambda p, c, f: any(t(p, c, f) for t in terms))
 
-    def expr_and():
+    def expr_and() -> EventFilter:
         nonlocal pos
         terms = [unary()]
         while pos < len(tokens) and tokens[pos] == "&&":
@@ -601,7 +603,7 @@ def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
                 terms.append(unary())
         return terms[0] if len(terms) == 1 else (lambda p, c, f: all(t(p, c, f) for t in terms))
 
-    def unary():
+    def unary() -> EventFilter:
         nonlocal pos
         tok = tokens[pos]
         pos += 1
@@ -612,7 +614,8 @@ def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
             inner = expr_or()
             pos += 1  # ')'
             return inner
-        return tok
+        assert callable(tok)
+        return tok  # type: ignore[return-value]
 
     return expr_or()
 
