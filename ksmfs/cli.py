@@ -252,7 +252,62 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list every process, also those with no KSM state",
     )
+    _add_capture_commands(add)
     return parser
+
+
+def _add_capture_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """``ksmfs capture`` and ``ksmfs estimate`` (ksmfs.capture.cli)."""
+    p = add(
+        "capture",
+        "record what KSM would see in real processes (contents as equality only)",
+        "Record, for each process, its VMAs (VmFlags), its KSM state and, per mapped page,\n"
+        "what ksmd's scan would see (not present, swapped, zero page, file page, or an\n"
+        "anonymous page). Contents are kept only as equality: a content id per page from a\n"
+        "keyed hash whose random key never leaves this process (0 = all-zero page).\n"
+        "Needs root. Format: docs/capture-format.md.",
+        _examples(
+            "sudo ksmfs capture --all -o machine.kcap",
+            "sudo ksmfs capture 1234 1240 --watch 10 -o jvms.kcap   # mark changing pages",
+            "ksmfs estimate --capture machine.kcap --assume merge-any",
+        ),
+        Target("ksmfs.capture.cli", "cmd_capture"),
+    )
+    p.add_argument("pids", metavar="PID", type=int, nargs="*", help="processes to capture")
+    p.add_argument("--all", action="store_true", help="every process but kernel threads")
+    p.add_argument("--watch", metavar="SECONDS", type=float,
+                   help="look again after SECONDS; pages that changed are volatile")
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="capture file to write")
+
+    p = add(
+        "estimate",
+        "predict what KSM would merge in real processes (or a capture)",
+        "Build the simulated kernel from a capture (taken now from PIDs or --all, or read\n"
+        "from --capture FILE), run the simulated ksmd with this machine's KSM knobs\n"
+        "(overridden by --set) until the counters stop changing, and print what it saved,\n"
+        "the counters, the full scans and ksmd time needed, and the processes that gain most.\n"
+        "--assume as-is merges only what is mergeable now; merge-any as if every process\n"
+        "had called prctl(PR_SET_MEMORY_MERGE, 1).",
+        _examples(
+            "sudo ksmfs estimate --all --assume merge-any",
+            "sudo ksmfs estimate $(pgrep java) --assume merge-any --set pages_to_scan=1000",
+            "ksmfs estimate --capture machine.kcap --json est.jsonl --plot est.png",
+        ),
+        Target("ksmfs.capture.cli", "cmd_estimate"),
+    )
+    p.add_argument("pids", metavar="PID", type=int, nargs="*", help="processes to capture now")
+    p.add_argument("--all", action="store_true", help="every process but kernel threads")
+    p.add_argument("--capture", metavar="FILE", help="a file written by `ksmfs capture`")
+    p.add_argument("--watch", metavar="SECONDS", type=float,
+                   help="with PIDs/--all: look again after SECONDS (changing pages)")
+    p.add_argument("--assume", choices=("as-is", "merge-any"), default="as-is",
+                   help="what is mergeable (default as-is)")
+    p.add_argument("--set", metavar="KNOB=VALUE", action="append",
+                   help="a KSM knob for the estimate (repeatable)")
+    p.add_argument("--json", metavar="FILE.jsonl", help="write one snapshot per full scan")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the counters (needs ksmfs[plot])")
+    p.add_argument("--max-full-scans", metavar="N", type=int, default=100,
+                   help="give up after N full scans (default 100)")
 
 
 def _missing_module_message(command: str, target: Target, e: ImportError) -> str:

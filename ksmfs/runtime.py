@@ -118,50 +118,63 @@ def fuse_options(config: MountConfig) -> set[str]:
 # -- building the kernel ----------------------------------------------------------------
 class Timeline:
     """Plays a scenario's ``[[step]]`` timeline on a mounted kernel: the steps of
-    ``after_full_scans = K`` run right after the K-th full scan that ksmd completes.
+    ``after_full_scans = K`` run right after the K-th full scan that ksmd completes, by
+    the schedule ``ksmfs run`` follows (``ksmfs.scenario.driver.steps_due``: none from
+    ``max_full_scans`` on), through the same sim backend.
 
-    While ksmd does not run (run 0 or 2, or no mm registered) further full scans are
-    *virtual*, as in the scenario contract: the pacer counts one every
-    ``sleep_millisecs`` of simulated time (:meth:`virtual_scan`), so a timeline that
-    stops ksmd and starts it again plays on.  A run=2 store resets the kernel's
-    ``full_scans``, so completed scans are counted here.
+    While ksmd does not run (run 0 or 2, pages_to_scan 0, or no mm registered) further
+    full scans are *virtual*, as in the scenario contract: the pacer counts one every
+    ``sleep_millisecs`` of simulated time (:meth:`virtual_scan` while ksmd is idle; a
+    batch of pages_to_scan 0 in :meth:`after_batch`), so a timeline that stops ksmd and
+    starts it again plays on.  A run=2 store resets the kernel's ``full_scans``, so
+    completed scans are counted here.  ``on_full_scan(k)``, when set, is called for each
+    completed full scan before its steps run (the moment of snapshot k).
     """
 
-    def __init__(self, kernel: Kernel, scenario: Any, handles: Any) -> None:
-        self.kernel = kernel
+    def __init__(self, backend: Any, scenario: Any) -> None:
+        self.backend = backend
+        self.kernel: Kernel = backend.kernel
         self.scenario = scenario
-        self.handles = handles
         self.completed = 0
-        self._seen = kernel.ksm.full_scans
+        self.on_full_scan: Callable[[int], None] | None = None
+        self._seen = self.kernel.ksm.full_scans
 
     def pending(self) -> bool:
-        """Steps are left for a later full scan (within the scenario's max_full_scans)."""
-        return any(
-            step.after_full_scans > self.completed for step in self.scenario.steps
-        ) and self.completed < self.scenario.max_full_scans
+        """Steps are left for a later full scan (before the scenario's max_full_scans)."""
+        from ksmfs.scenario.driver import steps_pending
+
+        return steps_pending(self.scenario, self.completed)
 
     def virtual_scan(self) -> None:
         """One full scan while ksmd does not run: its steps happen now."""
+        self._complete()
+
+    def _complete(self) -> None:
+        from ksmfs.scenario.driver import steps_due
+
         self.completed += 1
-        self._apply(self.completed)
-
-    def _apply(self, k: int) -> None:
-        from ksmfs.scenario.sim import apply_step
-
-        for step in self.scenario.steps_after(k):
+        k = self.completed
+        if self.on_full_scan is not None:
+            self.on_full_scan(k)
+        for step in steps_due(self.scenario, k):
             try:
-                apply_step(self.kernel, self.handles, step)
+                self.backend.step(step)
             except Exception as e:  # e.g. its process was ended through ksmfs/control
-                log.warning("scenario step after full scan %d (%s) skipped: %s", k, step.action, e)
+                log.warning("scenario step after full scan %d (%s) skipped: %s", k, step.kind, e)
 
     def after_batch(self) -> None:
-        full_scans = self.kernel.ksm.full_scans
+        ksm = self.kernel.ksm
+        full_scans = ksm.full_scans
         if full_scans < self._seen:  # run = 2 reset the counter
             self._seen = full_scans
+        if full_scans == self._seen and ksm.would_scan() and ksm.pages_to_scan == 0:
+            # ksmd ran a batch of 0 pages: with pages_to_scan 0 a pass never ends, and the
+            # contract counts a virtual full scan each time ksmd wakes instead
+            self._complete()
+            return
         while self._seen < full_scans:
             self._seen += 1
-            self.completed += 1
-            self._apply(self.completed)
+            self._complete()
 
 
 @dataclass
@@ -177,17 +190,17 @@ def build_simulation(config: MountConfig) -> Simulation:
     """The scenario of ``--scenario`` (a TOML file or a built-in name), or the built-in
     ``demo``: its processes are filled, its knobs set, then run = 1 (ksmd starts with
     the mount).  Raises ``KsmError`` (unknown kernel version) or ``ScenarioError``."""
-    from ksmfs.kernel import knobs
     from ksmfs.kernel.versions import get_profile
     from ksmfs.scenario import load_scenario
-    from ksmfs.scenario.sim import build_kernel as build_scenario_kernel
+    from ksmfs.scenario.sim import SimBackend
 
     get_profile(config.kernel_version)  # KsmError(EINVAL) before any scenario work
     name = config.scenario if config.scenario is not None else "demo"
     scenario = load_scenario(name)
-    kernel, handles = build_scenario_kernel(scenario, config.kernel_version)
-    knobs.store(kernel, "run", b"1\n")  # the contract's "full scan 0" moment
-    return Simulation(kernel, Timeline(kernel, scenario, handles), f"scenario {scenario.name}")
+    backend = SimBackend(scenario, config.kernel_version)
+    backend.start()
+    backend.start_ksmd()  # the contract's "full scan 0" moment
+    return Simulation(backend.kernel, Timeline(backend, scenario), f"scenario {scenario.name}")
 
 
 # -- ksmd pacing ------------------------------------------------------------------------
