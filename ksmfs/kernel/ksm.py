@@ -414,8 +414,6 @@ class Ksm:
             swept = np.zeros(stop, dtype=bool)
             swept[idx[idx < stop]] = True
             gone = g0 + np.flatnonzero(~swept & ((mem.iflags.a[g0 : g0 + stop] & HAS_ITEM) != 0))
-            if gone.shape[0]:
-                self._free_items(gone)
             self._alloc_rmap_items(mm, g[(fl & HAS_ITEM) == 0])
             if self.smart_scan:
                 # should_skip_rmap_item(): age counts visits of non-KSM pages, saturating
@@ -429,11 +427,25 @@ class Ksm:
                 s = np.where(sk, s - 1, s).astype(np.uint8)
                 a = np.where(a < 15, a + 1, a).astype(np.uint8)
                 mem.ags.a[gk] = a | (s << 4)
-                skipped = g[skip]
-                if skipped.shape[0]:
-                    self.pages_skipped += skipped.shape[0]
-                    self._remove_from_tree(skipped)
-            self._cmp_and_merge_pages(g[proc])
+                self.pages_skipped += int(np.count_nonzero(skip))
+            if gone.shape[0]:
+                # the freed items leave their trees where the scan passes them, among the
+                # visited pages (get_next_rmap_item -> remove_rmap_item_from_tree)
+                ga = np.concatenate((g, gone))
+                order = np.argsort(ga, kind="stable")
+                ga = ga[order]
+                rm = np.concatenate((skip, np.ones(gone.shape[0], dtype=bool)))[order]
+                pte = mem.pte.a[ga]
+                fa = np.maximum(pte, 0)
+                ka = np.where(rm, FRAME_ANON, mem.fnode.a[fa]).astype(mem.fnode.a.dtype)
+                self._cmp_and_merge_pages(ga, fa, ka, skip=rm)
+                self._free_items(gone)
+            elif skip.any():
+                # the skipped items leave their trees at their places in the visit order
+                # (should_skip_rmap_item -> remove_rmap_item_from_tree)
+                self._cmp_and_merge_pages(g, skip=skip)
+            else:
+                self._cmp_and_merge_pages(g)
             processed += int(np.count_nonzero(proc))
             off += stop
         return processed, off
@@ -489,12 +501,11 @@ class Ksm:
                 sk[skip] -= 1
             a8[:] = (old + (nk & (old < 15))) | (sk << 4)
             if nskip:
-                skipped = g0 + np.flatnonzero(skip)
                 self.pages_skipped += nskip
-                self._remove_from_tree(skipped)
-                keep = np.flatnonzero(~skip)
-                frames = self.mem.pte.a[g0:g1]
-                self._cmp_and_merge_pages(g0 + keep, frames[keep], kinds[:stop][keep])
+                self._cmp_and_merge_pages(
+                    np.arange(g0, g1, dtype=np.int64), mem.pte.a[g0:g1], kinds[:stop],
+                    contiguous=True, skip=skip,
+                )
                 return stop - nskip, stop
         self._cmp_and_merge_pages(
             np.arange(g0, g1, dtype=np.int64), mem.pte.a[g0:g1], kinds[:stop], contiguous=True
@@ -508,10 +519,13 @@ class Ksm:
         f: np.ndarray | None = None,
         kind: np.ndarray | None = None,
         contiguous: bool = False,
+        skip: np.ndarray | None = None,
     ) -> None:
         """cmp_and_merge_page() for a run of visited pages (visit order). ``f``/``kind``
         (frames and their folio_stable_node() kind) may be passed in when the caller has
-        them; ``contiguous`` says g is one range, so item fields are read as slices."""
+        them; ``contiguous`` says g is one range, so item fields are read as slices.
+        ``skip`` marks the pages smart_scan skips: their items only leave their trees
+        (remove_rmap_item_from_tree()), at their places in the visit order."""
         if not g.shape[0]:
             return
         mem = self.mem
@@ -527,6 +541,7 @@ class Ksm:
         else:
             fl = mem.iflags.a[g]
             ival = mem.ival.a[g]
+        # (a skipped page is never a KSM page, so never attached)
         attached = ksm & ((fl & STABLE) != 0) & (ival == kind.astype(np.uint32))
         if attached.any():
             # an item already attached to its KSM page: nothing to do (the usual case)
@@ -534,28 +549,35 @@ class Ksm:
             if not rest.any():
                 return
             g, f, kind, ksm, fl = g[rest], f[rest], kind[rest], ksm[rest], fl[rest]
+            if skip is not None:
+                skip = skip[rest]
         if self.exact or self._tree_has_special() or self._detaches_from_chain(g, fl, ksm):
             # searches have side effects now: every page in visit order, walks included
+            sk = skip.tolist() if skip is not None else None
             for i, gi in enumerate(g.tolist()):
                 self._pos = i
-                self._cmp_and_merge_one(gi, bool(ksm[i]))
+                if sk is not None and sk[i]:
+                    self._remove_one(gi)
+                else:
+                    self._cmp_and_merge_one(gi, bool(ksm[i]))
             return
         for tree in self.stable_tree:
             tree.defer = []
         try:
-            self._cmp_and_merge_bulk(g, f, kind, ksm, fl)
+            self._cmp_and_merge_bulk(g, f, kind, ksm, fl, skip)
         finally:
             for tree in self.stable_tree:
                 tree.flush()
 
     def _cmp_and_merge_bulk(
-        self, g: np.ndarray, f: np.ndarray, kind: np.ndarray, ksm: np.ndarray, fl: np.ndarray
+        self, g: np.ndarray, f: np.ndarray, kind: np.ndarray, ksm: np.ndarray, fl: np.ndarray,
+        skip: np.ndarray | None = None,
     ) -> None:
         """The vector path of _cmp_and_merge_pages() (no search has side effects). No page
         here is attached to its KSM page, so a KSM page is one inherited through fork."""
         mem = self.mem
         forked = ksm
-        plain = ~ksm
+        plain = ~ksm if skip is None else ~ksm & ~skip
         tok = mem.ftoken.a[f]
         chk = calc_checksum(tok[plain])
         gp = g[plain]
@@ -587,6 +609,20 @@ class Ksm:
                 hit = np.fromiter((int(t) in in_play for t in ntok), bool, len(ntok))
                 in_order[pos_plain[st_plain][hit]] = True
                 forced.update(int(t) for t, h in zip(ntok, hit.tolist()) if h)
+        if skip is not None:
+            # a skipped item attached to a node whose content is in play leaves it at its
+            # place (the node's fill level decides the searches around it); the others
+            # leave now, which no search of this window can tell apart
+            spos = np.flatnonzero(skip)
+            late = np.zeros(spos.shape[0], dtype=bool)
+            sst = (fl[spos] & STABLE) != 0
+            if (in_play or forced) and sst.any():
+                ntok = self.node_token.a[mem.ival.a[g[spos[sst]]].astype(np.int64)].tolist()
+                hit = np.fromiter((int(t) in in_play or int(t) in forced for t in ntok), bool, len(ntok))
+                late[np.flatnonzero(sst)[hit]] = True
+                forced.update(int(t) for t, h in zip(ntok, hit.tolist()) if h)
+            in_order[spos[late]] = True
+            self._remove_from_tree(g[spos[~late]])
         plans, app_pos, app_nodes, app_group_nodes, slow_groups = self._classify_groups(
             g, f, pos_c, tok_c, forced
         )
@@ -626,7 +662,10 @@ class Ksm:
         for i in np.flatnonzero(in_order).tolist():
             self._pos = i
             self._flush_trace(i)
-            self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
+            if skip is not None and skip[i]:
+                self._remove_one(int(g[i]))
+            else:
+                self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
         self._flush_trace(None)
 
     def _flush_trace(self, before: int | None) -> None:
