@@ -36,7 +36,7 @@ from .mm import (
     Segment,
     UNIQUE_BIT,
 )
-from .tokenindex import UNKNOWN, StableTree
+from .tokenindex import MISSING, UNKNOWN, StableTree
 from .trace import TraceBuffer
 
 # rmap_item flag bits kept in PhysMem.iflags (the kernel keeps them in rmap_item->address)
@@ -104,6 +104,19 @@ class Chain:
     nid: int
     dups: list[int] = field(default_factory=list)  # hlist order, head first
     # (its chain_prune_time lives in Ksm.chain_prune, indexed by chain id)
+
+
+@dataclass
+class NewNodesPlan:
+    """Contents of a batch not yet in the stable tree, each fitting in one KSM page.
+    ``pos``: visit positions of their pages, grouped by content (visit order inside a
+    group); ``sizes``: pages per content; ``tree_items``: the unstable tree's item of this
+    pass for the content, or -1."""
+
+    pos: np.ndarray
+    sizes: np.ndarray
+    tokens: np.ndarray
+    tree_items: np.ndarray
 
 
 @dataclass
@@ -623,7 +636,7 @@ class Ksm:
                 forced.update(int(t) for t, h in zip(ntok, hit.tolist()) if h)
             in_order[spos[late]] = True
             self._remove_from_tree(g[spos[~late]])
-        plans, app_pos, app_nodes, app_group_nodes, slow_groups = self._classify_groups(
+        plans, app_pos, app_nodes, app_group_nodes, slow_groups, new_plan = self._classify_groups(
             g, f, pos_c, tok_c, forced
         )
         for grp in slow_groups:
@@ -644,6 +657,8 @@ class Ksm:
         in_fast[app_pos] = True
         for plan in plans:
             in_fast[plan[1]] = True
+        if new_plan is not None:
+            in_fast[new_plan.pos] = True
         keep = ~changed & ~in_fast[bulk]
         gbk = gb[keep]
         tbk = tok[bulk][keep]
@@ -655,8 +670,8 @@ class Ksm:
             if rest.shape[0]:
                 # unstable_tree_search_insert() that cannot find a match: insert
                 self._insert_unstable_bulk(rest)
-        if plans or app_pos.shape[0]:
-            self._merge_groups(g, plans, app_pos, app_nodes, app_group_nodes)
+        if plans or app_pos.shape[0] or new_plan is not None:
+            self._merge_groups(g, plans, app_pos, app_nodes, app_group_nodes, new_plan)
         # in order: everything whose outcome depends on other pages of the same content;
         # the trace records of the vector merges are written at their pages' places
         for i in np.flatnonzero(in_order).tolist():
@@ -692,8 +707,9 @@ class Ksm:
         plans: list[tuple] = []
         slow: list[np.ndarray] = []
         empty = np.zeros(0, dtype=np.int64)
+        new_plan: NewNodesPlan | None = None
         if not pos_c.shape[0]:
-            return plans, empty, empty, empty, slow
+            return plans, empty, empty, empty, slow, new_plan
         mem = self.mem
         order = np.argsort(tok_c, kind="stable")
         ts = tok_c[order]
@@ -741,7 +757,11 @@ class Ksm:
                 due_c = cids[app_group & chained]
                 due_c = due_c[now >= self.chain_prune.a[due_c] + prune_ns]
                 self.chain_prune.a[due_c] = now
-            rest = np.flatnonzero(~app_group).tolist()
+            rest_a = np.flatnonzero(~app_group)
+            new_plan, rest_a = self._classify_new(
+                rest_a, vals, uniq, sizes_a, ok_a, forced, mps, seq_odd, ps, starts_a
+            )
+            rest = rest_a.tolist()
         else:
             app_group = np.zeros(starts_a.shape[0], dtype=bool)
             rest = list(range(starts_a.shape[0]))
@@ -806,7 +826,70 @@ class Ksm:
         sel = np.repeat(app_group, sizes_a)
         app_pos = ps[sel]
         app_nodes = np.repeat(gnode[app_group], sizes_a[app_group])
-        return plans, app_pos, app_nodes, (gnode[app_group], sizes_a[app_group]), slow
+        return plans, app_pos, app_nodes, (gnode[app_group], sizes_a[app_group]), slow, new_plan
+
+    def _classify_new(
+        self, rest: np.ndarray, vals: np.ndarray, uniq: np.ndarray, sizes: np.ndarray,
+        ok: np.ndarray, forced: set[int], mps: int, seq_odd: bool, ps: np.ndarray,
+        starts: np.ndarray,
+    ) -> tuple[NewNodesPlan | None, np.ndarray]:
+        """Contents not in the stable tree whose group fits in one KSM page: a lone page
+        goes to the unstable tree, or the group (with the unstable tree's page of this
+        pass, when there is one) makes one new KSM page. The same closed form as a
+        "blocks" plan of one block, decided for all contents at once. Returns the plan
+        and the groups left for the per-content loop."""
+        cand = rest[(vals[rest] == MISSING) & ok[rest]]
+        if forced and cand.shape[0]:
+            cand = cand[~np.isin(uniq[cand], np.fromiter(forced, np.uint64, len(forced)))]
+        if not cand.shape[0]:
+            return None, rest
+        mem = self.mem
+        ut = self.unstable_tree[0]
+        tr = np.fromiter((ut.get(t, -1) for t in uniq[cand].tolist()), np.int64, cand.shape[0])
+        trs = np.maximum(tr, 0)
+        trf = mem.iflags.a[trs]
+        valid = (tr >= 0) & ((trf & UNSTABLE) != 0) & (((trf & SEQ_ODD) != 0) == seq_odd)
+        page = self._mergeable_pages(trs)
+        fine = (page >= 0) & (mem.ftoken.a[np.maximum(page, 0)] == uniq[cand])
+        fine &= mem.fmap.a[np.maximum(page, 0)] == 1
+        k = sizes[cand]
+        # a valid tree item whose walk would abort stays with the exact path
+        simple = np.where(valid, fine & (k + 1 <= mps), k <= mps)
+        sel = cand[simple]
+        if not sel.shape[0]:
+            return None, rest
+        keep = np.ones(vals.shape[0], dtype=bool)
+        keep[sel] = False
+        tree_item = np.where(valid, tr, -1)[simple]
+        k = k[simple]
+        idx = np.repeat(starts[sel], k) + (np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k))
+        plan = NewNodesPlan(pos=ps[idx], sizes=k, tokens=uniq[sel], tree_items=tree_item)
+        return plan, rest[keep[rest]]
+
+    def _mergeable_pages(self, g: np.ndarray) -> np.ndarray:
+        """get_mergeable_page() of many items: the frame, or -1."""
+        bases = []
+        ends = []
+        for mm in self._mms.values():
+            if mm.exiting:
+                continue
+            for v in mm.vmas:
+                if v.mergeable:
+                    bases.append(v.base)
+                    ends.append(v.base + v.npages)
+        out = np.full(g.shape[0], -1, dtype=np.int64)
+        if not bases:
+            return out
+        order = np.argsort(bases)
+        b = np.asarray(bases, dtype=np.int64)[order]
+        e = np.asarray(ends, dtype=np.int64)[order]
+        r = np.searchsorted(b, g, side="right") - 1
+        inside = (r >= 0) & (g < e[np.maximum(r, 0)])
+        fr = self.mem.pte.a[g].astype(np.int64)
+        kind = self.mem.fnode.a[np.maximum(fr, 0)]
+        okp = inside & (fr >= 0) & (kind != FRAME_FILE) & (kind != FRAME_SHMEM)
+        out[okp] = fr[okp]
+        return out
 
     def _merge_groups(
         self,
@@ -815,6 +898,7 @@ class Ksm:
         app_pos: np.ndarray,
         app_nodes: np.ndarray,
         app_groups: tuple[np.ndarray, np.ndarray],
+        new_plan: NewNodesPlan | None = None,
     ) -> None:
         """Carry out the plans of _classify_groups() with vector operations; the counter
         changes are those of the page-by-page path, summed."""
@@ -842,6 +926,11 @@ class Ksm:
             old = mem.pte.a[ga].copy()
             mem.pte.a[ga] = self.node_kfn.a[app_nodes]
             self.put_frames(old.astype(np.int32))
+        if new_plan is not None:
+            sh, sg, un = self._merge_new_nodes(g, new_plan, att_g, att_n, repl_g, repl_k, events, tracing)
+            shared += sh
+            sharing += sg
+            unshared += un
         for _plan, pos, ref, t, *plan_extra in plans:
             gg = g[pos]
             node, room, tree_item, cid = ref, plan_extra[0], plan_extra[1], plan_extra[2]
@@ -925,6 +1014,99 @@ class Ksm:
                  {"ksm_page": kpage, "pfn": pfn, "rmap_item": gi, "mm": self._mmid(gi), "err": 0})
                 for pos, order, gi, kpage, pfn in events
             ]
+
+    def _merge_new_nodes(
+        self, g: np.ndarray, plan: NewNodesPlan, att_g: list[np.ndarray], att_n: list[np.ndarray],
+        repl_g: list[np.ndarray], repl_k: list[np.ndarray], events: list, tracing: bool,
+    ) -> tuple[int, int, int]:
+        """A NewNodesPlan: per content, the sequence [unstable tree item] + the batch's
+        pages; one page alone is inserted in the unstable tree, otherwise the second of
+        the sequence becomes the KSM page (try_to_merge_two_pages) and the others join it
+        (stable_tree_append). Returns (shared, sharing, unshared) changes."""
+        mem = self.mem
+        k = plan.sizes
+        has = plan.tree_items >= 0
+        first = np.cumsum(k) - k  # index of each group's first page in plan.pos
+        gp = g[plan.pos]
+        seq_flag = SEQ_ODD if self.seqnr & 1 else 0
+        # lone pages: unstable_tree_search_insert() inserts them
+        lone = ~has & (k == 1)
+        unshared = 0
+        if lone.any():
+            gl = gp[first[lone]]
+            self.unstable_tree[0].update(zip(plan.tokens[lone].tolist(), gl.tolist()))
+            mem.iflags.a[gl] = (mem.iflags.a[gl] & ~np.uint8(SEQ_ODD | STABLE)) | UNSTABLE | seq_flag
+            unshared += gl.shape[0]
+        mk = ~lone
+        if not mk.any():
+            return 0, 0, unshared
+        pages = np.repeat(mk, k)
+        gp, pos = gp[pages], plan.pos[pages]
+        k, has, toks, items = k[mk], has[mk], plan.tokens[mk], plan.tree_items[mk]
+        first = np.cumsum(k) - k
+        length = k + has  # pages in the new KSM page
+        # the KSM page is the page of the second of the sequence: the group's first page
+        # when a tree item leads, else its second
+        kidx = first + np.where(has, 0, 1)
+        kg = gp[kidx]
+        kfn = mem.pte.a[kg].astype(np.int64)
+        nodes = self._new_nodes(toks, kfn, length)
+        mem.fnode.a[kfn] = nodes
+        kpos = pos[kidx]
+        tree = self.stable_tree[0]
+        tree.add_many(toks, nodes, kpos)
+        # members: every page of the groups, plus the tree items
+        node_of_page = np.repeat(nodes, k)
+        kfn_of_page = np.repeat(kfn, k)
+        is_k = np.zeros(gp.shape[0], dtype=bool)
+        is_k[kidx] = True
+        others = np.concatenate((gp[~is_k], items[has]))
+        others_k = np.concatenate((kfn_of_page[~is_k], kfn[has]))
+        att_g += [gp, items[has]]
+        att_n += [node_of_page.astype(np.int32), nodes[has].astype(np.int32)]
+        repl_g.append(others)
+        repl_k.append(others_k.astype(np.int32))
+        np.add.at(mem.fmap.a, kfn, (length - 1).astype(np.int32))
+        if tracing:
+            # try_to_merge_two_pages(): the current page becomes the KSM page (ksm_page
+            # NULL), then the tree page joins it; the rest append, each at its place
+            kl = kfn.tolist()
+            for j, (kp, kgi, kf) in enumerate(zip(kpos.tolist(), kg.tolist(), kl)):
+                events.append((kp, 0, kgi, None, kf))
+                if has[j]:
+                    events.append((kp, 1, int(items[j]), kf, kf))
+                else:
+                    events.append((kp, 1, int(gp[first[j]]), kf, kf))
+            rest = ~is_k
+            if not has.all():
+                rest[first[~has]] = False
+            kf_all = np.repeat(kfn, k)
+            events += [(p, 0, gi, kf, kf) for p, gi, kf in
+                       zip(pos[rest].tolist(), gp[rest].tolist(), kf_all[rest].tolist())]
+        shared = nodes.shape[0]
+        sharing = int((length - 1).sum())
+        return shared, sharing, unshared - int(np.count_nonzero(has))
+
+    def _new_nodes(self, tokens: np.ndarray, kfns: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """_new_node() for many plain nodes of NUMA node 0, in order."""
+        m = tokens.shape[0]
+        take = min(m, len(self._free_nodes))
+        ids = np.empty(m, dtype=np.int64)
+        if take:
+            ids[:take] = self._free_nodes[::-1][:take]
+            del self._free_nodes[-take:]
+        if m > take:
+            start = self.node_token.extend(m - take)
+            for arr in (self.node_kfn, self.node_len, self.node_chain, self.node_alive, self.node_nid):
+                arr.extend(m - take)
+            ids[take:] = np.arange(start, start + m - take)
+        self.node_token.a[ids] = tokens
+        self.node_kfn.a[ids] = kfns
+        self.node_len.a[ids] = lengths
+        self.node_chain.a[ids] = -1
+        self.node_alive.a[ids] = True
+        self.node_nid.a[ids] = 0
+        return ids
 
     def _insert_unstable_bulk(self, g: np.ndarray) -> None:
         mem = self.mem
