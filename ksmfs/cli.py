@@ -137,13 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "run",
         "run a scenario on the simulated or the real kernel",
-        "Run a scenario (TOML file or built-in name) and print one line per full scan.\n"
-        "--backend sim drives the simulated kernel; --backend real drives this machine's\n"
-        "KSM (root; it changes /sys/kernel/mm/ksm and restores it afterwards).",
+        "Run a scenario (TOML file or built-in name). On a terminal it shows a table, one\n"
+        "row per full scan: the main counters and the timeline steps that ran after it.\n"
+        "Piped, or with --json, it writes one JSON snapshot per full scan instead.\n"
+        "--backend sim drives the simulated kernel (--kernel picks its version);\n"
+        "--backend real drives this machine's KSM (root; it changes /sys/kernel/mm/ksm\n"
+        "and restores it afterwards).",
         _examples(
             "ksmfs run kvm-guests",
+            "ksmfs run kvm-guests --kernel 6.1",
+            "ksmfs run kvm-guests | jq .ksm.pages_sharing    # JSON lines when piped",
             "ksmfs run ./my.toml --json out.jsonl --plot out.png",
-            "sudo ksmfs run ./my.toml --backend real --json real.jsonl",
+            "ksmfs run ./my.toml --backend real --json real.jsonl   # as root",
         ),
         Target("ksmfs.scenario.cli", "cmd_run"),
     )
@@ -151,17 +156,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend", choices=("sim", "real"), default="sim", help="which kernel (default sim)"
     )
-    p.add_argument("--json", metavar="OUT.jsonl", help="write one snapshot per full scan")
+    p.add_argument(
+        "--kernel",
+        metavar="VERSION",
+        help=f"simulated kernel version: {' '.join(KERNEL_VERSIONS)} (default {DEFAULT_KERNEL})",
+    )
+    p.add_argument(
+        "--json",
+        metavar="OUT.jsonl",
+        nargs="?",
+        const="-",
+        help="write one JSON snapshot per full scan to OUT.jsonl (without a file: stdout)",
+    )
     p.add_argument("--plot", metavar="FILE.png", help="draw the counters (needs ksmfs[plot])")
 
     p = add(
         "diff",
         "run a scenario on both kernels and compare",
         "Run SCENARIO on the simulated kernel and on this machine's real KSM, and print,\n"
-        "per full scan, every snapshot field that differs. Exits 0 when none does.",
+        "per full scan, every snapshot field that differs. Exits 0 when none does, 1 when\n"
+        "some differ, 2 when this machine's KSM cannot be driven (it says why first).",
         _examples(
-            "sudo ksmfs diff kvm-guests",
-            "sudo ksmfs diff ./my.toml --plot diff.png   # solid = sim, dashed = real",
+            "ksmfs diff kvm-guests                      # as root",
+            "ksmfs diff ./my.toml --plot diff.png       # solid = sim, dashed = real",
         ),
         Target("ksmfs.scenario.cli", "cmd_diff"),
     )
@@ -187,12 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
             "ksmfs run kvm-guests --json out.jsonl",
             "ksmfs plot out.jsonl -o out.png",
             "ksmfs plot out.jsonl -o out.png --title 'two VMs, 6.18'",
+            "ksmfs plot out.jsonl -o out.png --scenario kvm-guests   # mark its steps",
         ),
         Target("ksmfs.plot", "cmd_plot", extra="plot"),
     )
     p.add_argument("jsonl", metavar="OUT.jsonl", help="snapshot file, one JSON object a line")
     p.add_argument("-o", "--output", metavar="FILE.png", required=True, help="PNG to write")
     p.add_argument("--title", help="figure title (default: the file name)")
+    p.add_argument(
+        "--scenario",
+        metavar="FILE_OR_NAME",
+        help="the scenario that was run: its timeline steps are marked on the plot",
+    )
 
     p = add(
         "top",
@@ -229,7 +252,62 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list every process, also those with no KSM state",
     )
+    _add_capture_commands(add)
     return parser
+
+
+def _add_capture_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """``ksmfs capture`` and ``ksmfs estimate`` (ksmfs.capture.cli)."""
+    p = add(
+        "capture",
+        "record what KSM would see in real processes (contents as equality only)",
+        "Record, for each process, its VMAs (VmFlags), its KSM state and, per mapped page,\n"
+        "what ksmd's scan would see (not present, swapped, zero page, file page, or an\n"
+        "anonymous page). Contents are kept only as equality: a content id per page from a\n"
+        "keyed hash whose random key never leaves this process (0 = all-zero page).\n"
+        "Needs root. Format: docs/capture-format.md.",
+        _examples(
+            "sudo ksmfs capture --all -o machine.kcap",
+            "sudo ksmfs capture 1234 1240 --watch 10 -o jvms.kcap   # mark changing pages",
+            "ksmfs estimate --capture machine.kcap --assume merge-any",
+        ),
+        Target("ksmfs.capture.cli", "cmd_capture"),
+    )
+    p.add_argument("pids", metavar="PID", type=int, nargs="*", help="processes to capture")
+    p.add_argument("--all", action="store_true", help="every process but kernel threads")
+    p.add_argument("--watch", metavar="SECONDS", type=float,
+                   help="look again after SECONDS; pages that changed are volatile")
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="capture file to write")
+
+    p = add(
+        "estimate",
+        "predict what KSM would merge in real processes (or a capture)",
+        "Build the simulated kernel from a capture (taken now from PIDs or --all, or read\n"
+        "from --capture FILE), run the simulated ksmd with this machine's KSM knobs\n"
+        "(overridden by --set) until the counters stop changing, and print what it saved,\n"
+        "the counters, the full scans and ksmd time needed, and the processes that gain most.\n"
+        "--assume as-is merges only what is mergeable now; merge-any as if every process\n"
+        "had called prctl(PR_SET_MEMORY_MERGE, 1).",
+        _examples(
+            "sudo ksmfs estimate --all --assume merge-any",
+            "sudo ksmfs estimate $(pgrep java) --assume merge-any --set pages_to_scan=1000",
+            "ksmfs estimate --capture machine.kcap --json est.jsonl --plot est.png",
+        ),
+        Target("ksmfs.capture.cli", "cmd_estimate"),
+    )
+    p.add_argument("pids", metavar="PID", type=int, nargs="*", help="processes to capture now")
+    p.add_argument("--all", action="store_true", help="every process but kernel threads")
+    p.add_argument("--capture", metavar="FILE", help="a file written by `ksmfs capture`")
+    p.add_argument("--watch", metavar="SECONDS", type=float,
+                   help="with PIDs/--all: look again after SECONDS (changing pages)")
+    p.add_argument("--assume", choices=("as-is", "merge-any"), default="as-is",
+                   help="what is mergeable (default as-is)")
+    p.add_argument("--set", metavar="KNOB=VALUE", action="append",
+                   help="a KSM knob for the estimate (repeatable)")
+    p.add_argument("--json", metavar="FILE.jsonl", help="write one snapshot per full scan")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the counters (needs ksmfs[plot])")
+    p.add_argument("--max-full-scans", metavar="N", type=int, default=100,
+                   help="give up after N full scans (default 100)")
 
 
 def _missing_module_message(command: str, target: Target, e: ImportError) -> str:

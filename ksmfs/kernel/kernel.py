@@ -53,7 +53,20 @@ MADV_UNMERGEABLE = 13
 PR_SET_MEMORY_MERGE = 67
 PR_GET_MEMORY_MERGE = 68
 
+# include/linux/threads.h: the default /proc/sys/kernel/pid_max for up to 32 CPUs, its
+# 64-bit upper bound, and the pids below which allocation never wraps (kernel/pid.c).
+PID_MAX_DEFAULT = 0x8000
+PID_MAX_LIMIT = 4 * 1024 * 1024
+RESERVED_PIDS = 300
+FIRST_PID = 100  # simulated tasks start here: lower pids belong to the boot
+
 DEFAULT_MEM_TOTAL = 16 << 30
+
+# install_pages() page kinds
+INSTALL_NONE = 0
+INSTALL_ANON = 1
+INSTALL_FILE = 2
+INSTALL_SWAP = 3
 
 
 class Kernel:
@@ -81,9 +94,13 @@ class Kernel:
         self.swap_total = swap_total
         self._range_base = GrowArray(np.int64)
         self._range_mm = GrowArray(np.int32)
-        self._pids = itertools.count(100)
+        self.pid_max = PID_MAX_DEFAULT
+        self._pid_cursor = FIRST_PID  # idr cursor: the next pid alloc_pid() tries
+        self.last_pid = FIRST_PID - 1  # the last pid handed out (/proc/loadavg)
+        self.total_forks = FIRST_PID - 1  # forks since boot (/proc/stat "processes")
         self._mm_ids = itertools.count(1)
         self._next_unique = 1
+        self._install_frames: dict[int, int] = {}  # install_pages() share name -> frame
         self.ksm = Ksm(
             self.mem,
             self.trace,
@@ -152,6 +169,28 @@ class Kernel:
         return base
 
     # ------------------------------------------------------------------ tasks
+    def _alloc_pid(self) -> int:
+        """alloc_pid(): idr_alloc_cyclic() from the cursor below pid_max, wrapping to
+        RESERVED_PIDS; EAGAIN when every pid is taken."""
+        low = RESERVED_PIDS if self._pid_cursor > RESERVED_PIDS else 1
+        start = min(max(self._pid_cursor, low), self.pid_max)
+        for pid in itertools.chain(range(start, self.pid_max), range(low, start)):
+            if pid not in self.tasks and pid != 1:
+                self._pid_cursor = pid + 1
+                self.last_pid = pid
+                self.total_forks += 1
+                return pid
+        raise KsmError(errno.EAGAIN, f"no free pid below pid_max {self.pid_max}")
+
+    def set_pid_max(self, value: int) -> None:
+        """/proc/sys/kernel/pid_max: proc_dointvec_minmax between RESERVED_PIDS + 1 and
+        PID_MAX_LIMIT; existing tasks keep their pids."""
+        if not RESERVED_PIDS + 1 <= value <= PID_MAX_LIMIT:
+            raise KsmError(
+                errno.EINVAL, f"pid_max {value} is outside {RESERVED_PIDS + 1}..{PID_MAX_LIMIT}"
+            )
+        self.pid_max = value
+
     def spawn(
         self,
         comm: str,
@@ -164,7 +203,7 @@ class Kernel:
         binary: no heap or stack pages that ksmd could see)."""
         if not comm or "\n" in comm or "/" in comm:
             raise KsmError(errno.EINVAL, f"bad process name {comm!r}")
-        pid = next(self._pids)
+        pid = self._alloc_pid()
         t = Task(pid, comm[:15], uid, uid if gid is None else gid, ppid, cmdline or [comm], self.now)
         t.mm = self._new_mm(pid)
         self.tasks[pid] = t
@@ -177,7 +216,7 @@ class Kernel:
         inherited and added to the global count."""
         parent = self.task(pid)
         pmm = self._mm(pid)
-        child = Task(next(self._pids), parent.comm, parent.uid, parent.gid, pid, list(parent.cmdline), self.now)
+        child = Task(self._alloc_pid(), parent.comm, parent.uid, parent.gid, pid, list(parent.cmdline), self.now)
         cmm = self._new_mm(child.pid)
         child.mm = cmm
         cmm.merge_any = pmm.merge_any
@@ -257,12 +296,26 @@ class Kernel:
         prot: str = "rw",
         stack: bool = False,
         special: bool = False,
+        extra_flags: int = 0,
+        addr: int | None = None,
+        populate: bool = True,
     ) -> int:
         """mmap(): VMAs of a process go at rising addresses with a one-page hole between
-        them, so no two are ever merged into one (the scenario layout rule)."""
+        them, so no two are ever merged into one (the scenario layout rule).
+
+        ``addr`` places the VMA there instead (MAP_FIXED_NOREPLACE: EEXIST over another
+        VMA); ``extra_flags`` adds VM_* bits such as VM_IO or VM_PFNMAP (a VMA rebuilt
+        from another machine's VmFlags); ``populate=False`` leaves a file mapping's pages
+        unmapped (for :meth:`install_pages`)."""
         mm = self._mm(pid)
         if npages <= 0 or npages > (1 << 40):
             raise KsmError(errno.EINVAL, f"mmap: bad length {npages} pages")
+        if addr is not None:
+            if addr % PAGE_SIZE or addr <= 0:
+                raise KsmError(errno.EINVAL, f"mmap: address {addr:#x} is not page aligned")
+            end = addr + npages * PAGE_SIZE
+            if any(v.start < end and addr < v.end for v in mm.vmas):
+                raise KsmError(errno.EEXIST, f"mmap: [{addr:#x}, {end:#x}) overlaps a mapping")
         flags = VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
         if "r" in prot:
             flags |= VM_READ
@@ -284,8 +337,12 @@ class Kernel:
             flags |= VM_GROWSDOWN
         if special:
             flags |= VM_DONTEXPAND
-        addr = mm.next_addr
-        mm.next_addr = addr + (npages + 1) * PAGE_SIZE
+        flags |= extra_flags & ~VM_MERGEABLE  # VM_MERGEABLE only through madvise/prctl
+        if addr is None:
+            addr = mm.next_addr
+            mm.next_addr = addr + (npages + 1) * PAGE_SIZE
+        else:
+            mm.next_addr = max(mm.next_addr, addr + (npages + 1) * PAGE_SIZE)
         base = self._reserve(mm, npages)
         vma = Vma(addr, npages, flags, base, name if name is not None else file, kind=kind)
         if file is not None:
@@ -298,7 +355,7 @@ class Kernel:
                 self.ksm.ksm_enter(mm, pid, self.tasks[pid].comm)
         mm.vmas.append(vma)
         mm.vmas.sort(key=lambda v: v.start)
-        if file is not None:
+        if file is not None and populate:
             # page cache pages of the file are mapped (read) but stay clean and not anon
             tokens = np.arange(npages, dtype=np.uint64) + np.uint64((hash(file) & 0xFFFF) << 32) + np.uint64(1)
             frames = self.mem.alloc_frames(tokens, FRAME_FILE)
@@ -435,6 +492,59 @@ class Kernel:
         idx = np.flatnonzero(new)
         mem.pte.a[g0 + idx] = frames
         self.ksm.put_frames(old.astype(np.int32))
+
+    def install_pages(
+        self,
+        pid: int,
+        addr: int,
+        kinds: np.ndarray,
+        tokens: np.ndarray,
+        share: np.ndarray | None = None,
+    ) -> None:
+        """Map pages as another machine's page tables had them (a capture), into a range
+        whose pages are not mapped yet: per page ``kinds`` is INSTALL_NONE (no PTE, or the
+        shared zero page: ksmd never sees it), INSTALL_ANON (an anonymous page holding
+        ``tokens[i]``, also inside a private file mapping: a COW'd page),
+        INSTALL_FILE (a page-cache page) or INSTALL_SWAP (swapped out). ``share[i] > 0``
+        names a frame: anonymous pages with the same name, in this call or an earlier one,
+        map one frame, as pages still shared copy-on-write after fork() do."""
+        mm = self._mm(pid)
+        kinds = np.asarray(kinds, dtype=np.uint8)
+        tokens = np.asarray(tokens, dtype=np.uint64)
+        if kinds.shape != tokens.shape or (share is not None and share.shape != kinds.shape):
+            raise KsmError(errno.EINVAL, "install_pages: kinds, tokens and share differ in length")
+        if kinds.shape[0] and int(kinds.max()) > INSTALL_SWAP:
+            raise KsmError(errno.EINVAL, f"install_pages: unknown page kind {int(kinds.max())}")
+        mem = self.mem
+        done = 0
+        for v, lo, cnt in self._find_range(mm, addr, kinds.shape[0], "install_pages"):
+            g0 = v.base + lo
+            if np.any(mem.pte.a[g0 : g0 + cnt] != PTE_NONE):
+                raise KsmError(errno.EEXIST, f"install_pages: {v.start:#x} has mapped pages")
+            k = kinds[done : done + cnt]
+            t = tokens[done : done + cnt]
+            anon = k == INSTALL_ANON
+            if share is not None:
+                sh = share[done : done + cnt]
+                shared = anon & (sh > 0)
+                anon &= ~shared
+                for i in np.flatnonzero(shared).tolist():
+                    key = int(sh[i])
+                    fr = self._install_frames.get(key)
+                    if fr is None:
+                        fr = int(mem.alloc_frames(t[i : i + 1], FRAME_ANON, self._nid(mm))[0])
+                        self._install_frames[key] = fr
+                    else:
+                        mem.fmap.a[fr] += 1
+                    mem.pte.a[g0 + i] = fr
+            for sel, kind in ((anon, FRAME_ANON), (k == INSTALL_FILE, FRAME_FILE)):
+                idx = np.flatnonzero(sel)
+                if idx.shape[0]:
+                    fk = FRAME_SHMEM if v.kind == FRAME_SHMEM and kind == FRAME_ANON else kind
+                    mem.pte.a[g0 + idx] = mem.alloc_frames(t[idx], fk, self._nid(mm))
+            for i in np.flatnonzero(k == INSTALL_SWAP).tolist():
+                mem.pte.a[g0 + i] = PTE_SWAP0 - mem.alloc_swap(int(t[i]), 1)
+            done += cnt
 
     def _nid(self, mm: MM) -> int:
         return mm.owner_pid % self.mem.nr_nodes
@@ -682,6 +792,10 @@ class Kernel:
 
 
 __all__ = [
+    "INSTALL_ANON",
+    "INSTALL_FILE",
+    "INSTALL_NONE",
+    "INSTALL_SWAP",
     "MADV_MERGEABLE",
     "MADV_UNMERGEABLE",
     "PR_GET_MEMORY_MERGE",
