@@ -107,6 +107,16 @@ class Chain:
 
 
 @dataclass
+class ScanBatch:
+    """One ksm_do_scan() call in progress (Ksm.begin_batch / Ksm.scan_slice)."""
+
+    npages: int
+    done: int = 0
+    pass_ended: bool = False
+    finished: bool = False
+
+
+@dataclass
 class NewNodesPlan:
     """Contents of a batch not yet in the stable tree, each fitting in one KSM page.
     ``pos``: visit positions of their pages, grouped by content (visit order inside a
@@ -220,6 +230,8 @@ class Ksm:
         self.chain_ivl_ver = GrowArray(np.int64, -1)  # rb version it was computed at
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
+        self._thread_wakeups = 0
+        self._iter_wakeups = 0
         # trace records of vector merges: (visit position, order, event, fields)
         self._trace_queue: list[tuple[int, int, str, dict[str, object]]] = []
 
@@ -285,6 +297,8 @@ class Ksm:
         run=2, or between passes), set MMF_VM_MERGEABLE, wake ksmd if it is the first."""
         if mm.registered:
             return
+        if not self.mm_list:
+            self.wake_ksm_thread()  # needs_wakeup: the list was empty
         if self.run & KSM_RUN_UNMERGE or self.cursor < 0:
             self.mm_list.append(mm)
         else:
@@ -315,20 +329,62 @@ class Ksm:
     def ksm_do_scan(self, scan_npages: int) -> int:
         """ksm_do_scan(): one batch of up to ``scan_npages`` pages; a batch always stops at
         the end of a full scan. Returns the number of pages handled."""
-        done = 0
-        if scan_npages <= 0 or not self.would_scan():
-            return 0  # ksm_scan_thread() only calls ksm_do_scan() when ksmd_should_run()
-        while done < scan_npages:
-            got, pass_ended = self._scan_get_next(scan_npages - done)
-            done += got
+        batch = self.begin_batch(scan_npages)
+        while not self.scan_slice(batch, scan_npages):
+            pass
+        return batch.done
+
+    def begin_batch(self, scan_npages: int) -> ScanBatch:
+        """Start one ksm_do_scan() batch, to be run by scan_slice() calls."""
+        # ksm_scan_thread() only calls ksm_do_scan() when ksmd_should_run()
+        return ScanBatch(scan_npages, finished=scan_npages <= 0 or not self.would_scan())
+
+    def scan_slice(self, batch: ScanBatch, max_pages: int) -> bool:
+        """Run up to ``max_pages`` more pages of ``batch``; True once the batch is over.
+
+        A slice boundary is one of ksm_do_scan()'s cond_resched() points: whoever runs
+        between two slices sees the counters as they are at that page. The batch's end
+        (freeing removed stable nodes, its CPU time on the clock) happens once, after the
+        last slice, so any split of a batch leaves the state of the unsplit batch (while
+        the caller changes nothing between slices that needs ksm_thread_mutex: knob
+        stores wait for the batch, as they wait for the mutex in mm/ksm.c)."""
+        if batch.finished:
+            return True
+        limit = min(batch.npages - batch.done, max(1, max_pages))
+        got_total = 0
+        while got_total < limit:
+            got, pass_ended = self._scan_get_next(limit - got_total)
+            got_total += got
             if pass_ended:
+                batch.pass_ended = True
                 break
-        self._reap_dead_nodes()
-        self.pages_scanned += done
-        cost = done * KSMD_NS_PER_PAGE
-        self.ksmd_cpu_ns += cost
-        self._advance_ns(cost)
-        return done
+        batch.done += got_total
+        self.pages_scanned += got_total  # ksm_pages_scanned++ per page
+        if batch.pass_ended or batch.done >= batch.npages:
+            self._reap_dead_nodes()
+            cost = batch.done * KSMD_NS_PER_PAGE
+            self.ksmd_cpu_ns += cost
+            self._advance_ns(cost)
+            batch.finished = True
+        return batch.finished
+
+    # -- ksmd's wait queues: stores and __ksm_enter() wake ksmd where mm/ksm.c calls
+    #    wake_up_interruptible(); whoever paces ksmd takes the wake-ups from here
+    def wake_ksm_thread(self) -> None:
+        """wake_up_interruptible(&ksm_thread_wait): ends ksmd's idle wait (when
+        ksmd_should_run()), never a timed sleep between batches."""
+        self._thread_wakeups += 1
+
+    def wake_ksm_iter(self) -> None:
+        """wake_up_interruptible(&ksm_iter_wait): ends ksmd's timed sleep if
+        sleep_millisecs now differs from the value that sleep started with."""
+        self._iter_wakeups += 1
+
+    def take_wakeups(self) -> tuple[int, int]:
+        """(ksm_thread_wait wake-ups, ksm_iter_wait wake-ups) since the last call."""
+        w = (self._thread_wakeups, self._iter_wakeups)
+        self._thread_wakeups = self._iter_wakeups = 0
+        return w
 
     def _scan_get_next(self, budget: int) -> tuple[int, bool]:
         """Advance the scan by up to ``budget`` processed pages inside one mm; returns how
@@ -943,7 +999,9 @@ class Ksm:
             mem.pte.a[ga] = self.node_kfn.a[app_nodes]
             self.put_frames(old.astype(np.int32))
         if new_plan is not None:
-            sh, sg, un = self._merge_new_nodes(g, new_plan, att_g, att_n, repl_g, repl_k, events, tracing)
+            sh, sg, un = self._merge_new_nodes(
+                g, new_plan, att_g, att_n, repl_g, repl_k, events, tracing, hl if hl_on else None
+            )
             shared += sh
             sharing += sg
             unshared += un
@@ -1046,6 +1104,7 @@ class Ksm:
     def _merge_new_nodes(
         self, g: np.ndarray, plan: NewNodesPlan, att_g: list[np.ndarray], att_n: list[np.ndarray],
         repl_g: list[np.ndarray], repl_k: list[np.ndarray], events: list, tracing: bool,
+        hl: list[np.ndarray] | None = None,
     ) -> tuple[int, int, int]:
         """A NewNodesPlan: per content, the sequence [unstable tree item] + the batch's
         pages; one page alone is inserted in the unstable tree, otherwise the second of
@@ -1095,6 +1154,17 @@ class Ksm:
         repl_g.append(others)
         repl_k.append(others_k.astype(np.int32))
         np.add.at(mem.fmap.a, kfn, (length - 1).astype(np.int32))
+        if hl is not None:
+            # stable_tree_append() order: the sequence's first item, then the KSM page's,
+            # both at the KSM page's place, then the others at theirs
+            pr = pos.astype(np.int64, copy=True)
+            orr = np.zeros(gp.shape[0], dtype=np.int64)
+            orr[kidx] = 1
+            pr[first[~has]] = kpos[~has]
+            hl.append(np.stack((pr, orr, gp.astype(np.int64))))
+            if has.any():
+                hl.append(np.stack((kpos[has].astype(np.int64), np.zeros(int(has.sum()), np.int64),
+                                    items[has].astype(np.int64))))
         if tracing:
             # try_to_merge_two_pages(): the current page becomes the KSM page (ksm_page
             # NULL), then the tree page joins it; the rest append, each at its place
@@ -1837,12 +1907,14 @@ class Ksm:
         return np.flatnonzero(self.node_alive.a[: self.node_alive.n]).tolist()
 
     def set_run(self, value: int, unmerge_vma: Callable[[MM, object], None]) -> None:
-        """run_store() after parsing: 2 unmerges synchronously (waking ksmd on 1 is the
-        runtime pacer's job: it sees every store)."""
+        """run_store() after parsing: 2 unmerges synchronously; any value with
+        KSM_RUN_MERGE wakes ksm_thread_wait (changed or not)."""
         if value != self.run:
             self.run = value
             if value & KSM_RUN_UNMERGE:
                 self.unmerge_and_remove_all_rmap_items(unmerge_vma)
+        if value & KSM_RUN_MERGE:
+            self.wake_ksm_thread()
 
     def _drop_stable_tree_or_ebusy(self) -> None:
         """max_page_sharing_store() / merge_across_nodes_store(): a real change needs no
@@ -1867,9 +1939,10 @@ class Ksm:
         self.unstable_tree = [{} for _ in range(trees)]
 
     def set_sleep_millisecs(self, value: int) -> None:
-        # sleep_millisecs_store() also wakes ksmd if the value changed; the runtime's pacer
-        # does that (it sees every store)
+        # sleep_millisecs_store(): wake_up_interruptible(&ksm_iter_wait) after every store;
+        # the sleeping ksmd only wakes up if the value differs from its sleep's
         self.sleep_millisecs = value
+        self.wake_ksm_iter()
 
     def set_pages_to_scan(self, value: int) -> None:
         if self.advisor_mode == "scan-time":
