@@ -21,7 +21,7 @@ from ksmfs.linux import (
 
 from .clock import SimClock
 from .errors import KsmError
-from .ksm import Ksm
+from .ksm import Ksm, ScanBatch
 from .mm import (
     FRAME_ANON,
     FRAME_FILE,
@@ -139,6 +139,14 @@ class Kernel:
 
     def ksm_do_scan(self, n: int) -> int:
         return self.ksm.ksm_do_scan(n)
+
+    def ksmd_begin(self) -> ScanBatch | None:
+        """ksmd_step() in slices: the batch ksmd would run now (None: it would wait to
+        be woken). Run it with ``k.ksm.scan_slice(batch, max_pages)`` until that returns
+        True; ksmd then sleeps ``k.ksm.sleep_millisecs``."""
+        if not self.ksm.would_scan():
+            return None
+        return self.ksm.begin_batch(self.ksm.pages_to_scan)
 
     def unique_tokens(self, n: int) -> np.ndarray:
         """Contents no other page has (bit 63 set): ksmd knows they cannot match."""
