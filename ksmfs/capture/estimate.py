@@ -76,7 +76,7 @@ def run(
     built: Built,
     on_snapshot: Callable[[Snapshot], None] = lambda s: None,
     max_full_scans: int = 100,
-    stable_for: int = 3,
+    stable_for: int = 2,
     progress: Callable[[int], None] | None = None,
 ) -> Result:
     """Full scans until the merge counters and every process's ksm_merging_pages have not
