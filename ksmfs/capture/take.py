@@ -80,20 +80,21 @@ class Hasher:
 
 
 def read_knobs() -> dict[str, int | str]:
+    """The writable KSM knobs of this machine (names of /sys/kernel/mm/ksm files)."""
+    from .build import KNOB_ORDER
+
     out: dict[str, int | str] = {}
     root = Path("/sys/kernel/mm/ksm")
-    if not root.is_dir():
-        return out
-    for f in sorted(root.iterdir()):
+    for name in KNOB_ORDER:
         try:
-            text = f.read_text().strip()
+            text = (root / name).read_text().strip()
         except OSError:
             continue
         if re.fullmatch(r"-?\d+", text):
-            out[f.name] = int(text)
+            out[name] = int(text)
         else:
             m = re.search(r"\[([^\]]+)\]", text)
-            out[f.name] = m.group(1) if m else text
+            out[name] = m.group(1) if m else text
     return out
 
 
