@@ -123,6 +123,12 @@ class Kernel:
         self._next_unique += n
         return (np.arange(start, start + n, dtype=np.uint64)) | UNIQUE_BIT
 
+    def _next_pid(self) -> int:
+        pid = next(self._pids)
+        while pid in self.tasks:  # taken by a spawn(pid=...)
+            pid = next(self._pids)
+        return pid
+
     # ------------------------------------------------------------------ lookup helpers
     def mm_ids_of(self, g: np.ndarray) -> np.ndarray:
         n = self._range_base.n
@@ -162,12 +168,17 @@ class Kernel:
         gid: int | None = None,
         cmdline: list[str] | None = None,
         ppid: int = 1,
+        pid: int | None = None,
     ) -> int:
         """A new process with an empty address space (as after exec of a tiny static
-        binary: no heap or stack pages that ksmd could see)."""
+        binary: no heap or stack pages that ksmd could see). ``pid`` asks for that pid
+        (a process rebuilt from a capture keeps its pid): EEXIST when it is taken."""
         if not comm or "\n" in comm or "/" in comm:
             raise KsmError(errno.EINVAL, f"bad process name {comm!r}")
-        pid = next(self._pids)
+        if pid is None:
+            pid = self._next_pid()
+        elif pid <= 0 or pid in self.tasks:
+            raise KsmError(errno.EEXIST, f"pid {pid} is taken or invalid")
         t = Task(pid, comm[:15], uid, uid if gid is None else gid, ppid, cmdline or [comm], self.now)
         t.mm = self._new_mm(pid)
         self.tasks[pid] = t
@@ -180,7 +191,7 @@ class Kernel:
         inherited and added to the global count."""
         parent = self.task(pid)
         pmm = self._mm(pid)
-        child = Task(next(self._pids), parent.comm, parent.uid, parent.gid, pid, list(parent.cmdline), self.now)
+        child = Task(self._next_pid(), parent.comm, parent.uid, parent.gid, pid, list(parent.cmdline), self.now)
         cmm = self._new_mm(child.pid)
         child.mm = cmm
         cmm.merge_any = pmm.merge_any
