@@ -121,7 +121,8 @@ def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | Non
     built = Built(k, [])
     for cp in cap.processes:
         comm = (cp.comm or "?").replace("/", "_").replace("\n", " ")
-        pid = k.spawn(comm, uid=cp.uid, cmdline=[comm])
+        pid = k.spawn(comm, uid=cp.uid, cmdline=[comm],
+                      pid=cp.pid if cp.pid > 0 and cp.pid not in k.tasks else None)
         sp = SimProcess(pid, cp)
         built.processes.append(sp)
         for v in cp.vmas:

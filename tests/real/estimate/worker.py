@@ -1,5 +1,5 @@
-"""A process with known memory for the estimate-vs-real test. Prints "ready" once its
-memory is in place, then waits until stdin closes.
+"""A process with known memory for the estimate-vs-real test. Prints "ready" and the
+addresses of its mappings (JSON) once its memory is in place, then waits until stdin closes.
 
 --same N     N pages whose contents every worker shares (page i = seeded bytes)
 --zero N     N zero-filled pages (written, so present)
@@ -11,6 +11,8 @@ memory is in place, then waits until stdin closes.
 """
 
 import argparse
+import ctypes
+import json
 import mmap
 import os
 import random
@@ -27,26 +29,31 @@ a = ap.parse_args()
 
 same_pages = random.Random(1).randbytes(max(a.same, a.cow, 1) * P)
 keep = []
+where = {}  # option -> address of its mapping (printed after "ready")
 
-def anon(npages):
+def addr(m):
+    return ctypes.addressof(ctypes.c_char.from_buffer(m))
+
+def anon(npages, what):
     # MAP_PRIVATE: Python's default for -1 is a shared mapping, which KSM never scans
     m = mmap.mmap(-1, npages * P, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     keep.append(m)
+    where[what] = addr(m)
     return m
 
 if a.same:
-    m = anon(a.same)
+    m = anon(a.same, "same")
     m[:] = same_pages[: a.same * P]
 if a.zero:
-    m = anon(a.zero)
+    m = anon(a.zero, "zero")
     for off in range(0, a.zero * P, P):
         m[off] = 0
 if a.unique:
-    m = anon(a.unique)
+    m = anon(a.unique, "unique")
     m[:] = os.urandom(a.unique * P)
 if a.thp:
     n = a.thp * 256
-    m = anon(n)
+    m = anon(n, "thp")
     m.madvise(14)  # MADV_HUGEPAGE
     src = random.Random(2).randbytes(256 * P)
     for off in range(0, n * P, 256 * P):
@@ -56,12 +63,13 @@ if a.file:
     size = os.fstat(fd).st_size
     fm = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     keep.append(fm)
+    where["file"] = addr(fm)
     s = 0
     for off in range(0, size, P):  # read every page: file pages are mapped
         s += fm[off]
     fm[: a.cow * P] = same_pages[: a.cow * P]
 if a.volatile:
-    vm = anon(a.volatile)
+    vm = anon(a.volatile, "volatile")
 
     def rewrite():
         i = 0
@@ -73,6 +81,6 @@ if a.volatile:
 
     threading.Thread(target=rewrite, daemon=True).start()
     time.sleep(0.05)
-sys.stdout.write("ready\n")
+sys.stdout.write("ready " + json.dumps(where) + "\n")
 sys.stdout.flush()
 sys.stdin.read()
