@@ -137,13 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "run",
         "run a scenario on the simulated or the real kernel",
-        "Run a scenario (TOML file or built-in name) and print one line per full scan.\n"
-        "--backend sim drives the simulated kernel; --backend real drives this machine's\n"
-        "KSM (root; it changes /sys/kernel/mm/ksm and restores it afterwards).",
+        "Run a scenario (TOML file or built-in name). On a terminal it shows a table, one\n"
+        "row per full scan: the main counters and the timeline steps that ran after it.\n"
+        "Piped, or with --json, it writes one JSON snapshot per full scan instead.\n"
+        "--backend sim drives the simulated kernel (--kernel picks its version);\n"
+        "--backend real drives this machine's KSM (root; it changes /sys/kernel/mm/ksm\n"
+        "and restores it afterwards).",
         _examples(
             "ksmfs run kvm-guests",
+            "ksmfs run kvm-guests --kernel 6.1",
+            "ksmfs run kvm-guests | jq .ksm.pages_sharing    # JSON lines when piped",
             "ksmfs run ./my.toml --json out.jsonl --plot out.png",
-            "sudo ksmfs run ./my.toml --backend real --json real.jsonl",
+            "ksmfs run ./my.toml --backend real --json real.jsonl   # as root",
         ),
         Target("ksmfs.scenario.cli", "cmd_run"),
     )
@@ -151,17 +156,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend", choices=("sim", "real"), default="sim", help="which kernel (default sim)"
     )
-    p.add_argument("--json", metavar="OUT.jsonl", help="write one snapshot per full scan")
+    p.add_argument(
+        "--kernel",
+        metavar="VERSION",
+        help=f"simulated kernel version: {' '.join(KERNEL_VERSIONS)} (default {DEFAULT_KERNEL})",
+    )
+    p.add_argument(
+        "--json",
+        metavar="OUT.jsonl",
+        nargs="?",
+        const="-",
+        help="write one JSON snapshot per full scan to OUT.jsonl (without a file: stdout)",
+    )
     p.add_argument("--plot", metavar="FILE.png", help="draw the counters (needs ksmfs[plot])")
 
     p = add(
         "diff",
         "run a scenario on both kernels and compare",
         "Run SCENARIO on the simulated kernel and on this machine's real KSM, and print,\n"
-        "per full scan, every snapshot field that differs. Exits 0 when none does.",
+        "per full scan, every snapshot field that differs. Exits 0 when none does, 1 when\n"
+        "some differ, 2 when this machine's KSM cannot be driven (it says why first).",
         _examples(
-            "sudo ksmfs diff kvm-guests",
-            "sudo ksmfs diff ./my.toml --plot diff.png   # solid = sim, dashed = real",
+            "ksmfs diff kvm-guests                      # as root",
+            "ksmfs diff ./my.toml --plot diff.png       # solid = sim, dashed = real",
         ),
         Target("ksmfs.scenario.cli", "cmd_diff"),
     )
@@ -187,12 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
             "ksmfs run kvm-guests --json out.jsonl",
             "ksmfs plot out.jsonl -o out.png",
             "ksmfs plot out.jsonl -o out.png --title 'two VMs, 6.18'",
+            "ksmfs plot out.jsonl -o out.png --scenario kvm-guests   # mark its steps",
         ),
         Target("ksmfs.plot", "cmd_plot", extra="plot"),
     )
     p.add_argument("jsonl", metavar="OUT.jsonl", help="snapshot file, one JSON object a line")
     p.add_argument("-o", "--output", metavar="FILE.png", required=True, help="PNG to write")
     p.add_argument("--title", help="figure title (default: the file name)")
+    p.add_argument(
+        "--scenario",
+        metavar="FILE_OR_NAME",
+        help="the scenario that was run: its timeline steps are marked on the plot",
+    )
 
     p = add(
         "top",

@@ -6,7 +6,10 @@ it with line-accurate errors and draws, over full scans:
 
 * the page counters pages_shared, pages_sharing, pages_unshared, pages_volatile and
   ksm_zero_pages (top panel), and
-* general_profit in MiB (bottom panel; it can be negative: every rmap_item costs 64 bytes).
+* general_profit in MiB (bottom panel; it can be negative: every rmap_item costs 64 bytes),
+* and, when the scenario is known, its timeline's steps (a write, ``run=2``, an exit ...)
+  as dotted vertical lines at the full scan after which each ran, so that a reader sees
+  why a curve moves.
 
 Counters that a kernel version does not have (general_profit before 6.4, ksm_zero_pages
 before 6.6) are simply left out. matplotlib is optional (``pip install 'ksmfs[plot]'``) and
@@ -23,6 +26,11 @@ from pathlib import Path
 from typing import Any
 
 Snapshot = dict[str, Any]
+# Timeline steps to mark: full scan K -> labels of the steps run after K's snapshot.
+Steps = dict[int, list[str]]
+# What a figure shows, returned by the plot functions: line label -> (xs, ys), and the
+# step marks as (full scan, text).
+Drawn = dict[str, Any]
 
 PAGE_COUNTERS = (
     "pages_shared",
@@ -117,6 +125,25 @@ def _series(snaps: Sequence[Snapshot], name: str) -> tuple[list[int], list[int]]
     return xs, [s["ksm"][name] for s in snaps if name in s["ksm"]]
 
 
+def _mark_steps(axes: Sequence[Any], steps: Steps | None) -> list[tuple[int, str]]:
+    """Dotted vertical lines at each full scan after which steps ran, the steps' labels
+    written along the line in the first axes."""
+    marks: list[tuple[int, str]] = []
+    for k in sorted(steps or {}):
+        text = "; ".join(steps[k]) if steps else ""
+        if len(text) > 60:
+            text = text[:57] + "..."
+        for ax in axes:
+            ax.axvline(k, color="black", linestyle=":", linewidth=1.0, zorder=1)
+        axes[0].annotate(
+            text, xy=(k, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -4),
+            textcoords="offset points", rotation=90, va="top", ha="left", fontsize="small",
+            color="dimgray",
+        )
+        marks.append((k, text))
+    return marks
+
+
 def _save(fig: Any, plt: Any, path: str | Path) -> None:
     try:
         fig.savefig(path, dpi=DPI)
@@ -127,10 +154,13 @@ def _save(fig: Any, plt: Any, path: str | Path) -> None:
 
 
 def plot_snapshots(
-    snaps: Sequence[Snapshot], path: str | Path, *, title: str | None = None
-) -> None:
-    """Draw the page counters and general_profit (MiB) over full scans into the PNG ``path``."""
+    snaps: Sequence[Snapshot], path: str | Path, *, title: str | None = None,
+    steps: Steps | None = None,
+) -> Drawn:
+    """Draw the page counters and general_profit (MiB) over full scans into the PNG ``path``,
+    with the timeline's ``steps`` marked; return what was drawn."""
     plt = _pyplot()
+    drawn: Drawn = {"series": {}, "steps": []}
     fig, (ax, ax_profit) = plt.subplots(
         2, 1, figsize=FIGSIZE, sharex=True, gridspec_kw={"height_ratios": [3, 1.4]}
     )
@@ -143,6 +173,7 @@ def plot_snapshots(
                 *series, marker=".", label=name, color=COLORS[name],
                 linewidth=3.4 - 0.6 * i, zorder=2 + i,
             )
+            drawn["series"][name] = series
     ax.set_ylabel("pages")
     ax.legend(loc="best", fontsize="small")
     ax.grid(True, alpha=0.3)
@@ -156,6 +187,7 @@ def plot_snapshots(
         )
         ax_profit.axhline(0, color="black", linewidth=0.6)
         ax_profit.legend(loc="best", fontsize="small")
+        drawn["series"]["general_profit"] = profit
     else:
         ax_profit.text(
             0.5, 0.5, "general_profit: not in this kernel version (6.4+)",
@@ -166,9 +198,11 @@ def plot_snapshots(
     ax_profit.grid(True, alpha=0.3)
     # Full scans are whole numbers: no 2.5 ticks.
     ax_profit.xaxis.get_major_locator().set_params(integer=True)
+    drawn["steps"] = _mark_steps((ax, ax_profit), steps)
     fig.suptitle(title or "KSM counters")
     fig.tight_layout()
     _save(fig, plt, path)
+    return drawn
 
 
 def plot_diff(
@@ -177,13 +211,16 @@ def plot_diff(
     path: str | Path,
     *,
     title: str | None = None,
-) -> None:
+    steps: Steps | None = None,
+) -> Drawn:
     """Draw both backends' pages_shared/sharing/unshared/volatile over full scans.
 
     One colour per counter; solid lines are the simulated kernel, dashed lines the real
-    one, so a mismatch shows as two lines of one colour parting ways.
+    one, so a mismatch shows as two lines of one colour parting ways. Returns what was
+    drawn (lines labelled "NAME (sim)" and "NAME (real)").
     """
     plt = _pyplot()
+    drawn: Drawn = {"series": {}, "steps": []}
     fig, ax = plt.subplots(figsize=FIGSIZE)
     # Wide translucent solid lines under thin dashed ones: where both agree the dashes run
     # inside the solid band; where they differ they leave it.
@@ -199,6 +236,7 @@ def plot_diff(
                     *series, marker=".", color=COLORS[name], label=f"{name} ({backend})",
                     **style,
                 )
+                drawn["series"][f"{name} ({backend})"] = series
     ax.set_xlabel("full scans")
     ax.set_ylabel("pages")
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -206,17 +244,29 @@ def plot_diff(
     ax.legend(loc="best", fontsize="small", ncol=2)
     legend = "sim (solid) vs real (dashed)"
     ax.set_title(f"{title}: {legend}" if title else legend)
+    drawn["steps"] = _mark_steps((ax,), steps)
     fig.tight_layout()
     _save(fig, plt, path)
+    return drawn
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    """``ksmfs plot OUT.jsonl -o FILE.png [--title T]``."""
+    """``ksmfs plot OUT.jsonl -o FILE.png [--title T] [--scenario S]``."""
     try:
         snaps = read_snapshots(args.jsonl)
+        steps = None
+        if getattr(args, "scenario", None):
+            from ksmfs.scenario.cli import steps_by_scan
+            from ksmfs.scenario.loader import ScenarioError, load_scenario
+
+            try:
+                steps = steps_by_scan(load_scenario(args.scenario))
+            except ScenarioError as e:
+                raise PlotError(f"--scenario: {e}") from None
         title = getattr(args, "title", None) or Path(args.jsonl).stem
-        plot_snapshots(snaps, args.output, title=title)
+        plot_snapshots(snaps, args.output, title=title, steps=steps)
     except PlotError as e:
-        print(f"ksmfs plot: {e}", file=sys.stderr)
+        print(f"ksmfs plot: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0

@@ -118,50 +118,63 @@ def fuse_options(config: MountConfig) -> set[str]:
 # -- building the kernel ----------------------------------------------------------------
 class Timeline:
     """Plays a scenario's ``[[step]]`` timeline on a mounted kernel: the steps of
-    ``after_full_scans = K`` run right after the K-th full scan that ksmd completes.
+    ``after_full_scans = K`` run right after the K-th full scan that ksmd completes, by
+    the schedule ``ksmfs run`` follows (``ksmfs.scenario.driver.steps_due``: none from
+    ``max_full_scans`` on), through the same sim backend.
 
-    While ksmd does not run (run 0 or 2, or no mm registered) further full scans are
-    *virtual*, as in the scenario contract: the pacer counts one every
-    ``sleep_millisecs`` of simulated time (:meth:`virtual_scan`), so a timeline that
-    stops ksmd and starts it again plays on.  A run=2 store resets the kernel's
-    ``full_scans``, so completed scans are counted here.
+    While ksmd does not run (run 0 or 2, pages_to_scan 0, or no mm registered) further
+    full scans are *virtual*, as in the scenario contract: the pacer counts one every
+    ``sleep_millisecs`` of simulated time (:meth:`virtual_scan` while ksmd is idle; a
+    batch of pages_to_scan 0 in :meth:`after_batch`), so a timeline that stops ksmd and
+    starts it again plays on.  A run=2 store resets the kernel's ``full_scans``, so
+    completed scans are counted here.  ``on_full_scan(k)``, when set, is called for each
+    completed full scan before its steps run (the moment of snapshot k).
     """
 
-    def __init__(self, kernel: Kernel, scenario: Any, handles: Any) -> None:
-        self.kernel = kernel
+    def __init__(self, backend: Any, scenario: Any) -> None:
+        self.backend = backend
+        self.kernel: Kernel = backend.kernel
         self.scenario = scenario
-        self.handles = handles
         self.completed = 0
-        self._seen = kernel.ksm.full_scans
+        self.on_full_scan: Callable[[int], None] | None = None
+        self._seen = self.kernel.ksm.full_scans
 
     def pending(self) -> bool:
-        """Steps are left for a later full scan (within the scenario's max_full_scans)."""
-        return any(
-            step.after_full_scans > self.completed for step in self.scenario.steps
-        ) and self.completed < self.scenario.max_full_scans
+        """Steps are left for a later full scan (before the scenario's max_full_scans)."""
+        from ksmfs.scenario.driver import steps_pending
+
+        return steps_pending(self.scenario, self.completed)
 
     def virtual_scan(self) -> None:
         """One full scan while ksmd does not run: its steps happen now."""
+        self._complete()
+
+    def _complete(self) -> None:
+        from ksmfs.scenario.driver import steps_due
+
         self.completed += 1
-        self._apply(self.completed)
-
-    def _apply(self, k: int) -> None:
-        from ksmfs.scenario.sim import apply_step
-
-        for step in self.scenario.steps_after(k):
+        k = self.completed
+        if self.on_full_scan is not None:
+            self.on_full_scan(k)
+        for step in steps_due(self.scenario, k):
             try:
-                apply_step(self.kernel, self.handles, step)
+                self.backend.step(step)
             except Exception as e:  # e.g. its process was ended through ksmfs/control
-                log.warning("scenario step after full scan %d (%s) skipped: %s", k, step.action, e)
+                log.warning("scenario step after full scan %d (%s) skipped: %s", k, step.kind, e)
 
     def after_batch(self) -> None:
-        full_scans = self.kernel.ksm.full_scans
+        ksm = self.kernel.ksm
+        full_scans = ksm.full_scans
         if full_scans < self._seen:  # run = 2 reset the counter
             self._seen = full_scans
+        if full_scans == self._seen and ksm.would_scan() and ksm.pages_to_scan == 0:
+            # ksmd ran a batch of 0 pages: with pages_to_scan 0 a pass never ends, and the
+            # contract counts a virtual full scan each time ksmd wakes instead
+            self._complete()
+            return
         while self._seen < full_scans:
             self._seen += 1
-            self.completed += 1
-            self._apply(self.completed)
+            self._complete()
 
 
 @dataclass
@@ -177,17 +190,17 @@ def build_simulation(config: MountConfig) -> Simulation:
     """The scenario of ``--scenario`` (a TOML file or a built-in name), or the built-in
     ``demo``: its processes are filled, its knobs set, then run = 1 (ksmd starts with
     the mount).  Raises ``KsmError`` (unknown kernel version) or ``ScenarioError``."""
-    from ksmfs.kernel import knobs
     from ksmfs.kernel.versions import get_profile
     from ksmfs.scenario import load_scenario
-    from ksmfs.scenario.sim import build_kernel as build_scenario_kernel
+    from ksmfs.scenario.sim import SimBackend
 
     get_profile(config.kernel_version)  # KsmError(EINVAL) before any scenario work
     name = config.scenario if config.scenario is not None else "demo"
     scenario = load_scenario(name)
-    kernel, handles = build_scenario_kernel(scenario, config.kernel_version)
-    knobs.store(kernel, "run", b"1\n")  # the contract's "full scan 0" moment
-    return Simulation(kernel, Timeline(kernel, scenario, handles), f"scenario {scenario.name}")
+    backend = SimBackend(scenario, config.kernel_version)
+    backend.start()
+    backend.start_ksmd()  # the contract's "full scan 0" moment
+    return Simulation(backend.kernel, Timeline(backend, scenario), f"scenario {scenario.name}")
 
 
 # -- ksmd pacing ------------------------------------------------------------------------
@@ -577,22 +590,40 @@ def check_mountpoint(mountpoint: str) -> str | None:
     return None
 
 
-def _try_lines(mountpoint: str) -> list[str]:
-    # Shell-quoted, so that the lines can be pasted even for a path with spaces.
+def ksmfs_command() -> str:
+    """How a shell reaches this ksmfs: ``ksmfs`` when that name on PATH is this
+    installation (or none is known), else the full path of the venv's script."""
+    here = Path(sys.executable).parent / "ksmfs"
+    found = shutil.which("ksmfs")
+    if not here.exists() or (found and os.path.realpath(found) == os.path.realpath(here)):
+        return "ksmfs"
+    return shlex.quote(str(here))
+
+
+def try_text(mountpoint: str) -> str:
+    """What to try on a fresh mount: printed by `ksmfs mount` and scripts/setup-demo.sh.
+    Lines to paste into a shell (the variables keep them short)."""
     q = shlex.quote
-    ksm = f"{mountpoint}/sys/kernel/mm/ksm"
-    return [
-        "try:",
-        f"  cat {q(ksm + '/pages_shared')} {q(ksm + '/pages_sharing')} "
-        f"{q(ksm + '/full_scans')}",
-        f"  grep . {q(mountpoint + '/proc')}/*/ksm_stat",
-        f"  echo 0 > {q(ksm + '/run')}       # stop ksmd; 2 unmerges everything, 1 restarts",
-        f"  ksmfs top {q(mountpoint)}",
-        f"unmount: ksmfs umount {q(mountpoint)}",
+    plain = q(mountpoint) == mountpoint
+    m, k = ("$M", "$K") if plain else ('"$M"', '"$K"')  # a path with spaces stays one word
+    cmd = ksmfs_command()
+    rows = [
+        (f"M={q(mountpoint)}; K={m}/sys/kernel/mm/ksm", ""),
+        (f"cat {k}/pages_shared {k}/pages_sharing", "the main counters"),
+        (f"grep . {k}/*", "every counter and knob"),
+        (f"grep . {m}/proc/*/ksm_stat", "per-process KSM state"),
+        (f"echo 2 > {k}/run", "unmerge all (0 stops ksmd, 1 restarts it)"),
+        (f"cat {m}/ksmfs/README", "control files: start processes, write pages"),
+        (f"{cmd} top {m}", "live view (q quits)"),
+        (f"{cmd} scenarios", "built-in workloads (ksmfs run NAME)"),
     ]
+    width = max(len(c) for c, _ in rows)
+    lines = ["try:", *(f"  {c:<{width}}  # {why}".rstrip(" #") for c, why in rows)]
+    lines.append(f"unmount: {cmd} umount {q(mountpoint)}")
+    return "\n".join(lines)
 
 
-def _banner(config: MountConfig, sim: Simulation, pid: int) -> str:
+def _banner(config: MountConfig, sim: Simulation, pid: int, log: Path | None) -> str:
     kernel = sim.kernel
     what = f"processes ({sim.label})"
     speed = f", speed x{config.speed:g}" if config.speed != 1.0 else ""
@@ -600,7 +631,23 @@ def _banner(config: MountConfig, sim: Simulation, pid: int) -> str:
         f"ksmfs: simulated Linux {config.kernel_version} with {len(kernel.tasks)} "
         f"{what}{speed} mounted at {config.mountpoint} (server pid {pid})"
     )
-    return "\n".join([head, *_try_lines(config.mountpoint)])
+    lines = [head]
+    if log is not None:
+        lines.append(f"log: {log} (refused control commands and errors are written there)")
+    return "\n".join([*lines, try_text(config.mountpoint)])
+
+
+# fusermount3's words when a container lacks what FUSE needs (seen with podman: without
+# CAP_SYS_ADMIN "mount failed: Operation not permitted", without the device "fuse:
+# device not found").
+def _mount_hint(reason: str) -> str:
+    if "Operation not permitted" in reason or "Permission denied" in reason:
+        if os.geteuid() == 0:
+            return ("; in a container, FUSE needs the capability: run it with "
+                    "--cap-add SYS_ADMIN --device /dev/fuse")
+    if "device not found" in reason or "No such device" in reason:
+        return "; in a container, pass the device: --device /dev/fuse --cap-add SYS_ADMIN"
+    return ""
 
 
 def _one_line(e: BaseException) -> str:
@@ -626,9 +673,29 @@ def _serve_until_done(
     trio.run(main)
 
 
+def _missing(path: str) -> bool:
+    """True only for ENOENT (a stale FUSE mount gives ENOTCONN: it exists)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     """``ksmfs mount``: check, build the kernel, then serve (foreground) or fork."""
     config = MountConfig.from_args(args)
+    if _missing(config.mountpoint):
+        # A new user types `ksmfs mount /tmp/ksm` and expects it to work, as mkdir would.
+        try:
+            os.makedirs(config.mountpoint)
+        except OSError as e:
+            _say(f"{config.mountpoint}: no such directory, and it cannot be created "
+                 f"({e.strerror})")
+            return EXIT_USAGE
+        _say(f"created {config.mountpoint}")
     problem = check_mountpoint(config.mountpoint)
     if problem is not None:
         _say(problem)
@@ -665,13 +732,19 @@ def _mount_foreground(config: MountConfig, sim: Simulation) -> int:
 
     def ready(server: Server) -> None:
         pidf.append(_write_pid_file(config.mountpoint))
-        banner = _banner(config, sim, os.getpid())
-        print(banner.replace("unmount: ksmfs", "unmount: Ctrl-C, or ksmfs"), flush=True)
+        banner = _banner(config, sim, os.getpid(), None)
+        print(banner.replace("unmount: ", "unmount: Ctrl-C, or "), flush=True)
 
     try:
         _serve_until_done(config, sim, ready)
     except Exception as e:
-        _say(f"{config.mountpoint}: {_one_line(e)}")
+        reason = _one_line(e)
+        hint = ""
+        if "fuse_session_mount" in reason:
+            # libfuse printed its reason on this stderr just above, out of our reach.
+            hint = ("; if it says Operation not permitted or device not found and this runs "
+                    "in a container: --cap-add SYS_ADMIN --device /dev/fuse")
+        _say(f"{config.mountpoint}: {reason}{hint}")
         return EXIT_FAIL
     finally:
         for p in pidf:
@@ -698,12 +771,13 @@ def _mount_daemon(config: MountConfig, sim: Simulation) -> int:
     with os.fdopen(r, "rb") as pipe:
         message = pipe.read().decode(errors="replace").strip()
     if message.startswith("ready"):
-        print(_banner(config, sim, pid), flush=True)
+        print(_banner(config, sim, pid, logpath), flush=True)
         return EXIT_OK
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)  # reap the failed server
     if message.startswith("error "):
-        _say(message[len("error ") :])
+        reason = message[len("error ") :]
+        _say(reason + _mount_hint(reason))
     else:
         _say(f"the server exited before the mount was ready; see {logpath}")
     return EXIT_FAIL

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Random scenarios, run on the simulated and on the real kernel, compared cell by cell.
 
-Each round writes a small random scenario (processes, VMAs, fills from zero / unique /
-value / pool contents, knob settings and a timeline of writes, madvise, merge_any,
-sysfs changes, exits and spawns), runs both backends and prints the first differences.
-A failing scenario is kept under --keep for replay with `ksmfs diff FILE`.
+Each round writes a small random scenario (contract v2: processes, VMAs, fills from zero /
+unique / value / pool contents, knob settings and a timeline of writes, whole-VMA and
+ranged madvise, munmap of ranges, forks, merge_any, sysfs changes -- pages_to_scan 0
+included --, exits and spawns), runs both backends and prints the first differences.
+A failing scenario is kept under --keep for replay with `ksmfs diff FILE`.  Round i of
+seed S is the same scenario on every machine (``--first`` starts a chunk mid-way).
 
     python scripts/fuzz_diff.py --rounds 50 --seed 1
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 from ksmfs.scenario.diff import allowed_fields, compare
@@ -42,6 +46,31 @@ def fill(rng: random.Random, pages: int, pools: dict[str, int]) -> str:
     return "[" + ", ".join(segs) + "]"
 
 
+class Proc:
+    """What the generator knows of a live process: its VMAs and which pages are mapped."""
+
+    def __init__(self, vmas: list[tuple[str, int]]) -> None:
+        self.maps = {name: [True] * pages for name, pages in vmas}
+
+    def fork(self) -> Proc:
+        child = Proc([])
+        child.maps = {name: list(m) for name, m in self.maps.items()}
+        return child
+
+    def runs(self, vma: str) -> list[tuple[int, int]]:
+        out, start, m = [], -1, self.maps[vma]
+        for i, mapped in enumerate(m + [False]):
+            if mapped and start < 0:
+                start = i
+            elif not mapped and start >= 0:
+                out.append((start, i - start))
+                start = -1
+        return out
+
+    def mapped_vmas(self) -> list[str]:
+        return [v for v, m in self.maps.items() if any(m)]
+
+
 def process(rng: random.Random, name: str, pools: dict[str, int]) -> tuple[str, list[tuple[str, int]]]:
     lines = ["[[process]]", f'name = "{name}"']
     if rng.random() < 0.2:
@@ -62,9 +91,24 @@ def process(rng: random.Random, name: str, pools: dict[str, int]) -> tuple[str, 
     return "\n".join(lines), vmas
 
 
+def sub_range(rng: random.Random, first: int, count: int) -> tuple[int, int]:
+    """A random non-empty range inside pages first … first+count-1."""
+    a = rng.randint(first, first + count - 1)
+    return a, rng.randint(1, first + count - a)
+
+
+STEP_KINDS = ["write", "write", "madvise", "madvise", "munmap", "munmap", "fork", "fork",
+              "merge_any", "sysfs", "exit", "spawn"]
+SYSFS_CHANGES = [("run", 2), ("run", 1), ("run", 0), ("use_zero_pages", 1),
+                 ("use_zero_pages", 0), ("smart_scan", 0), ("smart_scan", 1),
+                 ("max_page_sharing", 3), ("stable_node_chains_prune_millisecs", 0),
+                 ("pages_to_scan", 0), ("pages_to_scan", 100)]
+
+
 def scenario(rng: random.Random, i: int) -> str:
     pools = {f"p{k}": rng.choice([3, 20, 100]) for k in range(rng.randint(0, 2))}
-    out = [f'name = "fuzz-{i}"', f"max_full_scans = {rng.randint(5, 10)}"]
+    max_full_scans = rng.randint(5, 10)
+    out = [f'name = "fuzz-{i}"', f"max_full_scans = {max_full_scans}"]
     ksm = {}
     if rng.random() < 0.5:
         ksm["max_page_sharing"] = rng.choice([2, 3, 5, 256])
@@ -82,77 +126,106 @@ def scenario(rng: random.Random, i: int) -> str:
     if pools:
         out.append("[pools]")
         out += [f"{k} = {v}" for k, v in pools.items()]
-    procs: dict[str, list[tuple[str, int]]] = {}
+    alive: dict[str, Proc] = {}
     for p in range(rng.randint(1, 4)):
         text, vmas = process(rng, f"proc{p}", pools)
         out.append(text)
-        procs[f"proc{p}"] = vmas
-    alive = list(procs)
-    for _ in range(rng.randint(0, 5)):
-        k = rng.randint(1, 6)
-        act = rng.choice(["write", "write", "madvise", "merge_any", "sysfs", "exit", "spawn"])
-        if act in ("write", "madvise", "merge_any", "exit") and not alive:
+        alive[f"proc{p}"] = Proc(vmas)
+    names = len(alive)
+    # Steps in timeline order, so that every one names a live process and mapped pages
+    # (the loader refuses anything else, contract v2).
+    for k in sorted(rng.randint(1, max_full_scans - 1) for _ in range(rng.randint(0, 8))):
+        act = rng.choice(STEP_KINDS)
+        head = f"[[step]]\nafter_full_scans = {k}\n"
+        if act not in ("sysfs", "spawn") and not alive:
+            continue
+        p = rng.choice(sorted(alive)) if alive else ""
+        proc = alive.get(p)
+        vmas = proc.mapped_vmas() if proc else []
+        if act in ("write", "madvise", "munmap") and not vmas:
             continue
         if act == "write":
-            p = rng.choice(alive)
-            v, pages = rng.choice(procs[p])
-            first = rng.randint(0, pages - 1)
-            count = rng.randint(1, pages - first)
+            v = rng.choice(vmas)
+            first, count = sub_range(rng, *rng.choice(proc.runs(v)))
             src = rng.choice(['"zero"', '"unique"', '"value:1"', '"value:9"'])
-            out.append(
-                f"[[step]]\nafter_full_scans = {k}\nwrite = {{process = \"{p}\", vma = \"{v}\", "
-                f"first = {first}, count = {count}, from = {src}}}"
-            )
+            out.append(head + f'write = {{process = "{p}", vma = "{v}", first = {first}, '
+                       f"count = {count}, from = {src}}}")
         elif act == "madvise":
-            p = rng.choice(alive)
-            v, _ = rng.choice(procs[p])
+            v = rng.choice(vmas)
             adv = rng.choice(["mergeable", "unmergeable"])
-            out.append(f'[[step]]\nafter_full_scans = {k}\nmadvise = {{process = "{p}", vma = "{v}", advice = "{adv}"}}')
+            if rng.random() < 0.4:  # whole VMA: unmapped pages are skipped
+                out.append(head + f'madvise = {{process = "{p}", vma = "{v}", advice = "{adv}"}}')
+            else:
+                first, count = sub_range(rng, *rng.choice(proc.runs(v)))
+                out.append(head + f'madvise = {{process = "{p}", vma = "{v}", advice = "{adv}", '
+                           f"first = {first}, count = {count}}}")
+        elif act == "munmap":
+            v = rng.choice(vmas)
+            first, count = sub_range(rng, *rng.choice(proc.runs(v)))
+            out.append(head + f'munmap = {{process = "{p}", vma = "{v}", first = {first}, '
+                       f"count = {count}}}")
+            proc.maps[v][first:first + count] = [False] * count
+        elif act == "fork":
+            child = f"fork{names}"
+            names += 1
+            out.append(head + f'fork = {{process = "{p}", name = "{child}"}}')
+            alive[child] = proc.fork()
         elif act == "merge_any":
-            p = rng.choice(alive)
-            out.append(f'[[step]]\nafter_full_scans = {k}\nmerge_any = {{process = "{p}", enable = {rng.choice(["true", "false"])}}}')
+            out.append(head + f'merge_any = {{process = "{p}", enable = {rng.choice(["true", "false"])}}}')
         elif act == "sysfs":
-            key, val = rng.choice([("run", 2), ("run", 1), ("run", 0), ("use_zero_pages", 1),
-                                   ("use_zero_pages", 0), ("smart_scan", 0), ("smart_scan", 1),
-                                   ("max_page_sharing", 3), ("stable_node_chains_prune_millisecs", 0)])
-            out.append(f"[[step]]\nafter_full_scans = {k}\nsysfs = {{{key} = {val}}}")
+            key, val = rng.choice(SYSFS_CHANGES)
+            out.append(head + f"sysfs = {{{key} = {val}}}")
         elif act == "exit":
-            p = alive.pop(rng.randrange(len(alive)))
-            out.append(f'[[step]]\nafter_full_scans = {k}\nexit = "{p}"')
+            del alive[p]
+            out.append(head + f'exit = "{p}"')
         else:
-            name = f"late{len(procs)}"
+            name = f"late{names}"
+            names += 1
             pages = rng.choice([16, 64])
             out.append(
-                f'[[step]]\nafter_full_scans = {k}\n[step.spawn]\nname = "{name}"\n'
+                head + f'[step.spawn]\nname = "{name}"\n'
                 f'[[step.spawn.vma]]\nname = "v0"\npages = {pages}\nmergeable = true\nfill = {fill(rng, pages, pools)}'
             )
-            procs[name] = [("v0", pages)]
-            alive.append(name)
+            alive[name] = Proc([("v0", pages)])
     return "\n".join(out) + "\n"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--first", type=int, default=0, help="number of the first round")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sim-only", action="store_true",
+                    help="generate and run on the sim only (checks the generator; no root)")
+    ap.add_argument("--kernel-batches", action="store_true",
+                    help="let the real ksmd scan pages_to_scan pages per batch (run_real's "
+                         "kernel_batches) instead of a whole pass per batch")
     ap.add_argument("--keep", default="/tmp/ksmfs-fuzz", help="where failing scenarios are saved")
     args = ap.parse_args()
-    rng = random.Random(args.seed)
     keep = Path(args.keep)
     keep.mkdir(parents=True, exist_ok=True)
-    bad = 0
-    for i in range(args.rounds):
-        text = scenario(rng, i)
+    bad = broken = cells = 0
+    kinds: Counter[str] = Counter()
+    t0 = time.monotonic()
+    last = args.first + args.rounds
+    for i in range(args.first, last):
+        text = scenario(random.Random(f"{args.seed}:{i}"), i)
         path = keep / f"fuzz-{args.seed}-{i}.toml"
         path.write_text(text)
         try:
             sc = load_scenario(str(path))
         except Exception as e:  # a generator bug, not a kernel difference
+            broken += 1
             print(f"round {i}: generator wrote a bad scenario: {e}")
             continue
+        kinds.update(st.kind for st in sc.steps)
         sim = run_sim(sc, lambda s: None)
-        real = run_real(sc, lambda s: None)
+        if args.sim_only:
+            path.unlink()
+            continue
+        real = run_real(sc, lambda s: None, kernel_batches=args.kernel_batches)
         res = compare(sim, real, allowed_fields(sc))
+        cells += res.cells
         if res.equal:
             path.unlink()
             print(f"round {i}: {res.summary()}")
@@ -161,8 +234,12 @@ def main() -> int:
             print(f"round {i}: {res.summary()} -> {path}")
             for d in [d for d in res.differences if d.counted][:8]:
                 print("   ", d.line())
-    print(f"{bad} of {args.rounds} scenarios differ")
-    return 1 if bad else 0
+    steps = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+    mode = " (kernel batches)" if args.kernel_batches else ""
+    print(f"seed {args.seed}{mode} rounds {args.first}..{last - 1}: {bad} of {args.rounds} scenarios "
+          f"differ, {broken} not loadable; {cells} cells compared; steps: {steps}; "
+          f"{time.monotonic() - t0:.1f} s")
+    return 1 if bad or broken else 0
 
 
 if __name__ == "__main__":

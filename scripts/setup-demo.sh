@@ -21,23 +21,11 @@ KSM="$MNT/sys/kernel/mm/ksm"
 mkdir -p "$MNT" 2>/dev/null || true   # fails harmlessly on a stale mount (ENOTCONN)
 
 if [ -r "$KSM/pages_sharing" ] && grep -qs " $MNT fuse" /proc/self/mounts; then
-    ksmfs_log "$MNT is already mounted; keeping it (unmount: $KSMFS umount $MNT)"
+    ksmfs_log "$MNT is already mounted; keeping it"
+    # The same "try" block as the mount's banner (one source: ksmfs.runtime.try_text).
+    "$KSMFS_VENV/bin/python" -c 'import sys; from ksmfs.runtime import try_text; print(try_text(sys.argv[1]))' "$MNT"
 else
-    # `ksmfs mount` clears a stale mount itself and returns once the file system is up.
+    # `ksmfs mount` clears a stale mount itself, returns once the file system is up and
+    # prints what to try.
     "$KSMFS" mount "$MNT" "$@"
 fi
-
-cat <<TRY
-
-ksmfs is mounted at $MNT: a simulated Linux kernel with ksmd running. Try:
-
-  cat $KSM/pages_shared $KSM/pages_sharing $KSM/full_scans
-  grep . $KSM/*                         # every KSM file with its value
-  grep . $MNT/proc/*/ksm_stat           # per-process KSM state
-  echo 2 > $KSM/run                     # unmerge everything (0 stops, 1 restarts)
-  cat $MNT/ksmfs/README                 # control files: spawn processes, write pages
-  $KSMFS top $MNT                       # live view (q quits)
-  $KSMFS scenarios                      # built-in workloads: $KSMFS run NAME
-
-Unmount when done:  $KSMFS umount $MNT
-TRY

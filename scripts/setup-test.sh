@@ -15,4 +15,7 @@ if [ "${KSMFS_SETUP_ONLY:-0}" = 1 ]; then
     exit 0
 fi
 cd "$KSMFS_REPO"
+# Collection imports numpy, matplotlib and hypothesis: a few seconds (half a minute on a
+# slow machine) before the first dot.
+ksmfs_log "running the tests: pytest -q $* (the real-kernel and slow tiers are opt-in: tests/conftest.py)"
 exec "$KSMFS_VENV/bin/python" -m pytest -q "$@"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ksmfs.cli import main
-from ksmfs.plot import DPI, FIGSIZE, PlotError, plot_diff, read_snapshots
+from ksmfs.plot import DPI, FIGSIZE, PlotError, plot_diff, plot_snapshots, read_snapshots
 
 mpimg = pytest.importorskip("matplotlib.image")
 
@@ -148,13 +148,42 @@ def test_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_plot_diff(tmp_path: Path) -> None:
-    """plot_diff draws both backends in one figure (what `ksmfs diff --plot` writes)."""
+    """plot_diff draws both backends in one figure (what `ksmfs diff --plot` writes): a
+    line per counter and backend, the real one departing where the two differ."""
     sim = hand_derived_snapshots()
     real = hand_derived_snapshots()
     real[5]["ksm"]["pages_unshared"] = 1  # a made-up mismatch, so the dashed line departs
     png = tmp_path / "diff.png"
-    plot_diff(sim, real, png, title="spec 3.9")
+    drawn = plot_diff(sim, real, png, title="spec 3.9")
     assert_png_drawn(png)
+    assert sorted(drawn["series"]) == sorted(
+        f"{n} ({b})" for n in ("pages_shared", "pages_sharing", "pages_unshared",
+                               "pages_volatile") for b in ("sim", "real"))
+    assert drawn["series"]["pages_unshared (sim)"][1] == [0, 0, 1, 1, 1, 0]
+    assert drawn["series"]["pages_unshared (real)"][1] == [0, 0, 1, 1, 1, 1]
+    assert drawn["series"]["pages_volatile (real)"] == drawn["series"]["pages_volatile (sim)"]
+
+
+def test_steps_are_marked_where_they_ran(tmp_path: Path) -> None:
+    """The timeline's steps are marked at the full scan they follow, and change the
+    picture (the same counters without marks draw other pixels)."""
+    snaps = hand_derived_snapshots()
+    plain, marked = tmp_path / "plain.png", tmp_path / "marked.png"
+    plot_snapshots(snaps, plain, title="t")
+    drawn = plot_snapshots(snaps, marked, title="t", steps={3: ["run=2"], 4: ["exit B"]})
+    assert drawn["steps"] == [(3, "run=2"), (4, "exit B")]
+    assert drawn["series"]["pages_sharing"] == ([0, 1, 2, 3, 4, 5], [0, 0, 1, 1, 1, 1])
+    assert (mpimg.imread(plain) != mpimg.imread(marked)).any()
+
+
+def test_run_plot_marks_the_scenario_steps(tmp_path: Path) -> None:
+    """`ksmfs plot --scenario` reads the steps from the scenario that was run."""
+    jsonl = tmp_path / "r.jsonl"
+    assert main(["run", "run2-and-back", "--json", str(jsonl)]) == 0
+    png = tmp_path / "r.png"
+    assert main(["plot", str(jsonl), "-o", str(png), "--scenario", "run2-and-back"]) == 0
+    assert_png_drawn(png)
+    assert main(["plot", str(jsonl), "-o", str(png), "--scenario", "no-such"]) == 2
 
 
 def test_without_matplotlib(tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | Non
     for cp in cap.processes:
         comm = (cp.comm or "?").replace("/", "_").replace("\n", " ")
         pid = k.spawn(comm, uid=cp.uid, cmdline=[comm],
-                      pid=cp.pid if cp.pid > 0 and cp.pid not in k.tasks else None)
+                      pid=cp.pid if 1 < cp.pid < k.pid_max and cp.pid not in k.tasks else None)
         sp = SimProcess(pid, cp)
         built.processes.append(sp)
         for v in cp.vmas:

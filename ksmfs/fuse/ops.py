@@ -56,7 +56,7 @@ import pyfuse3
 import trio
 
 from ksmfs.kernel.errors import KsmError
-from ksmfs.kfs import ROOT_INODE, Node, TraceReader, Tree, read_stream
+from ksmfs.kfs import ROOT, ROOT_INODE, Caller, Node, TraceReader, Tree, read_stream
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,16 @@ def _err(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
 
+def _comm_of(pid: int) -> str:
+    """The comm of a (real) calling process; "<...>" when it is gone, as the trace output
+    prints a task whose comm was not saved (trace_find_cmdline)."""
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode("utf-8", "replace") or "<...>"
+    except OSError:
+        return "<...>"
+
+
 @dataclass
 class _FileHandle:
     """One open file: the content snapshot for readers, or a trace_pipe cursor."""
@@ -136,6 +146,8 @@ class _FileHandle:
     pending: bytes = b""  # rendered trace records the last READ had no room for
     nonblock: bool = False
     poll_handle: Any = None  # pyfuse3.PollHandle of a poll(2) waiting for records
+    read_errno: int = 0  # a show that refused this reader: every READ fails with it
+    opener: int = 0  # pid of the process that opened the file (FUSE request context)
 
 
 @dataclass
@@ -505,21 +517,28 @@ class KsmfsOperations(pyfuse3.Operations):
             raise _err(errno.EACCES)
         if readable and ((spec.show is None and not spec.stream) or not mode & 0o444):
             raise _err(errno.EACCES)
+        caller = Caller(ctx.uid, ctx.gid, ctx.pid) if ctx is not None else ROOT
+        if readable:
+            self.tree.check_open(node, caller)  # proc_mem_open's ptrace check: EACCES
         if flags & os.O_TRUNC:
             # `echo 2 > run` arrives as OPEN(O_WRONLY|O_TRUNC) and no SETATTR (atomic
             # O_TRUNC): accepted, the value stays, mtime/ctime move (spec §1.1).
             if spec.truncate is not None:
                 spec.truncate(self.kernel, node.pid)
             self._touch(node)
-        h = _FileHandle(node, readable, writable)
+        h = _FileHandle(node, readable, writable, opener=int(getattr(ctx, "pid", 0) or 0))
         if spec.stream:
             h.reader = TraceReader()
             h.nonblock = bool(flags & os.O_NONBLOCK)
         elif readable:
-            assert spec.show is not None
             # One rendering per open, served at every offset: a later READ never sees
             # newer, longer content than the first one (seq_file, LXCFS).
-            h.data = bytes(spec.show(self.kernel, node.pid) or b"")
+            try:
+                h.data = bytes(self.tree.render(node, caller) or b"")
+            except KsmError as e:
+                if spec.ptrace != "read":
+                    raise
+                h.read_errno = e.errno  # do_io_accounting: open succeeds, read(2) fails
         fh = next(self._next_fh)
         self._files[fh] = h
         # direct_io: every READ reaches us (no page cache, st_size ignored); trace_pipe
@@ -539,6 +558,8 @@ class KsmfsOperations(pyfuse3.Operations):
         h = self._handle(fh)
         if not h.readable:
             raise _err(errno.EBADF)
+        if h.read_errno:
+            raise _err(h.read_errno)
         if h.reader is None:
             # Honour the offset and answer b"" at or past the end: with direct_io the
             # kernel keeps asking until it gets 0 bytes (python-fuse #64).
@@ -597,7 +618,11 @@ class KsmfsOperations(pyfuse3.Operations):
             return 0  # kernfs: an empty write returns 0 and never reaches store()
         data = bytes(buf[:WRITE_MAX])
         try:
-            n = spec.store(self.kernel, node.pid, data)
+            # A store runs in the writer's context (`echo 2 > run` unmerges as that
+            # process: its trace lines show its comm-pid, not ksmd's).  WRITE requests
+            # carry no context in pyfuse3, so the opener stands for the writer.
+            with self.kernel.trace.running(h.opener, _comm_of(h.opener)):
+                n = spec.store(self.kernel, node.pid, data)
         except KsmError as e:
             if node.path and node.path[0] == "ksmfs":
                 # A refused control command is worth a line in the server log: the

@@ -53,6 +53,13 @@ MADV_UNMERGEABLE = 13
 PR_SET_MEMORY_MERGE = 67
 PR_GET_MEMORY_MERGE = 68
 
+# include/linux/threads.h: the default /proc/sys/kernel/pid_max for up to 32 CPUs, its
+# 64-bit upper bound, and the pids below which allocation never wraps (kernel/pid.c).
+PID_MAX_DEFAULT = 0x8000
+PID_MAX_LIMIT = 4 * 1024 * 1024
+RESERVED_PIDS = 300
+FIRST_PID = 100  # simulated tasks start here: lower pids belong to the boot
+
 DEFAULT_MEM_TOTAL = 16 << 30
 
 # install_pages() page kinds
@@ -71,7 +78,10 @@ class Kernel:
         nr_nodes: int = 1,
         mem_total: int = DEFAULT_MEM_TOTAL,
         swap_total: int = 4 << 30,
+        exact: bool = False,
     ) -> None:
+        """``exact``: ksmd handles every page on its own (cmp_and_merge_page() in visit
+        order, no vector shortcuts): slow, the reference for the fast path."""
         self.version = get_profile(version)
         if nr_nodes < 1 or nr_nodes > 64:
             raise KsmError(errno.EINVAL, f"nr_nodes must be 1..64, not {nr_nodes}")
@@ -84,7 +94,10 @@ class Kernel:
         self.swap_total = swap_total
         self._range_base = GrowArray(np.int64)
         self._range_mm = GrowArray(np.int32)
-        self._pids = itertools.count(100)
+        self.pid_max = PID_MAX_DEFAULT
+        self._pid_cursor = FIRST_PID  # idr cursor: the next pid alloc_pid() tries
+        self.last_pid = FIRST_PID - 1  # the last pid handed out (/proc/loadavg)
+        self.total_forks = FIRST_PID - 1  # forks since boot (/proc/stat "processes")
         self._mm_ids = itertools.count(1)
         self._next_unique = 1
         self._install_frames: dict[int, int] = {}  # install_pages() share name -> frame
@@ -96,6 +109,7 @@ class Kernel:
             self.mm_ids_of,
             self.mms,
             self.version,
+            exact=exact,
         )
 
     # ------------------------------------------------------------------ clock and ksmd
@@ -122,12 +136,6 @@ class Kernel:
         start = self._next_unique
         self._next_unique += n
         return (np.arange(start, start + n, dtype=np.uint64)) | UNIQUE_BIT
-
-    def _next_pid(self) -> int:
-        pid = next(self._pids)
-        while pid in self.tasks:  # taken by a spawn(pid=...)
-            pid = next(self._pids)
-        return pid
 
     # ------------------------------------------------------------------ lookup helpers
     def mm_ids_of(self, g: np.ndarray) -> np.ndarray:
@@ -161,6 +169,28 @@ class Kernel:
         return base
 
     # ------------------------------------------------------------------ tasks
+    def _alloc_pid(self) -> int:
+        """alloc_pid(): idr_alloc_cyclic() from the cursor below pid_max, wrapping to
+        RESERVED_PIDS; EAGAIN when every pid is taken."""
+        low = RESERVED_PIDS if self._pid_cursor > RESERVED_PIDS else 1
+        start = min(max(self._pid_cursor, low), self.pid_max)
+        for pid in itertools.chain(range(start, self.pid_max), range(low, start)):
+            if pid not in self.tasks and pid != 1:
+                self._pid_cursor = pid + 1
+                self.last_pid = pid
+                self.total_forks += 1
+                return pid
+        raise KsmError(errno.EAGAIN, f"no free pid below pid_max {self.pid_max}")
+
+    def set_pid_max(self, value: int) -> None:
+        """/proc/sys/kernel/pid_max: proc_dointvec_minmax between RESERVED_PIDS + 1 and
+        PID_MAX_LIMIT; existing tasks keep their pids."""
+        if not RESERVED_PIDS + 1 <= value <= PID_MAX_LIMIT:
+            raise KsmError(
+                errno.EINVAL, f"pid_max {value} is outside {RESERVED_PIDS + 1}..{PID_MAX_LIMIT}"
+            )
+        self.pid_max = value
+
     def spawn(
         self,
         comm: str,
@@ -176,9 +206,9 @@ class Kernel:
         if not comm or "\n" in comm or "/" in comm:
             raise KsmError(errno.EINVAL, f"bad process name {comm!r}")
         if pid is None:
-            pid = self._next_pid()
-        elif pid <= 0 or pid in self.tasks:
-            raise KsmError(errno.EEXIST, f"pid {pid} is taken or invalid")
+            pid = self._alloc_pid()
+        elif not 1 < pid < self.pid_max or pid in self.tasks:
+            raise KsmError(errno.EEXIST, f"pid {pid} is taken or not below pid_max")
         t = Task(pid, comm[:15], uid, uid if gid is None else gid, ppid, cmdline or [comm], self.now)
         t.mm = self._new_mm(pid)
         self.tasks[pid] = t
@@ -191,7 +221,7 @@ class Kernel:
         inherited and added to the global count."""
         parent = self.task(pid)
         pmm = self._mm(pid)
-        child = Task(self._next_pid(), parent.comm, parent.uid, parent.gid, pid, list(parent.cmdline), self.now)
+        child = Task(self._alloc_pid(), parent.comm, parent.uid, parent.gid, pid, list(parent.cmdline), self.now)
         cmm = self._new_mm(child.pid)
         child.mm = cmm
         cmm.merge_any = pmm.merge_any

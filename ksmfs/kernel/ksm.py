@@ -126,8 +126,13 @@ class Ksm:
         mm_by_gpid: Callable[[np.ndarray], np.ndarray],
         mms: dict[int, MM],
         profile: object,
+        exact: bool = False,
     ) -> None:
         self.mem = mem
+        # exact: every visited page goes through cmp_and_merge_page() one at a time, in
+        # visit order, with real rbtree walks (the reference the vector path is tested
+        # against, tests/kernel/test_oracle.py)
+        self.exact = exact
         self.trace = trace
         self._clock_ns = clock_ns
         self._advance_ns = advance_ns
@@ -183,6 +188,14 @@ class Ksm:
         self._pending_dead: list[int] = []
         self.chk_exc: dict[int, int] = {}  # gpid -> oldchecksum of stable items (rare)
         self._stale_nodes: set[int] = set()  # nodes whose KSM page is gone, still in a tree
+        # stable_node->kpfn of those nodes: node_kfn reads -1 once the page is freed, but
+        # the kernel's trace_ksm_remove_*() still print the pfn the node was made for
+        self._stale_kpfn: dict[int, int] = {}
+        # stable_tree_append() adds an item at the head of the node's hlist; the order is
+        # only needed by the ksm_remove_rmap_item lines of remove_node_from_stable_tree(),
+        # so an append counter per item is kept only while that event is traced
+        self._hlist_seq = np.zeros(0, dtype=np.int64)
+        self._hlist_next = 0
         self._pos = 0  # visit position in the current batch (orders deferred rbtree inserts)
         self._due_chains = np.zeros(0, dtype=np.int64)
         self.chain_live = GrowArray(np.bool_)
@@ -194,6 +207,8 @@ class Ksm:
         self.chain_ivl_ver = GrowArray(np.int64, -1)  # rb version it was computed at
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
+        # trace records of vector merges: (visit position, order, event, fields)
+        self._trace_queue: list[tuple[int, int, str, dict[str, object]]] = []
 
     # ------------------------------------------------------------------ derived counters
     @property
@@ -243,8 +258,12 @@ class Ksm:
         return bool(self.run & KSM_RUN_MERGE) and bool(self.mm_list)
 
     # ------------------------------------------------------------------ tracing helpers
-    def _emit(self, event: str, pid: int = KSMD_PID, comm: str = "ksmd", **fields: object) -> None:
+    def _emit(self, event: str, pid: int | None = None, comm: str = "ksmd", **fields: object) -> None:
+        """Record an event in ``pid``'s context; by default in the context the kernel runs
+        in now: the writer of a store (trace.current, e.g. run_store's unmerge) or ksmd."""
         if self.trace.want(event):
+            if pid is None:
+                pid, comm = self.trace.current or (KSMD_PID, "ksmd")
             self.trace.emit(self._clock_ns(), pid, comm, event, **fields)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ mm list
@@ -527,7 +546,7 @@ class Ksm:
             if not rest.any():
                 return
             g, f, kind, ksm, fl = g[rest], f[rest], kind[rest], ksm[rest], fl[rest]
-        if self._tree_has_special() or self._detaches_from_chain(g, fl, ksm):
+        if self.exact or self._tree_has_special() or self._detaches_from_chain(g, fl, ksm):
             # searches have side effects now: every page in visit order, walks included
             for i, gi in enumerate(g.tolist()):
                 self._pos = i
@@ -607,17 +626,32 @@ class Ksm:
         if gbk.shape[0]:
             z = (tbk == 0) & bool(self.use_zero_pages)
             if z.any():
-                self._merge_with_zero_page(gbk[z])
+                self._merge_with_zero_page(gbk[z], np.flatnonzero(bulk)[keep][z])
             rest = gbk[~z]
             if rest.shape[0]:
                 # unstable_tree_search_insert() that cannot find a match: insert
                 self._insert_unstable_bulk(rest)
         if plans or app_pos.shape[0]:
             self._merge_groups(g, plans, app_pos, app_nodes, app_group_nodes)
-        # in order: everything whose outcome depends on other pages of the same content
+        # in order: everything whose outcome depends on other pages of the same content;
+        # the trace records of the vector merges are written at their pages' places
         for i in np.flatnonzero(in_order).tolist():
             self._pos = i
+            self._flush_trace(i)
             self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
+        self._flush_trace(None)
+
+    def _flush_trace(self, before: int | None) -> None:
+        """Write the queued records of vector merges at visit positions < ``before``
+        (all of them for None), in visit order."""
+        q = self._trace_queue
+        if not q:
+            return
+        q.sort(key=lambda e: (e[0], e[1]))
+        k = len(q) if before is None else next((j for j, e in enumerate(q) if e[0] >= before), len(q))
+        for _, _, event, fields in q[:k]:
+            self._emit(event, **fields)
+        del q[:k]
 
     def _classify_groups(
         self, g: np.ndarray, f: np.ndarray, pos_c: np.ndarray, tok_c: np.ndarray, forced: set[int]
@@ -766,6 +800,8 @@ class Ksm:
         shared = sharing = unshared = 0
         tracing = self.trace.want("ksm_merge_with_ksm_page")
         events: list[tuple[int, int, int, int | None, int]] = []  # (pos, order, item, ksm_page, pfn)
+        hl_on = self.trace.want("ksm_remove_rmap_item")
+        hl: list[np.ndarray] = []  # stable_tree_append() order: rows (pos, order, item)
         if app_pos.shape[0]:
             # one content per node: the groups' nodes are distinct, so += is exact
             gn, gs = app_groups
@@ -776,6 +812,8 @@ class Ksm:
             if tracing:
                 kfns = self.node_kfn.a[app_nodes].tolist()
                 events += [(p, 0, gi, kf, kf) for p, gi, kf in zip(app_pos.tolist(), ga.tolist(), kfns)]
+            if hl_on:
+                hl.append(np.stack((app_pos, np.zeros_like(app_pos), ga)))
             att_g.append(ga)
             att_n.append(app_nodes.astype(np.int32))
             old = mem.pte.a[ga].copy()
@@ -791,6 +829,8 @@ class Ksm:
                 sharing += head.shape[0]
                 if tracing:
                     events += [(p, 0, gi, kfn, kfn) for p, gi in zip(pos[:room].tolist(), head.tolist())]
+                if hl_on:
+                    hl.append(np.stack((pos[:room], np.zeros(head.shape[0], np.int64), head)))
                 att_g.append(head)
                 att_n.append(np.full(head.shape[0], node, np.int32))
                 repl_g.append(head)
@@ -832,6 +872,13 @@ class Ksm:
                     events.append((bp[1], 0, int(blk[1]), None, kfn))
                     events.append((bp[1], 1, int(blk[0]), kfn, kfn))
                     events += [(p, 0, int(gi), kfn, kfn) for p, gi in zip(bp[2:], blk[2:].tolist())]
+                if hl_on:
+                    # the tree item is appended first, then the current page, then the rest
+                    bpa = np.asarray(bpos[c0 : c0 + blk.shape[0]], dtype=np.int64)
+                    bpa[0] = bpa[1]
+                    order = np.zeros(blk.shape[0], np.int64)
+                    order[1] = 1
+                    hl.append(np.stack((bpa, order, blk.astype(np.int64))))
                 shared += 1
                 sharing += blk.shape[0] - 1
                 att_g.append(blk)
@@ -857,10 +904,16 @@ class Ksm:
             mmids = self._mm_by_gpid(ag)
             for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
                 self._mms[int(mmid)].ksm_merging_pages += int(cnt)
+        if hl:
+            rows = np.concatenate(hl, axis=1)
+            self._note_appends(rows[2][np.lexsort((rows[1], rows[0]))])
         if events:
-            for _, _, gi, kpage, pfn in sorted(events, key=lambda e: (e[0], e[1])):
-                self._emit("ksm_merge_with_ksm_page", ksm_page=kpage, pfn=pfn, rmap_item=gi,
-                           mm=self._mmid(gi), err=0)
+            # written by _flush_trace() at their places among the page-by-page merges
+            self._trace_queue += [
+                (pos, order, "ksm_merge_with_ksm_page",
+                 {"ksm_page": kpage, "pfn": pfn, "rmap_item": gi, "mm": self._mmid(gi), "err": 0})
+                for pos, order, gi, kpage, pfn in events
+            ]
 
     def _insert_unstable_bulk(self, g: np.ndarray) -> None:
         mem = self.mem
@@ -928,7 +981,7 @@ class Ksm:
         mem.fmap.a[kfn] += 1
         self.put_frames(np.array([old], dtype=np.int32))
 
-    def _merge_with_zero_page(self, g: np.ndarray) -> None:
+    def _merge_with_zero_page(self, g: np.ndarray, pos: np.ndarray | None = None) -> None:
         """try_to_merge_with_zero_page(): map the shared zero page, dirty-tagged as KSM's."""
         mem = self.mem
         old = mem.pte.a[g].copy()
@@ -939,8 +992,14 @@ class Ksm:
         for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
             self._mms[int(mmid)].ksm_zero_pages += int(cnt)
         if self.trace.want("ksm_merge_one_page"):
-            for gi, mi in zip(g.tolist(), mmids.tolist()):
-                self._emit("ksm_merge_one_page", pfn=0, rmap_item=gi, mm=mi, err=0)
+            if pos is None:
+                for gi, mi in zip(g.tolist(), mmids.tolist()):
+                    self._emit("ksm_merge_one_page", pfn=0, rmap_item=gi, mm=mi, err=0)
+            else:  # a vector merge: written at the pages' places (_flush_trace)
+                self._trace_queue += [
+                    (p, 0, "ksm_merge_one_page", {"pfn": 0, "rmap_item": gi, "mm": mi, "err": 0})
+                    for p, gi, mi in zip(pos.tolist(), g.tolist(), mmids.tolist())
+                ]
 
     # ------------------------------------------------------------------ frames
     def put_frames(self, frames: np.ndarray) -> None:
@@ -964,6 +1023,7 @@ class Ksm:
         nodes = mem.fnode.a[uniq]
         ks = nodes[nodes >= 0]
         if ks.shape[0]:
+            self._stale_kpfn.update(zip(ks.tolist(), self.node_kfn.a[ks].tolist()))
             self.node_kfn.a[ks] = -1
             self._stale_nodes.update(ks.tolist())
         mem.free_frames(uniq.astype(np.int32))
@@ -1026,7 +1086,9 @@ class Ksm:
         st = g[(fl & STABLE) != 0]
         if st.shape[0]:
             nodes = mem.ival.a[st].astype(np.int64)
-            self._detach_ival(st, nodes)
+            # detached at the end: a stale node's removal below still finds these items
+            # on its hlist (ival == node), as ksm_get_folio() does before hlist_del()
+            detach = (st, nodes)
             alive = self.node_alive.a[nodes]
             # items of a node removed earlier in this batch: their share of that removal
             gone = st[~alive]
@@ -1035,8 +1097,14 @@ class Ksm:
             st, nodes = st[alive], nodes[alive]
             stale = self.node_kfn.a[nodes] < 0
             if stale.any():
-                for n in np.unique(nodes[stale]).tolist():
-                    self._remove_node_from_stable_tree(n)
+                # ksm_get_folio() finds the page gone at the first item of each node, in
+                # the order the items are removed
+                sn = nodes[stale]
+                _, first = np.unique(sn, return_index=True)
+                order = sn[np.sort(first)].tolist()
+                hlists = self._hlists(order)
+                for n in order:
+                    self._remove_node_from_stable_tree(n, hlists.get(n))
                 self._dec_merging(st[stale])
                 st, nodes = st[~stale], nodes[~stale]
             if st.shape[0]:
@@ -1047,6 +1115,7 @@ class Ksm:
                 self.pages_shared -= emptied
                 self.pages_sharing -= int(cnt.sum()) - emptied
                 self._dec_merging(st)
+            self._detach_ival(*detach)
         if np.any(fl & UNSTABLE):
             self.pages_unshared -= int(np.count_nonzero(fl & UNSTABLE))
         mem.iflags.a[g] = fl & ~np.uint8(STABLE | UNSTABLE | SEQ_ODD)
@@ -1096,9 +1165,6 @@ class Ksm:
         nodes = mem.ival.a[cand].astype(np.int64)
         hit = cand[dead[nodes]]
         if hit.shape[0]:
-            if self.trace.want("ksm_remove_rmap_item"):
-                for gi in hit.tolist():
-                    self._emit("ksm_remove_rmap_item", pfn=-1, rmap_item=gi, mm=self._mmid(gi))
             self._dec_merging(hit)
             mem.iflags.a[hit] &= ~np.uint8(STABLE)
             self._detach_ival(hit, mem.ival.a[hit].astype(np.int64))
@@ -1125,15 +1191,25 @@ class Ksm:
         ln = int(self.node_len.a[n])
         return ln > 0 and ln + offset < self.max_page_sharing
 
-    def _remove_node_from_stable_tree(self, n: int) -> None:
+    def _remove_node_from_stable_tree(self, n: int, hlist: list[int] | None = None) -> None:
         """remove_node_from_stable_tree(): every item attached counts down now; their flags
-        are cleared at the end of the batch (_reap_dead_nodes)."""
+        are cleared at the end of the batch (_reap_dead_nodes).  Traced like the kernel:
+        ksm_remove_rmap_item(kpfn, item, mm) for every item of the hlist but the last (the
+        oldest: pages_shared, the others pages_sharing), head first, then
+        ksm_remove_ksm_page(kpfn).  ``hlist``: the node's items if the caller has them."""
         ln = int(self.node_len.a[n])
         if ln > 0:
             self.pages_shared -= 1
             self.pages_sharing -= ln - 1
             self._pending_dead.append(n)
-        self._emit("ksm_remove_ksm_page", pfn=int(self.node_kfn.a[n]))
+        kpfn = self._stale_kpfn.pop(n, None)
+        if kpfn is None:
+            kpfn = int(self.node_kfn.a[n])
+        if self.trace.want("ksm_remove_rmap_item") and ln > 1:
+            items = hlist if hlist is not None else self._hlists([n]).get(n, [])
+            for gi in items[:-1]:
+                self._emit("ksm_remove_rmap_item", pfn=kpfn, rmap_item=gi, mm=self._mmid(gi))
+        self._emit("ksm_remove_ksm_page", pfn=kpfn)
         kfn = int(self.node_kfn.a[n])
         if kfn >= 0 and self.mem.fnode.a[kfn] == n:
             self.mem.fnode.a[kfn] = FRAME_ANON  # set_page_stable_node(page, NULL)
@@ -1150,6 +1226,36 @@ class Ksm:
         self._stale_nodes.discard(n)
         if ln == 0:
             self._free_nodes.append(n)
+
+    def _note_appends(self, g: np.ndarray) -> None:
+        """stable_tree_append() of items ``g``, in this order (only while traced)."""
+        n = self.mem.iflags.n
+        if self._hlist_seq.shape[0] < n:
+            grown = np.zeros(max(n, 2 * self._hlist_seq.shape[0]), dtype=np.int64)
+            grown[: self._hlist_seq.shape[0]] = self._hlist_seq
+            self._hlist_seq = grown
+        self._hlist_seq[g] = self._hlist_next + 1 + np.arange(g.shape[0], dtype=np.int64)
+        self._hlist_next += g.shape[0]
+
+    def _hlists(self, nodes: list[int]) -> dict[int, list[int]]:
+        """The items on each node's hlist, head (newest append) first; items appended
+        while the event was not traced count as older, in address order."""
+        if not self.trace.want("ksm_remove_rmap_item") or not nodes:
+            return {}
+        mem = self.mem
+        n = mem.iflags.n
+        cand = np.flatnonzero((mem.iflags.a[:n] & STABLE) != 0)
+        cn = mem.ival.a[cand].astype(np.int64)
+        hit = np.isin(cn, np.asarray(nodes, dtype=np.int64))
+        items, owner = cand[hit], cn[hit]
+        seq = np.zeros(items.shape[0], dtype=np.int64)
+        known = items < self._hlist_seq.shape[0]
+        seq[known] = self._hlist_seq[items[known]]
+        order = np.lexsort((-items, -seq, owner))
+        out: dict[int, list[int]] = {}
+        for node, gi in zip(owner[order].tolist(), items[order].tolist()):
+            out.setdefault(node, []).append(gi)
+        return out
 
     def _stale(self, n: int) -> bool:
         return int(self.node_kfn.a[n]) < 0
@@ -1408,6 +1514,8 @@ class Ksm:
         mem = self.mem
         mem.iflags.a[g] = (mem.iflags.a[g] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
         self._attach_ival(np.array([g], dtype=np.int64), np.array([n], dtype=np.int64))
+        if self.trace.want("ksm_remove_rmap_item"):
+            self._note_appends(np.array([g], dtype=np.int64))
         if had:
             self.pages_sharing += 1
         else:
@@ -1487,6 +1595,7 @@ class Ksm:
     def remove_all_stable_nodes(self) -> bool:
         """remove_all_stable_nodes(): True if some KSM page is still mapped (busy)."""
         busy = False
+        hlists: dict[int, list[int]] | None = None
         for tree in self.stable_tree:
             for e in list(tree.values()):
                 members = [e] if e >= 0 else list(self.chains[-e - 1].dups)
@@ -1495,12 +1604,17 @@ class Ksm:
                     if kfn >= 0 and int(self.mem.fmap.a[kfn]) > 0:
                         busy = True
                         continue
-                    self._remove_node_from_stable_tree(n)
+                    if hlists is None:  # one pass over the items for every node
+                        hlists = self._hlists(self._all_nodes())
+                    self._remove_node_from_stable_tree(n, hlists.get(n, []))
                 if e < 0 and -e - 1 in self.chains and not self.chains[-e - 1].dups:
                     self._free_chain(-e - 1)
         return busy
 
     # ------------------------------------------------------------------ knob side effects
+    def _all_nodes(self) -> list[int]:
+        return np.flatnonzero(self.node_alive.a[: self.node_alive.n]).tolist()
+
     def set_run(self, value: int, unmerge_vma: Callable[[MM, object], None]) -> None:
         """run_store() after parsing: 2 unmerges synchronously (waking ksmd on 1 is the
         runtime pacer's job: it sees every store)."""

@@ -1,30 +1,29 @@
 """kfs: the render/parse layer -- the ONE table of files of a ksmfs mount.
 
-``Tree(kernel)`` resolves paths and derived inode numbers to :class:`Node` objects whose
-:class:`FileSpec` row says mode, size, owner and how to show/store the file.  This package
+``table.rows()`` is every file and directory of a mount, one row each; ``Tree(kernel)``
+resolves paths and derived inode numbers to :class:`Node` objects whose :class:`FileSpec`
+says mode, size, owner and how to show/store the file.  Modules: ``spec`` (the row
+type), ``table`` (the rows), ``tree`` (lookup and inodes), and one module per kind of
+file (``sysfs``, ``procfs``, ``smaps``, ``tracefs``, ``control``).  This package
 imports ``ksmfs.kernel`` only: never trio or pyfuse3 (tests/kfs checks it).
 """
 
 from __future__ import annotations
 
+from ksmfs.kfs.spec import DIR_MODE, PID_DIR_MODE, ROOT, Caller, FileSpec, RenderContext
 from ksmfs.kfs.tracefs import TraceReader, read_stream
-from ksmfs.kfs.tree import (
-    DIR_MODE,
-    PID_BASE,
-    PID_DIR_MODE,
-    ROOT_INODE,
-    FileSpec,
-    Node,
-    Tree,
-)
+from ksmfs.kfs.tree import PID_BASE, ROOT_INODE, Node, Tree
 
 __all__ = [
+    "ROOT",
+    "Caller",
     "DIR_MODE",
     "PID_BASE",
     "PID_DIR_MODE",
     "ROOT_INODE",
     "FileSpec",
     "Node",
+    "RenderContext",
     "TraceReader",
     "Tree",
     "read_stream",

@@ -12,15 +12,15 @@ kernel call keeps the kernel's errno and gets the command prefixed to its messag
 from __future__ import annotations
 
 import errno
-import weakref
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ksmfs.kfs.errors import KsmError, einval
 from ksmfs.kfs.smaps import vma_header
-from ksmfs.kfs.tree import FileSpec
+from ksmfs.kfs.spec import FileSpec, RenderContext
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
@@ -73,14 +73,6 @@ Commands (PID and numbers are decimal; ADDR is 0x-hex):
           cycle:K     contents 1, 2, ..., K, 1, 2, ... (K distinct pages, repeating)
 Without FIRST COUNT a command applies to the whole VMA.
 """
-
-# The result of the last command, per kernel (ksmfs/last).
-_last: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def last_result(k: Kernel) -> str:
-    return _last.get(k, "")
-
 
 # -- parsing helpers -------------------------------------------------------------------------
 def _int(text: str, what: str, *, minimum: int = 0) -> int:
@@ -302,8 +294,9 @@ COMMANDS: dict[str, Callable[[Kernel, list[str]], str]] = {
 }
 
 
-def run_command(k: Kernel, line: str) -> str:
-    """Parse and run one command line; returns the result text (also kept for 'last')."""
+def run_command(k: Kernel, line: str, ctx: RenderContext | None = None) -> str:
+    """Parse and run one command line; returns the result text (kept in ``ctx.last``
+    for ksmfs/last)."""
     words = line.split()
     if not words:
         raise einval("empty command")
@@ -315,11 +308,14 @@ def run_command(k: Kernel, line: str) -> str:
     except KsmError as err:
         message = getattr(err, "message", None) or str(err)
         raise KsmError(err.errno, f"{words[0]}: {message}") from None
-    _last[k] = result
+    if ctx is not None:
+        ctx.last = result
     return result
 
 
-def store_control(k: Kernel, pid: int | None, data: bytes) -> int:
+def store_control(
+    k: Kernel, pid: int | None, data: bytes, *, ctx: RenderContext | None = None
+) -> int:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -329,7 +325,7 @@ def store_control(k: Kernel, pid: int | None, data: bytes) -> int:
         if not line or line.startswith("#"):
             continue
         try:
-            run_command(k, line)
+            run_command(k, line, ctx)
         except KsmError as err:
             message = getattr(err, "message", None) or str(err)
             where = f"line {number}: " if number > 1 else ""
@@ -337,9 +333,8 @@ def store_control(k: Kernel, pid: int | None, data: bytes) -> int:
     return len(data)
 
 
-def show_last(k: Kernel, pid: int | None = None) -> bytes:
-    result = last_result(k)
-    return (result + "\n").encode() if result else b""
+def show_last(k: Kernel, pid: int | None, *, ctx: RenderContext) -> bytes:
+    return (ctx.last + "\n").encode() if ctx.last else b""
 
 
 def show_readme(k: Kernel, pid: int | None = None) -> bytes:
@@ -362,7 +357,7 @@ def show_processes(k: Kernel, pid: int | None = None) -> bytes:
     return "".join(out).encode()
 
 
-def _store_action(verb: str) -> Callable[[Kernel, int | None, bytes], int]:
+def _store_action(verb: str, ctx: RenderContext) -> Callable[[Kernel, int | None, bytes], int]:
     """ksmfs/<verb>: one action per write, the arguments of ``verb`` in the control
     grammar (``echo "qemu pages=64 fill=value:7 mergeable" > ksmfs/spawn``)."""
 
@@ -373,20 +368,22 @@ def _store_action(verb: str) -> Callable[[Kernel, int | None, bytes], int]:
             raise einval(f"{verb}: arguments must be UTF-8 text") from None
         if "\n" in text:
             raise einval(f"{verb}: one action per write (use ksmfs/control for several lines)")
-        run_command(k, f"{verb} {text}")
+        run_command(k, f"{verb} {text}", ctx)
         return len(data)
 
     return store
 
 
-def file_specs(version) -> list[FileSpec]:
+def file_specs(version, ctx: RenderContext) -> list[FileSpec]:
+    """README, control, last, processes and one write-only file per command; the
+    stores keep the last result in ``ctx`` for ksmfs/last."""
     specs = [
         FileSpec("README", 0o444, 0, show_readme, None),
-        FileSpec("control", 0o200, 0, None, store_control),
-        FileSpec("last", 0o444, 0, show_last, None),
+        FileSpec("control", 0o200, 0, None, partial(store_control, ctx=ctx)),
+        FileSpec("last", 0o444, 0, partial(show_last, ctx=ctx), None),
         FileSpec("processes", 0o444, 0, show_processes, None),
     ]
-    specs += [FileSpec(verb, 0o200, 0, None, _store_action(verb)) for verb in COMMANDS]
+    specs += [FileSpec(verb, 0o200, 0, None, _store_action(verb, ctx)) for verb in COMMANDS]
     return specs
 
 

@@ -9,13 +9,13 @@ smaps, smaps_rollup.  The KSM rows exist only when the kernel version has them.
 from __future__ import annotations
 
 import errno
-import time
-import weakref
+import re
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ksmfs.kfs import smaps as _smaps
 from ksmfs.kfs.errors import KsmError
-from ksmfs.kfs.tree import FileSpec
+from ksmfs.kfs.spec import Caller, FileSpec, RenderContext
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
@@ -24,24 +24,6 @@ PAGE_SIZE = 4096
 USER_HZ = 100  # clock ticks of /proc/<pid>/stat and /proc/stat (sysconf(_SC_CLK_TCK))
 NR_CPUS = 2  # the reference machine has 2 CPUs (spec §0.2)
 PROC_SIZE = 0  # procfs files report st_size 0
-
-# -- boot time ---------------------------------------------------------------------------
-# The kernel package has no wall clock; /proc/stat's btime anchors simulated time to the
-# epoch.  Default: the wall time when this kernel was first rendered, minus its uptime.
-_btime: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def set_btime(k: Kernel, btime: int) -> None:
-    _btime[k] = int(btime)
-
-
-def btime(k: Kernel) -> int:
-    value = _btime.get(k)
-    if value is None:
-        value = int(time.time() - k.now / 1000)
-        _btime[k] = value
-    return value
-
 
 def _ticks(ms: int) -> int:
     return int(ms) * USER_HZ // 1000
@@ -124,18 +106,19 @@ def show_meminfo(k: Kernel, pid: int | None = None) -> bytes:
 
 
 # -- /proc/stat, uptime, version, vmstat -------------------------------------------------
-def show_stat(k: Kernel, pid: int | None = None) -> bytes:
-    """show_stat(): cpu lines in USER_HZ ticks (all simulated time is idle), then counters."""
+def show_stat(k: Kernel, pid: int | None, *, ctx: RenderContext) -> bytes:
+    """show_stat(): cpu lines in USER_HZ ticks (all simulated time is idle), then counters.
+    btime anchors simulated time to the epoch (the mount's boot time, ``ctx``)."""
     ticks = _ticks(k.now)
     cpu = f"{0} {0} {0} {{idle}} {0} {0} {0} {0} {0} {0}"
     out = ["cpu  " + cpu.format(idle=ticks * NR_CPUS) + "\n"]
     out += [f"cpu{i} " + cpu.format(idle=ticks) + "\n" for i in range(NR_CPUS)]
     out.append("intr 0" + " 0" * 64 + "\n")
-    nproc = max(k.tasks, default=0)  # pids are handed out in order: forks since boot
+    nproc = k.total_forks
     running = sum(1 for t in k.tasks.values() if t.state == "R")
     out += [
         "ctxt 0\n",
-        f"btime {btime(k)}\n",
+        f"btime {ctx.boot_time(k)}\n",
         f"processes {nproc}\n",
         f"procs_running {max(running, 1)}\n",  # the reader itself is running
         "procs_blocked 0\n",
@@ -204,14 +187,74 @@ def show_vmstat(k: Kernel, pid: int | None = None) -> bytes:
     return "".join(f"{name} {int(v)}\n" for name, v in values.items()).encode()
 
 
-def global_specs(version) -> list[FileSpec]:
+def show_loadavg(k: Kernel, pid: int | None = None) -> bytes:
+    """loadavg_proc_show(): "%lu.%02lu %lu.%02lu %lu.%02lu %u/%d %d" -- the 1/5/15-minute
+    load, running/all threads, and the last pid handed out.  Simulated tasks sleep and
+    ksmd's batches take no wall time, so the load is 0; the reader itself is running."""
+    running = max(sum(1 for t in k.tasks.values() if t.state == "R"), 1)
+    return f"0.00 0.00 0.00 {running}/{len(k.tasks)} {k.last_pid}\n".encode()
+
+
+def global_specs(version, ctx: RenderContext) -> list[FileSpec]:
     return [
+        FileSpec("loadavg", 0o444, PROC_SIZE, show_loadavg, None),
         FileSpec("meminfo", 0o444, PROC_SIZE, show_meminfo, None),
-        FileSpec("stat", 0o444, PROC_SIZE, show_stat, None),
+        FileSpec("stat", 0o444, PROC_SIZE, partial(show_stat, ctx=ctx), None),
         FileSpec("uptime", 0o444, PROC_SIZE, show_uptime, None),
         FileSpec("version", 0o444, PROC_SIZE, show_version, None),
         FileSpec("vmstat", 0o444, PROC_SIZE, show_vmstat, None),
     ]
+
+
+# -- /proc/sys/kernel -----------------------------------------------------------------------
+BLANKS = b" \t\n"  # proc_skip_spaces() / the trailers proc_get_long() accepts
+# An optional '-' and a number as simple_strtoul(base 0) reads it: 0x hex, 0 octal, decimal.
+_C_INT = re.compile(rb"(-?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+
+
+def parse_dointvec(data: bytes, what: str) -> tuple[int, int]:
+    """proc_dointvec() for one int: (value, bytes consumed).
+
+    Blanks are skipped, then an optional '-' and a number in C's base 0 ([LIVE] writing
+    "0x400" to pid_max set it to 1024), which must be followed by a blank or the end;
+    the blanks after it are consumed too.  Anything else, and a write of blanks only, is
+    EINVAL.
+    """
+    start = len(data) - len(data.lstrip(BLANKS))
+    text = bytes(data[start : start + 21])  # TMPBUFLEN - 1 bytes are parsed
+    m = _C_INT.match(text)
+    if m is None or (m.end() < len(text) and text[m.end()] not in BLANKS):
+        raise KsmError(errno.EINVAL, f"{what}: {bytes(data)!r} is not a number")
+    number = m[2]
+    if number[:2].lower() == b"0x":
+        value = int(number, 16)
+    elif number.startswith(b"0"):
+        value = int(number, 8)
+    else:
+        value = int(number)
+    value = -value if m[1] else value
+    consumed = start + m.end()
+    while consumed < len(data) and data[consumed] in BLANKS:
+        consumed += 1
+    return value, consumed
+
+
+def show_pid_max(k: Kernel, pid: int | None = None) -> bytes:
+    return b"%d\n" % k.pid_max
+
+
+def store_pid_max(k: Kernel, pid: int | None, data: bytes) -> int:
+    """pid_max's proc_dointvec_minmax: out of RESERVED_PIDS + 1..PID_MAX_LIMIT is EINVAL."""
+    if not data:
+        return 0
+    value, consumed = parse_dointvec(data, "pid_max")
+    k.set_pid_max(value)
+    return consumed
+
+
+def sysctl_kernel_specs(version) -> list[FileSpec]:
+    """/proc/sys/kernel: only pid_max (0644 root, as on the live machine)."""
+    return [FileSpec("pid_max", 0o644, PROC_SIZE, show_pid_max, store_pid_max)]
 
 
 # -- /proc/<pid>/* -------------------------------------------------------------------------
@@ -263,8 +306,31 @@ def _stack_start(task) -> int:
     return 0
 
 
-def show_pid_stat(k: Kernel, pid: int | None) -> bytes:
-    """do_task_stat(): 52 space-separated fields; man proc_pid_stat numbers them."""
+def ptrace_may_access(k: Kernel, pid: int, caller: Caller) -> bool:
+    """ptrace_may_access(task, PTRACE_MODE_READ_FSCREDS) for a FUSE caller.
+
+    __ptrace_may_access(): a caller whose fsuid and fsgid equal the task's uids and gids
+    passes, then cap_ptrace_access_check() wants the task's permitted capabilities to be
+    a subset of the caller's -- a root task has them all, other tasks none.  Otherwise
+    only CAP_SYS_PTRACE passes, which a caller with uid 0 is taken to have.  The caller
+    is never the task itself (simulated tasks do not run), and Yama only restricts
+    PTRACE_MODE_ATTACH.
+    """
+    if caller.uid == 0:
+        return True
+    task = k.tasks.get(pid)
+    if task is None:
+        return False
+    return caller.uid == int(task.uid) and caller.gid == int(task.gid) and int(task.uid) != 0
+
+
+def show_pid_stat(k: Kernel, pid: int | None, *, permitted: bool = True) -> bytes:
+    """do_task_stat(): 52 space-separated fields; man proc_pid_stat numbers them.
+
+    A reader that fails ptrace_may_access() (``permitted`` False) gets 1 for start_code
+    and end_code (when there is an mm), 0 for start_stack, wchan, the seven addresses
+    from start_data and exit_code [LIVE: the same sleep(1) read by root and by nobody].
+    """
     task = _task(k, pid)
     mm = task.mm
     state = task.state if task.state in STATE_NAMES else "S"
@@ -274,8 +340,8 @@ def show_pid_stat(k: Kernel, pid: int | None) -> bytes:
     if mm is not None:
         mem = _mem(k, pid)
         vsize, rss = mem["total_vm"] * PAGE_SIZE, _rss(mem)
-        start_code, end_code = _code_range(task)
-        start_stack = _stack_start(task)
+        start_code, end_code = _code_range(task) if permitted else (1, 1)
+        start_stack = _stack_start(task) if permitted else 0
     fields = [
         pid,  # (1) pid
         f"({task.comm})",  # (2) comm
@@ -297,7 +363,7 @@ def show_pid_stat(k: Kernel, pid: int | None) -> bytes:
         start_code, end_code, start_stack,  # (26-28)
         0, 0,  # (29-30) kstkesp kstkeip
         0, 0, 0, 0,  # (31-34) signal blocked sigignore sigcatch
-        0, 0, 0,  # (35-37) wchan nswap cnswap
+        int(permitted and state != "R"), 0, 0,  # (35-37) wchan: 1 if it sleeps; nswap cnswap
         17,  # (38) exit_signal SIGCHLD
         0, 0, 0,  # (39-41) processor rt_priority policy
         0, 0, 0,  # (42-44) delayacct_blkio_ticks guest_time cguest_time
@@ -384,7 +450,7 @@ def show_pid_status(k: Kernel, pid: int | None) -> bytes:
     cap = "000001ffffffffff" if uid == 0 else "0000000000000000"
     lines += [
         "Threads:\t1",
-        "SigQ:\t0/96364",
+        f"SigQ:\t0/{rlimits(k)[11][0]}",  # RLIMIT_SIGPENDING
         "SigPnd:\t0000000000000000",
         "ShdPnd:\t0000000000000000",
         "SigBlk:\t0000000000000000",
@@ -479,22 +545,119 @@ def show_pid_ksm_stat(k: Kernel, pid: int | None) -> bytes:
     return "".join(out).encode()
 
 
-def pid_specs(version) -> list[FileSpec]:
-    """/proc/<pid>/ rows, in tgid_base_stuff order; every one owned by the task."""
+# -- limits, io, environ -----------------------------------------------------------------------
+RLIM_INFINITY = 2**64 - 1
+THREAD_SIZE = 16384  # x86_64 kernel stack
+FUTEX_TID_MASK = 0x3FFFFFFF
+MIN_THREADS = 20
 
-    def row(name: str, mode: int, show, store=None) -> FileSpec:
-        return FileSpec(name, mode, PROC_SIZE, show, store, owner="task")
+
+def max_threads(k: Kernel) -> int:
+    """set_max_threads(): as many threads as fit their stacks in 1/8 of RAM."""
+    threads = k.mem_total // (THREAD_SIZE * 8)
+    return min(max(threads, MIN_THREADS), FUTEX_TID_MASK)
+
+
+# lnames[] of fs/proc/base.c: label and unit, in RLIMIT_* order.
+LIMIT_NAMES = (
+    ("Max cpu time", "seconds"),
+    ("Max file size", "bytes"),
+    ("Max data size", "bytes"),
+    ("Max stack size", "bytes"),
+    ("Max core file size", "bytes"),
+    ("Max resident set", "bytes"),
+    ("Max processes", "processes"),
+    ("Max open files", "files"),
+    ("Max locked memory", "bytes"),
+    ("Max address space", "bytes"),
+    ("Max file locks", "locks"),
+    ("Max pending signals", "signals"),
+    ("Max msgqueue size", "bytes"),
+    ("Max nice priority", None),
+    ("Max realtime priority", None),
+    ("Max realtime timeout", "us"),
+)
+
+
+def rlimits(k: Kernel) -> list[tuple[int, int]]:
+    """(soft, hard) per RLIMIT_*: INIT_RLIMITS, which every simulated task inherits from
+    init (the kernel's defaults, before any service manager raises them); fork_init()
+    sets RLIMIT_NPROC and RLIMIT_SIGPENDING to max_threads / 2."""
+    inf = RLIM_INFINITY
+    half = max_threads(k) // 2
+    return [
+        (inf, inf),  # RLIMIT_CPU
+        (inf, inf),  # RLIMIT_FSIZE
+        (inf, inf),  # RLIMIT_DATA
+        (8 << 20, inf),  # RLIMIT_STACK: _STK_LIM
+        (0, inf),  # RLIMIT_CORE
+        (inf, inf),  # RLIMIT_RSS
+        (half, half),  # RLIMIT_NPROC
+        (1024, 4096),  # RLIMIT_NOFILE: INR_OPEN_CUR, INR_OPEN_MAX
+        (8 << 20, 8 << 20),  # RLIMIT_MEMLOCK: MLOCK_LIMIT
+        (inf, inf),  # RLIMIT_AS
+        (inf, inf),  # RLIMIT_LOCKS
+        (half, half),  # RLIMIT_SIGPENDING
+        (819200, 819200),  # RLIMIT_MSGQUEUE: MQ_BYTES_MAX
+        (0, 0),  # RLIMIT_NICE
+        (0, 0),  # RLIMIT_RTPRIO
+        (inf, inf),  # RLIMIT_RTTIME
+    ]
+
+
+def show_pid_limits(k: Kernel, pid: int | None) -> bytes:
+    """proc_pid_limits(): a header, then "%-25s %-20s %-20s %-10s" per limit ("unlimited"
+    for RLIM_INFINITY; no unit column for the two priorities, only the padding)."""
+    _task(k, pid)
+    out = [f"{'Limit':<25} {'Soft Limit':<20} {'Hard Limit':<20} {'Units':<10}\n"]
+    for (label, unit), (soft, hard) in zip(LIMIT_NAMES, rlimits(k), strict=True):
+        cur = "unlimited" if soft == RLIM_INFINITY else str(soft)
+        top = "unlimited" if hard == RLIM_INFINITY else str(hard)
+        line = f"{label:<25} {cur:<20} {top:<20} "
+        out.append(line + (f"{unit:<10}\n" if unit else "\n"))
+    return "".join(out).encode()
+
+
+IO_FIELDS = (
+    "rchar", "wchar", "syscr", "syscw", "read_bytes", "write_bytes", "cancelled_write_bytes",
+)  # fmt: skip
+
+
+def show_pid_io(k: Kernel, pid: int | None) -> bytes:
+    """do_io_accounting(): seven "name: %llu" lines.  Simulated tasks do no I/O (their
+    pages are written by the control commands, not by read(2)/write(2))."""
+    _task(k, pid)
+    return "".join(f"{name}: 0\n" for name in IO_FIELDS).encode()
+
+
+def show_pid_environ(k: Kernel, pid: int | None) -> bytes:
+    """environ_read(): the env strings of the mm; a simulated task is started with an
+    empty environment (and a task without an mm reads as empty too)."""
+    _task(k, pid)
+    return b""
+
+
+def pid_specs(version) -> list[FileSpec]:
+    """The files of /proc/<pid>/ and /proc/<pid>/task/<tid>/ (the same ones here: a
+    simulated task has one thread), in tgid_base_stuff order; all owned by the task."""
+
+    def row(name: str, mode: int, show, store=None, **kw) -> FileSpec:
+        return FileSpec(name, mode, PROC_SIZE, show, store, owner="task", **kw)
 
     rows = [
+        row("environ", 0o400, show_pid_environ, ptrace="open"),
         row("status", 0o444, show_pid_status),
+        row("limits", 0o444, show_pid_limits),
         row("comm", 0o644, show_pid_comm, store_pid_comm),
         row("cmdline", 0o444, show_pid_cmdline),
-        row("stat", 0o444, show_pid_stat),
+        row("stat", 0o444, show_pid_stat,
+            show_unpermitted=partial(show_pid_stat, permitted=False)),
         row("statm", 0o444, show_pid_statm),
-        row("maps", 0o444, show_pid_maps),
-        row("smaps", 0o444, show_pid_smaps),
-        row("smaps_rollup", 0o444, show_pid_smaps_rollup),
-    ]
+        row("maps", 0o444, show_pid_maps, ptrace="open"),
+        row("smaps", 0o444, show_pid_smaps, ptrace="open"),
+        row("smaps_rollup", 0o444, show_pid_smaps_rollup, ptrace="open"),
+        row("io", 0o400, show_pid_io, ptrace="read"),
+    ]  # fmt: skip
     if version.has_ksm_merging_pages_file:
         rows.append(row("ksm_merging_pages", 0o400, show_pid_ksm_merging_pages))
     if version.ksm_stat_lines:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ksmfs.kernel.versions import WRITABLE_SYSFS
-from ksmfs.kfs.tree import FileSpec
+from ksmfs.kfs.spec import FileSpec
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel

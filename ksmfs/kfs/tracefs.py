@@ -9,12 +9,16 @@ Records are printed like kernel/trace/trace.c print_trace_fmt() with the default
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ksmfs.kernel.trace import Trigger
+
 from ksmfs.kfs.errors import KsmError, einval
-from ksmfs.kfs.tree import FileSpec
+from ksmfs.kfs.spec import FileSpec
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
@@ -192,10 +196,8 @@ TRACE_HEADER = (
 
 def show_trace(k: Kernel, pid: int | None = None) -> bytes:
     records = list(k.trace.records)
-    written = getattr(k.trace, "written", None)
-    if written is None:
-        written = len(records)
-    head = TRACE_HEADER.format(entries=len(records), written=int(written), ncpu=NR_CPUS)
+    # entries-written counts the records the full ring dropped too (TraceBuffer.written)
+    head = TRACE_HEADER.format(entries=len(records), written=k.trace.written, ncpu=NR_CPUS)
     return (head + "".join(render_record(r) for r in records)).encode()
 
 
@@ -206,11 +208,7 @@ def store_trace(k: Kernel, pid: int | None, data: bytes) -> int:
 
 def truncate_trace(k: Kernel, pid: int | None) -> None:
     """tracing_open() with O_TRUNC: tracing_reset_online_cpus() empties the buffer."""
-    clear = getattr(k.trace, "clear", None)
-    if callable(clear):
-        clear()
-    else:
-        k.trace.records.clear()
+    k.trace.clear()
 
 
 # -- trace_pipe ------------------------------------------------------------------------------
@@ -227,7 +225,7 @@ def read_stream(kernel: Kernel, reader: TraceReader, max_bytes: int | None = Non
 
     Like the kernel's ring-buffer consuming read, only whole lines are returned (at least
     one, even if longer than max_bytes) and the records handed out are consumed: they
-    leave ``trace`` too (TraceBuffer.consume(seq) when the kernel has it).
+    leave ``trace`` too (TraceBuffer.consume).
     """
     out: list[str] = []
     size = 0
@@ -242,18 +240,8 @@ def read_stream(kernel: Kernel, reader: TraceReader, max_bytes: int | None = Non
     if not out:
         return b""
     reader.last_seq = last
-    _consume(kernel, last)
+    kernel.trace.consume(last)
     return "".join(out).encode()
-
-
-def _consume(k: Kernel, seq: int) -> None:
-    consume = getattr(k.trace, "consume", None)
-    if callable(consume):
-        consume(seq)
-        return
-    records = k.trace.records
-    if isinstance(records, list):
-        records[:] = [r for r in records if r.seq > seq]
 
 
 # -- knobs -----------------------------------------------------------------------------------
@@ -305,13 +293,7 @@ def _parse_enable(data: bytes, what: str) -> bool:
 
 
 def _set_enabled(k: Kernel, event: str, on: bool) -> None:
-    enable = getattr(k.trace, "enable", None)
-    if callable(enable):
-        enable(event, on)
-    elif on:
-        k.trace.enabled.add(event)
-    else:
-        k.trace.enabled.discard(event)
+    k.trace.enable(event, on)
 
 
 def store_system_enable(k: Kernel, pid: int | None, data: bytes) -> int:
@@ -321,6 +303,452 @@ def store_system_enable(k: Kernel, pid: int | None, data: bytes) -> int:
     for event in _events(k):
         _set_enabled(k, event, on)
     return len(data)
+
+
+# -- filter: kernel/trace/trace_events_filter.c ----------------------------------------------
+# The parser follows predicate_parse() / parse_pred() step by step, because the error text
+# the filter file shows afterwards points with a caret at the position the kernel reached.
+FILT_ERRORS = {
+    "INVALID_OP": "Illegal operation for field type",
+    "TOO_MANY_OPEN": "Too many '('",
+    "TOO_MANY_CLOSE": "Too few '('",
+    "MISSING_QUOTE": "Missing matching quote",
+    "OPERAND_TOO_LONG": "Operand too long",
+    "EXPECT_STRING": "Expecting string field",
+    "EXPECT_DIGIT": "Expecting numeric field",
+    "ILLEGAL_FIELD_OP": "Illegal operation for field type",
+    "FIELD_NOT_FOUND": "Field not found",
+    "ILLEGAL_INTVAL": "Illegal integer value",
+    "BAD_SUBSYS_FILTER": "Couldn't find or set field in one of a subsystem's events",
+    "TOO_MANY_PREDS": "Too many terms in predicate expression",
+    "INVALID_VALUE": "Invalid value (did you forget quotes)?",
+}
+# ops[] in the kernel's order: a longer operator is tried before its prefix
+FILTER_OPS = ("~", "!=", "==", "<=", "<", ">=", ">", "&")
+SYSTEM_FILTER_TEXT = (
+    b"### global filter ###\n"
+    b"# Use this to set filters for multiple events.\n"
+    b"# Only events with the given fields will be affected.\n"
+    b"# If no events are modified, an error message will be displayed here\n"
+)
+TRIGGER_HELP = b"# Available triggers:\n# traceon traceoff stacktrace enable_event disable_event\n"
+_NUM_BUF = 24  # parse_pred()'s num_buf: "0xfeedfacedeadbeef" and its terminator
+
+
+class FilterError(Exception):
+    """A refused filter: the errno of the write and the text the filter file then shows
+    (append_filter_err(): the string, a caret under the position, the parse error)."""
+
+    def __init__(self, err: int, code: str | None = None, pos: int = 0) -> None:
+        super().__init__(code or "error")
+        self.errno = err
+        self.code = code
+        self.pos = pos
+
+    def text(self, filter_string: str) -> str:
+        if self.code is None:
+            return f"{filter_string}\nError: (0)\n"
+        pos = min(self.pos, len(filter_string))
+        return f"{filter_string}\n{' ' * pos}^\nparse_error: {FILT_ERRORS[self.code]}\n"
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    size: int
+    signed: bool
+    string: bool = False
+
+
+def _event_fields(event: str) -> dict[str, _Field]:
+    """Fields a filter may name: the event's, the common ones, and COMM/CPU."""
+    out = {
+        "common_type": _Field("common_type", 2, False),
+        "common_flags": _Field("common_flags", 1, False),
+        "common_preempt_count": _Field("common_preempt_count", 1, False),
+        "common_pid": _Field("common_pid", 4, True),
+        "CPU": _Field("CPU", 4, True),
+        "cpu": _Field("CPU", 4, True),
+        "COMM": _Field("COMM", 16, False, True),
+        "comm": _Field("COMM", 16, False, True),
+    }
+    for decl, _off, size, signed in _FORMATS[event][0]:
+        name = decl.split()[-1]
+        out[name] = _Field(name, size, bool(signed))
+    return out
+
+
+def _c_int(text: str, signed: bool) -> int | None:
+    """kstrtoll / kstrtoull with base 0: 0x hex, leading 0 octal, else decimal."""
+    body = text[1:] if signed and text.startswith("-") else text
+    try:
+        if body[:2].lower() == "0x":
+            value = int(body[2:], 16) if body[2:] else None
+        elif len(body) > 1 and body[0] == "0":
+            value = int(body[1:], 8)
+        else:
+            value = int(body, 10) if body.isdigit() else None
+    except ValueError:
+        return None
+    if value is None or not body.isalnum():
+        return None
+    if text.startswith("-"):
+        value = -value
+        return value if value >= -(1 << 63) else None
+    return value if value < (1 << 64) and (not signed or value < (1 << 63)) else None
+
+
+def _glob_pred(pattern: str) -> tuple[Callable[[str], bool], bool]:
+    """filter_parse_regex(): '!' inverts; '*x', 'x*', '*x*' are end/front/middle
+    matches; any other '*', '?', '[' or '\\' makes it a full glob."""
+    negate = pattern.startswith("!")
+    if negate:
+        pattern = pattern[1:]
+    body = pattern
+    inner = body[1:-1] if len(body) >= 2 else ""
+    if any(c in body for c in "[?\\") or ("*" in inner):
+        return (lambda s: fnmatch.fnmatchcase(s, body)), negate
+    if body.startswith("*") and body.endswith("*") and len(body) > 1:
+        mid = body[1:-1]
+        return (lambda s: mid in s), negate
+    if body.startswith("*"):
+        end = body[1:]
+        return (lambda s: s.endswith(end)), negate
+    if body.endswith("*"):
+        front = body[:-1]
+        return (lambda s: s.startswith(front)), negate
+    return (lambda s: s == body), negate
+
+
+def _parse_pred(text: str, at: int, pos: int, fields: dict[str, _Field]):
+    """parse_pred() on text[at:]; returns (chars consumed, predicate function)."""
+    n = len(text)
+
+    def ch(j: int) -> str:
+        return text[at + j] if at + j < n else "\0"
+
+    i = 0
+    while ch(i).isspace():
+        i += 1
+    s0 = i
+    while ch(i).isalnum() or ch(i) == "_":
+        i += 1
+    if i == s0:
+        raise FilterError(errno.EPERM)  # no field name: parse_pred() returns -1
+    field = fields.get(text[at + s0 : at + i])
+    if field is None:
+        raise FilterError(errno.EINVAL, "FIELD_NOT_FOUND", pos + i)
+    while ch(i).isspace():
+        i += 1
+    op = next((o for o in FILTER_OPS if text.startswith(o, at + i)), None)
+    if op is None:
+        raise FilterError(errno.EINVAL, "INVALID_OP", pos + i)
+    i += len(op)
+    while ch(i).isspace():
+        i += 1
+    s0 = i
+    c = ch(i)
+    if c in "'\"":
+        if op not in ("==", "!=", "~"):
+            raise FilterError(errno.EINVAL, "ILLEGAL_FIELD_OP", pos + i)
+        if not field.string:
+            raise FilterError(errno.EINVAL, "EXPECT_DIGIT", pos + i)
+        i += 1
+        while ch(i) not in (c, "\0"):
+            i += 1
+        if ch(i) == "\0":
+            raise FilterError(errno.EINVAL, "MISSING_QUOTE", pos + i)
+        value = text[at + s0 + 1 : at + i]
+        i += 1
+        if op == "~":
+            match, negate = _glob_pred(value)
+        else:
+            match, negate = (lambda x, v=value: x == v), op == "!="
+        return i, (lambda pid, comm, f: match(comm) != negate)
+    if c.isdigit() or c == "-":
+        if field.string:
+            raise FilterError(errno.EINVAL, "EXPECT_STRING", pos + i)
+        if op == "~":
+            raise FilterError(errno.EINVAL, "ILLEGAL_FIELD_OP", pos + i)
+        if c == "-":
+            i += 1
+        while ch(i).isalnum():
+            i += 1
+        if i - s0 >= _NUM_BUF:
+            raise FilterError(errno.EINVAL, "OPERAND_TOO_LONG", pos + i)
+        value = _c_int(text[at + s0 : at + i], field.signed)
+        if value is None:
+            raise FilterError(errno.EINVAL, "ILLEGAL_INTVAL", pos + s0)
+        return i, _numeric_pred(field, op, value)
+    raise FilterError(errno.EINVAL, "INVALID_VALUE", pos + i)
+
+
+def _numeric_pred(field: _Field, op: str, value: int) -> Callable[[int, str, dict], bool]:
+    """filter_pred_<OP>_<type>(): both sides cast to the field's C type."""
+    bits = 8 * field.size
+    mask = (1 << bits) - 1
+
+    def cast(v: int) -> int:
+        v &= mask
+        return v - (1 << bits) if field.signed and v >> (bits - 1) else v
+
+    val = cast(value)
+    name = field.name
+
+    def get(pid: int, f: dict) -> int:
+        if name == "common_pid":
+            return cast(pid)
+        if name in ("CPU", "common_flags", "common_preempt_count"):
+            return 0
+        if name == "common_type":
+            return cast(f.get("_id", 0))
+        v = f.get(name)
+        return cast(int(v) if v is not None else 0)
+
+    if op == "&":
+        return lambda pid, comm, f: (get(pid, f) & val) != 0
+    compare = {
+        "==": lambda a: a == val, "!=": lambda a: a != val, "<": lambda a: a < val,
+        "<=": lambda a: a <= val, ">": lambda a: a > val, ">=": lambda a: a >= val,
+    }[op]  # fmt: skip
+    return lambda pid, comm, f: compare(get(pid, f))
+
+
+def parse_filter(event: str, text: str) -> Callable[[int, str, dict], bool]:
+    """predicate_parse(): the filter string (already stripped) of ``event`` as a function
+    of (pid, comm, fields); raises FilterError.  '&&' binds tighter than '||'."""
+    if not text:
+        raise FilterError(errno.EINVAL)
+    fields = _event_fields(event)
+    n = len(text)
+    out: list[object] = []  # predicates and '(' ')' '!' '&&' '||', in order
+    depth = 0
+    ptr = 0
+    while ptr < n:
+        nxt = ptr
+        ptr += 1
+        c = text[nxt]
+        if c.isspace():
+            continue
+        if c == "(":
+            depth += 1
+            out.append("(")
+            continue
+        if c == "!" and text[nxt + 1 : nxt + 2] not in ("=", "~"):
+            out.append("!")
+            continue
+        length, pred = _parse_pred(text, nxt, ptr, fields)
+        out.append(pred)
+        ptr = nxt + length
+        while True:
+            nxt = ptr
+            ptr += 1
+            c = text[nxt] if nxt < n else "\0"
+            if c.isspace():
+                continue
+            if c in "&|":
+                if text[nxt + 1 : nxt + 2] != c:
+                    raise FilterError(errno.EPERM, "TOO_MANY_PREDS", nxt)
+                ptr += 1
+                out.append(c * 2)
+                break
+            if c == "\0":
+                break
+            if c != ")":
+                raise FilterError(errno.EPERM, "TOO_MANY_PREDS", nxt)
+            if depth == 0:
+                raise FilterError(errno.EPERM, "TOO_MANY_CLOSE", ptr)
+            depth -= 1
+            out.append(")")
+        if c == "\0":
+            break
+    if depth:
+        raise FilterError(errno.EPERM, "TOO_MANY_OPEN", ptr)
+    if not any(callable(t) for t in out):
+        raise FilterError(errno.EINVAL)
+    return _compile(out)
+
+
+def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
+    """The token list as one function (precedence: ! over && over ||)."""
+    pos = 0
+
+    def expr_or():
+        nonlocal pos
+        terms = [expr_and()]
+        while pos < len(tokens) and tokens[pos] == "||":
+            pos += 1
+            if pos < len(tokens) and tokens[pos] != ")":
+                terms.append(expr_and())
+        return terms[0] if len(terms) == 1 else (lambda p, c, f: any(t(p, c, f) for t in terms))
+
+    def expr_and():
+        nonlocal pos
+        terms = [unary()]
+        while pos < len(tokens) and tokens[pos] == "&&":
+            pos += 1
+            if pos < len(tokens) and tokens[pos] not in (")", "||"):
+                terms.append(unary())
+        return terms[0] if len(terms) == 1 else (lambda p, c, f: all(t(p, c, f) for t in terms))
+
+    def unary():
+        nonlocal pos
+        tok = tokens[pos]
+        pos += 1
+        if tok == "!":
+            inner = unary()
+            return lambda p, c, f: not inner(p, c, f)
+        if tok == "(":
+            inner = expr_or()
+            pos += 1  # ')'
+            return inner
+        return tok
+
+    return expr_or()
+
+
+def _filter_state(k: Kernel) -> dict[str, str]:
+    """The text each event's filter file shows (absent: "none")."""
+    return k.trace.filter_text
+
+
+def _apply_filter(k: Kernel, event: str, text: str) -> None:
+    """apply_event_filter(): "0" removes the filter; a bad one stays shown with its error
+    and the event goes unfiltered (filter_disable())."""
+    texts = _filter_state(k)
+    if text == "0":
+        texts.pop(event, None)
+        k.trace.filters.pop(event, None)
+        return
+    try:
+        pred = parse_filter(event, text)
+    except FilterError as e:
+        texts[event] = e.text(text)
+        k.trace.filters.pop(event, None)
+        raise
+    texts[event] = text
+    ident = EVENT_IDS[event]
+    k.trace.filters[event] = lambda pid, comm, f: pred(pid, comm, {**f, "_id": ident})
+
+
+def _filter_arg(data: bytes) -> str:
+    # memdup_user_nul() then strstrip(): surrounding blanks and the newline go
+    return data.decode("utf-8", "replace").strip()
+
+
+def show_system_filter(k: Kernel, pid: int | None = None) -> bytes:
+    return SYSTEM_FILTER_TEXT
+
+
+def store_system_filter(k: Kernel, pid: int | None, data: bytes) -> int:
+    """apply_subsystem_event_filter(): every event of the system gets the filter; an event
+    without one of its fields (or a filter that does not parse) shows the subsystem error
+    and is left unfiltered.  The write itself succeeds [live 6.18, even when no event took
+    the filter], and the system's own file keeps its help text."""
+    text = _filter_arg(data)
+    for event in _events(k):
+        try:
+            _apply_filter(k, event, text)
+        except FilterError:
+            err = FilterError(errno.EINVAL, "BAD_SUBSYS_FILTER", 0)
+            _filter_state(k)[event] = err.text(text)
+    return len(data)
+
+
+def _filter_specs(event: str) -> FileSpec:
+    def show(k: Kernel, pid: int | None = None) -> bytes:
+        return (_filter_state(k).get(event, "none") + "\n").encode()
+
+    def store(k: Kernel, pid: int | None, data: bytes) -> int:
+        try:
+            _apply_filter(k, event, _filter_arg(data))
+        except FilterError as e:
+            raise KsmError(e.errno, f"events/ksm/{event}/filter: {e.text(_filter_arg(data))!r}") from None
+        return len(data)
+
+    return FileSpec("filter", RW, TRACE_SIZE, show, store)
+
+
+# -- trigger: kernel/trace/trace_events_trigger.c ---------------------------------------------
+def _trigger_line(t: Trigger) -> str:
+    """event_trigger_print() / event_enable_trigger_print()."""
+    name = f"{t.command}:ksm:{t.target}" if t.target is not None else t.command
+    count = ":unlimited" if t.count == -1 else f":count={t.count}"
+    cond = f" if {t.filter_text}" if t.filter_text is not None else ""
+    return f"{name}{count}{cond}\n"
+
+
+def _same_kind(a: Trigger, b: Trigger) -> bool:
+    """Registration refuses a second trigger of a type (EEXIST): traceon and traceoff are
+    one type (ETT_TRACE_ONOFF); enable/disable_event are one per target event."""
+    kind = {"traceon": "onoff", "traceoff": "onoff"}
+    if a.target is not None or b.target is not None:
+        return a.target == b.target and a.target is not None and b.target is not None
+    return kind.get(a.command, a.command) == kind.get(b.command, b.command)
+
+
+def _parse_trigger(k: Kernel, event: str, text: str) -> tuple[bool, Trigger]:
+    """trigger_process_regex() + event_trigger_parse(): ("!" removes, the trigger)."""
+    remove = text.startswith("!")
+    body = text[1:] if remove else text
+    cmd_part, _, cond = body.partition(" if ")
+    words = cmd_part.strip().split(":")
+    command = words[0]
+    if command not in ("traceon", "traceoff", "stacktrace", "enable_event", "disable_event"):
+        raise einval(f"events/ksm/{event}/trigger: unknown trigger {command!r}")
+    target = None
+    if command in ("enable_event", "disable_event"):
+        if len(words) < 3 or words[1] != "ksm" or words[2] not in _events(k):
+            raise einval(f"events/ksm/{event}/trigger: {command} needs ksm:EVENT")
+        target = words[2]
+        words = words[2:]
+    count = -1
+    if len(words) > 2:
+        raise einval(f"events/ksm/{event}/trigger: too many ':' in {cmd_part!r}")
+    if len(words) == 2:
+        if not words[1]:
+            raise einval(f"events/ksm/{event}/trigger: empty count")
+        parsed = _c_int(words[1], False)
+        if parsed is None:
+            raise einval(f"events/ksm/{event}/trigger: bad count {words[1]!r}")
+        count = parsed
+    condition = None
+    cond = cond.strip()
+    if cond and not remove:
+        try:
+            condition = parse_filter(event, cond)
+        except FilterError as e:
+            raise KsmError(errno.EINVAL, f"events/ksm/{event}/trigger: {e.text(cond)!r}") from None
+    return remove, Trigger(command, count, target, condition, cond or None)
+
+
+def _trigger_specs(event: str) -> FileSpec:
+    def show(k: Kernel, pid: int | None = None) -> bytes:
+        triggers = k.trace.triggers.get(event)
+        if not triggers:
+            return TRIGGER_HELP
+        return "".join(_trigger_line(t) for t in triggers).encode()
+
+    def store(k: Kernel, pid: int | None, data: bytes) -> int:
+        # event_trigger_regex_write(): strim(); an empty command is EINVAL ("0" too)
+        text = data.decode("utf-8", "replace").strip()
+        if not text:
+            raise einval(f"events/ksm/{event}/trigger: empty trigger")
+        remove, trig = _parse_trigger(k, event, text)
+        current = k.trace.triggers.get(event, [])
+        if remove:
+            left = [t for t in current if not (t.command == trig.command and t.target == trig.target)]
+        else:
+            if any(_same_kind(t, trig) for t in current):
+                raise KsmError(errno.EEXIST, f"events/ksm/{event}/trigger: {trig.command} is already set")
+            left = [trig, *current]
+        if left:
+            k.trace.triggers[event] = left
+        else:
+            k.trace.triggers.pop(event, None)
+        return len(data)
+
+    return FileSpec("trigger", RW, TRACE_SIZE, show, store)
 
 
 def _event_specs(event: str) -> list[FileSpec]:
@@ -337,8 +765,10 @@ def _event_specs(event: str) -> list[FileSpec]:
     ident = b"%d\n" % EVENT_IDS[event]
     return [
         FileSpec("enable", RW, TRACE_SIZE, show_enable, store_enable),
+        _filter_specs(event),
         FileSpec("format", RO, TRACE_SIZE, lambda k, pid=None: fmt, None),
         FileSpec("id", RO, TRACE_SIZE, lambda k, pid=None: ident, None),
+        _trigger_specs(event),
     ]
 
 
@@ -352,7 +782,8 @@ def tree_specs(version) -> list[tuple[tuple[str, ...], list[FileSpec]]]:
     out: list[tuple[tuple[str, ...], list[FileSpec]]] = [
         ((), top),
         (("events", "ksm"), [
-            FileSpec("enable", RW, TRACE_SIZE, show_system_enable, store_system_enable)
+            FileSpec("enable", RW, TRACE_SIZE, show_system_enable, store_system_enable),
+            FileSpec("filter", RW, TRACE_SIZE, show_system_filter, store_system_filter),
         ]),
     ]  # fmt: skip
     events = sorted(e for e in version.trace_events if e in EVENT_IDS)

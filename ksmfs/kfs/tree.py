@@ -1,24 +1,27 @@
-"""The ONE table of files of a ksmfs mount, and the tree built from it.
-
-Every file of the mount (sysfs KSM knobs, /proc, tracefs, the ksmfs control directory) is
-one :class:`FileSpec` row.  The FUSE adapter, the permission checks and the tests are all
-derived from these rows; nothing else in the project knows which files exist.
+"""The mount's namespace, built from the rows of kfs/table.py.
 
 Inode numbers are *derived*, never allocated, so the adapter keeps no inode table:
 
 * ``ROOT_INODE`` (1) is the mount root;
 * every static path (directories and files outside ``/proc/<pid>``) gets a fixed number
-  ``2, 3, ...`` in table order (stable for a given kernel version);
-* ``/proc/<pid>`` is ``PID_BASE + (pid << 8)`` and its n-th file
-  ``PID_BASE + (pid << 8) + n + 1`` (n < 255), so a lookup after the task has exited
-  simply fails (ENOENT), like the real /proc.
+  ``1, 2, 3, ...`` in table order (stable for a given kernel version);
+* ``/proc/<pid>`` is ``PID_BASE + (pid << 8)`` and the n-th row under it (files and
+  subdirectories, in table order) ``PID_BASE + (pid << 8) + n + 1`` (n < 255), so a
+  lookup after the task has exited simply fails (ENOENT), like the real /proc.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+import errno
+
+from ksmfs.kernel import KsmError
+from ksmfs.kfs import table
+from ksmfs.kfs.procfs import ptrace_may_access
+from ksmfs.kfs.spec import DIR_MODE, PID_DIR_MODE, ROOT, Caller, FileSpec, RenderContext
+from ksmfs.kfs.table import PID, TID
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
@@ -28,7 +31,6 @@ __all__ = [
     "PID_BASE",
     "PID_DIR_MODE",
     "ROOT_INODE",
-    "FileSpec",
     "Node",
     "Tree",
 ]
@@ -36,45 +38,6 @@ __all__ = [
 ROOT_INODE = 1
 PID_BASE = 1 << 32
 PID_SHIFT = 8
-DIR_MODE = 0o755
-PID_DIR_MODE = 0o555  # dr-xr-xr-x, as /proc/<pid> on Linux
-# Directories whose mode is not 0755 on the live 6.18 machine (stat -c %a).
-STATIC_DIR_MODES: dict[tuple[str, ...], int] = {
-    ("proc",): 0o555,
-    ("sys",): 0o555,
-    ("sys", "kernel", "tracing"): 0o555,
-}
-
-ShowFn = Callable[["Kernel", "int | None"], bytes]
-StoreFn = Callable[["Kernel", "int | None", bytes], int]
-TruncateFn = Callable[["Kernel", "int | None"], None]
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    """One row of the table: a regular file of the mount.
-
-    ``show(kernel, pid)`` returns a full content snapshot (the adapter snapshots on open
-    and serves every offset from it, like seq_file).  ``store(kernel, pid, data)`` is one
-    write(2): it returns the number of bytes consumed or raises ``KsmError(errno, msg)``.
-    ``pid`` is the task for files under ``proc/<pid>/``, else None.
-
-    ``truncate`` (optional) is what an O_TRUNC open / ftruncate(0) does; None means
-    "accepted and ignored" (sysfs, spec §1.1).  The only file with an action is tracefs
-    ``trace``, where truncation clears the ring buffer.
-
-    ``stream`` files (trace_pipe) are read with :func:`ksmfs.kfs.tracefs.read_stream`
-    instead of ``show``: reads consume records, and block while there is nothing new.
-    """
-
-    name: str
-    mode: int
-    size: int
-    show: ShowFn | None
-    store: StoreFn | None
-    owner: Literal["root", "task"] = "root"
-    stream: bool = False
-    truncate: TruncateFn | None = None
 
 
 @dataclass(frozen=True)
@@ -86,97 +49,120 @@ class Node:
     spec: FileSpec | None
     pid: int | None
     inode: int
-    mode: int = field(default=DIR_MODE)  # permission bits (dirs: 0o755/0o555; files: spec)
+    mode: int = field(default=DIR_MODE)  # permission bits (dirs: from the row; files: spec)
 
     @property
     def name(self) -> str:
         return self.path[-1] if self.path else ""
 
 
-def _file_node(path: tuple[str, ...], spec: FileSpec, pid: int | None, inode: int) -> Node:
-    return Node(path, False, spec, pid, inode, spec.mode)
+def _parse_pid(name: str) -> int | None:
+    # /proc accepts only canonical decimal pids ("01" is ENOENT).
+    if not name.isdigit() or (len(name) > 1 and name[0] == "0") or not name.isascii():
+        return None
+    return int(name)
 
 
 class Tree:
-    """The mount's namespace for one kernel.  Cheap to build; holds no per-open state."""
+    """The mount's namespace for one kernel.  Cheap to build; holds no per-open state.
+
+    ``ctx`` is the mount's :class:`RenderContext` (boot time, last control result): the
+    rows that need it were built around it.
+    """
 
     def __init__(self, kernel: Kernel, *, btime: int | None = None):
         """``btime``: the epoch second of boot for /proc/stat (default: the wall time
-        when the kernel is first rendered, minus its uptime; tests pin it)."""
-        # Imported here so that the table modules can import FileSpec from this module.
-        from ksmfs.kfs import control, procfs, sysfs, tracefs
-
+        when it is first rendered, minus the uptime; tests pin it)."""
         self.kernel = kernel
-        if btime is not None:
-            procfs.set_btime(kernel, btime)
-        version = kernel.version
-        # Static part: path -> Node, in table order; dir path -> ordered child names.
+        self.ctx = RenderContext(btime=btime)
+        self.rows = table.rows(kernel.version, self.ctx)
+        # Static part: path -> Node in table order; directory path -> ordered child names.
         self._static: dict[tuple[str, ...], Node] = {}
         self._children: dict[tuple[str, ...], list[str]] = {}
         self._by_inode: dict[int, Node] = {}
-        self._next_inode = ROOT_INODE
-        self._add_dir(())
-        for d in (("proc",), ("sys",), ("sys", "kernel"), ("sys", "kernel", "mm")):
-            self._add_dir(d)
-        self._add_files(("sys", "kernel", "mm", "ksm"), sysfs.file_specs(version))
-        self._add_dir(("sys", "kernel", "tracing"))
-        for sub, specs in tracefs.tree_specs(version):
-            self._add_files(("sys", "kernel", "tracing", *sub), specs)
-        self._add_files(("proc",), procfs.global_specs(version))
-        self._add_files(("ksmfs",), control.file_specs(version))
-        # Per-pid part: the same rows for every task.
-        self.pid_specs: tuple[FileSpec, ...] = tuple(procfs.pid_specs(version))
-        if len(self.pid_specs) >= (1 << PID_SHIFT) - 1:
-            raise ValueError("too many /proc/<pid> files for the inode scheme")
-        self._pid_index = {s.name: i for i, s in enumerate(self.pid_specs)}
+        # Per-pid part: paths relative to proc/<pid> (with TID), in table order.
+        self._pid_rows: list[table.Row] = []
+        self._pid_children: dict[tuple[str, ...], list[str]] = {}
+        for row in self.rows:
+            if row.path[:2] == ("proc", PID):
+                self._add_pid_row(row)
+            else:
+                self._add_static(row)
+        self._pid_index = {row.path[2:]: i for i, row in enumerate(self._pid_rows)}
+        if len(self._pid_rows) >= (1 << PID_SHIFT) - 1:
+            raise ValueError("too many /proc/<pid> rows for the inode scheme")
 
     # -- building -----------------------------------------------------------------------
-    def _add_dir(self, path: tuple[str, ...]) -> None:
-        if path in self._static:
-            return
-        if path:
-            self._add_dir(path[:-1])
-            self._children[path[:-1]].append(path[-1])
-        node = Node(path, True, None, None, self._next_inode, STATIC_DIR_MODES.get(path, DIR_MODE))
-        self._next_inode += 1
-        self._static[path] = node
+    def _add_static(self, row: table.Row) -> None:
+        if row.path in self._static:
+            raise ValueError(f"duplicate row /{'/'.join(row.path)}")
+        if row.path:
+            if row.path[:-1] not in self._children:
+                raise ValueError(f"row /{'/'.join(row.path)} comes before its directory")
+            self._children[row.path[:-1]].append(row.path[-1])
+        node = Node(row.path, row.is_dir, row.spec, None, ROOT_INODE + len(self._static), row.mode)
+        self._static[row.path] = node
         self._by_inode[node.inode] = node
-        self._children[path] = []
+        if row.is_dir:
+            self._children[row.path] = []
 
-    def _add_files(self, dirpath: tuple[str, ...], specs: list[FileSpec]) -> None:
-        self._add_dir(dirpath)
-        for spec in specs:
-            path = (*dirpath, spec.name)
-            node = _file_node(path, spec, None, self._next_inode)
-            self._next_inode += 1
-            self._static[path] = node
-            self._by_inode[node.inode] = node
-            self._children[dirpath].append(spec.name)
+    def _add_pid_row(self, row: table.Row) -> None:
+        rel = row.path[2:]
+        if not rel:
+            if row.mode != PID_DIR_MODE:
+                raise ValueError("proc/<pid> must be dr-xr-xr-x")
+            self._pid_children[()] = []
+            return
+        if rel[:-1] not in self._pid_children:
+            raise ValueError(f"row /{'/'.join(row.path)} comes before its directory")
+        self._pid_children[rel[:-1]].append(rel[-1])
+        if row.is_dir:
+            self._pid_children[rel] = []
+        self._pid_rows.append(row)
+
+    @property
+    def pid_specs(self) -> tuple[FileSpec, ...]:
+        """The files directly in proc/<pid>/, in listing order."""
+        return tuple(r.spec for r in self._pid_rows if len(r.path) == 3 and r.spec is not None)
 
     # -- per-pid nodes ------------------------------------------------------------------
     @staticmethod
     def pid_dir_inode(pid: int) -> int:
         return PID_BASE + (pid << PID_SHIFT)
 
-    def _pid_dir(self, pid: int) -> Node | None:
-        if pid not in self.kernel.tasks:
-            return None
-        return Node(("proc", str(pid)), True, None, pid, self.pid_dir_inode(pid), PID_DIR_MODE)
-
-    def _pid_file(self, pid: int, index: int) -> Node | None:
-        if pid not in self.kernel.tasks or not 0 <= index < len(self.pid_specs):
-            return None
-        spec = self.pid_specs[index]
-        return _file_node(
-            ("proc", str(pid), spec.name), spec, pid, self.pid_dir_inode(pid) + index + 1
-        )
+    @staticmethod
+    def _concrete(pid: int, rel: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(pid) if part == TID else part for part in rel)
 
     @staticmethod
-    def _parse_pid(name: str) -> int | None:
-        # /proc accepts only canonical decimal pids ("01" is ENOENT).
-        if not name.isdigit() or (len(name) > 1 and name[0] == "0") or not name.isascii():
+    def _template(pid: int, rel: tuple[str, ...]) -> tuple[str, ...] | None:
+        # task/<tid>: a simulated task has one thread, whose tid is the pid.
+        if len(rel) >= 2 and rel[0] == "task":
+            if rel[1] != str(pid):
+                return None
+            return ("task", TID, *rel[2:])
+        return rel
+
+    def _pid_node(self, pid: int, index: int) -> Node | None:
+        if pid not in self.kernel.tasks:
             return None
-        return int(name)
+        if index < 0:
+            return Node(("proc", str(pid)), True, None, pid, self.pid_dir_inode(pid), PID_DIR_MODE)
+        if index >= len(self._pid_rows):
+            return None
+        row = self._pid_rows[index]
+        path = ("proc", str(pid), *self._concrete(pid, row.path[2:]))
+        return Node(path, row.is_dir, row.spec, pid, self.pid_dir_inode(pid) + index + 1, row.mode)
+
+    def _pid_lookup(self, path: tuple[str, ...]) -> Node | None:
+        pid = _parse_pid(path[1])
+        if pid is None:
+            return None
+        if len(path) == 2:
+            return self._pid_node(pid, -1)
+        rel = self._template(pid, path[2:])
+        index = None if rel is None else self._pid_index.get(rel)
+        return None if index is None else self._pid_node(pid, index)
 
     # -- the API the adapter uses -------------------------------------------------------
     def lookup(self, path: tuple[str, ...]) -> Node | None:
@@ -184,14 +170,8 @@ class Tree:
         node = self._static.get(path)
         if node is not None:
             return node
-        if len(path) in (2, 3) and path[0] == "proc":
-            pid = self._parse_pid(path[1])
-            if pid is None:
-                return None
-            if len(path) == 2:
-                return self._pid_dir(pid)
-            index = self._pid_index.get(path[2])
-            return None if index is None else self._pid_file(pid, index)
+        if len(path) >= 2 and path[0] == "proc":
+            return self._pid_lookup(path)
         return None
 
     def listdir(self, path: tuple[str, ...]) -> list[str]:
@@ -202,9 +182,11 @@ class Tree:
             if path == ("proc",):
                 out += [str(pid) for pid in sorted(self.kernel.tasks)]
             return out
-        if len(path) == 2 and path[0] == "proc" and self.lookup(path) is not None:
-            return [s.name for s in self.pid_specs]
-        return []
+        node = self.lookup(path) if len(path) >= 2 and path[0] == "proc" else None
+        if node is None or not node.is_dir or node.pid is None:
+            return []
+        rel = self._template(node.pid, path[2:])
+        return [self._concrete(node.pid, (n,))[0] for n in self._pid_children.get(rel or (), [])]
 
     def node_by_inode(self, inode: int) -> Node | None:
         node = self._by_inode.get(inode)
@@ -213,7 +195,7 @@ class Tree:
         if inode >= PID_BASE:
             rel = inode - PID_BASE
             pid, index = rel >> PID_SHIFT, (rel & ((1 << PID_SHIFT) - 1)) - 1
-            return self._pid_dir(pid) if index < 0 else self._pid_file(pid, index)
+            return self._pid_node(pid, index)
         return None
 
     def child(self, parent_inode: int, name: str) -> Node | None:
@@ -225,6 +207,27 @@ class Tree:
         if name == "..":
             return self.lookup(parent.path[:-1]) if parent.path else parent
         return self.lookup((*parent.path, name))
+
+    def check_open(self, node: Node, caller: Caller = ROOT) -> None:
+        """A read-open of ``node`` by ``caller``: EACCES where the kernel's open checks
+        ptrace access (proc_mem_open).  The mode bits are the VFS's business (FUSE
+        default_permissions), not checked here."""
+        spec = node.spec
+        if spec is not None and spec.ptrace == "open" and node.pid is not None:
+            if not ptrace_may_access(self.kernel, node.pid, caller):
+                raise KsmError(errno.EACCES, f"/{'/'.join(node.path)}: ptrace access denied")
+
+    def render(self, node: Node, caller: Caller = ROOT) -> bytes:
+        """The content ``caller`` reads from file ``node`` (after :meth:`check_open`)."""
+        spec = node.spec
+        if spec is None or spec.show is None:
+            raise KsmError(errno.EACCES, f"/{'/'.join(node.path)} cannot be read")
+        if node.pid is not None and (spec.ptrace == "read" or spec.show_unpermitted):
+            if not ptrace_may_access(self.kernel, node.pid, caller):
+                if spec.show_unpermitted is not None:
+                    return spec.show_unpermitted(self.kernel, node.pid)
+                raise KsmError(errno.EACCES, f"/{'/'.join(node.path)}: ptrace access denied")
+        return spec.show(self.kernel, node.pid)
 
     def owner(self, node: Node) -> tuple[int, int]:
         """(uid, gid) for stat: root, or the task's for /proc/<pid> and task-owned rows."""
@@ -239,5 +242,8 @@ class Tree:
         out = [n for n in self._static.values() if not n.is_dir]
         if pids:
             for pid in sorted(self.kernel.tasks):
-                out += [n for i in range(len(self.pid_specs)) if (n := self._pid_file(pid, i))]
+                for i in range(len(self._pid_rows)):
+                    n = self._pid_node(pid, i)
+                    if n is not None and not n.is_dir:
+                        out.append(n)
         return out

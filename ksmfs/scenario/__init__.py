@@ -1,7 +1,7 @@
 """Scenarios: one KSM workload description, run against the simulated kernel (``sim``) or
 the machine's real kernel (``real``), and compared counter by counter (``diff``).
 
-The file format is the fixed contract /work/shared/scenario-format.md (version 1).
+The file format is the fixed contract docs/scenario-format.md (version 2).
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ksmfs.scenario.model import Sysfs
+
 Snapshot = dict[str, Any]
 
 MISSING = None  # shown as "-" in reports
@@ -120,7 +122,8 @@ def allowed_fields(scenario: Any) -> set[str]:
     """Fields the contract allows to differ: with the scan-time advisor on, pages_to_scan
     follows ksmd's measured scan time and CPU use (§3.14), so it depends on wall time."""
     values = [scenario.ksm.get("advisor_mode")]
-    values += [s.args.get("advisor_mode") for s in scenario.steps if s.action == "sysfs"]
+    values += [v for s in scenario.steps if isinstance(s.action, Sysfs)
+               for f, v in s.action.values if f == "advisor_mode"]
     if "scan-time" in values:
         return {"ksm.pages_to_scan"}
     return set()

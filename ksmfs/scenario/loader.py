@@ -1,10 +1,15 @@
-"""Read and check scenario files (/work/shared/scenario-format.md, version 1).
+"""Read and check scenario files (docs/scenario-format.md, version 2).
 
 ``load_scenario(path_or_name)`` returns a :class:`~ksmfs.scenario.model.Scenario` or raises
 :class:`ScenarioError`, whose text is one line: ``FILE:LINE: KEY: PROBLEM``.  TOML syntax
 errors carry tomllib's line; for errors found after parsing, the line is found again in the
 text by a small scanner that maps each key path (``process[1].vma[0].pages``) to the line
 that defines it.
+
+The timeline is checked before anything runs, by playing it on names and page maps
+(:func:`_check_timeline`): a step on a process that has exited or was never defined, a
+fork to a name the scenario already used, a page range outside its VMA, a ``munmap`` of
+pages already unmapped, a ``write`` or an explicit ``madvise`` range on unmapped pages.
 """
 
 from __future__ import annotations
@@ -12,17 +17,30 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterator
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ksmfs.scenario.driver import MappedPages
 from ksmfs.scenario.model import (
+    ACTION_KEYS,
     WRITABLE_KSM_FILES,
+    Action,
+    Exit,
+    Fork,
+    Madvise,
+    MergeAny,
+    Munmap,
     ProcessSpec,
     Scenario,
     Segment,
+    Spawn,
     Step,
+    Sysfs,
     VmaSpec,
+    Write,
+    page_runs,
 )
 
 __all__ = ["ScenarioError", "builtin_dir", "list_builtin", "load_scenario", "parse_scenario"]
@@ -540,10 +558,16 @@ def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
     steps_raw = c.array(doc, "step", (), False)
     parsed: list[Step] = []
     for i, s in enumerate(steps_raw):
-        parsed.append(_step(c, s, ("step", i), i, pools, add))
+        step = _step(c, s, ("step", i), i, pools, add)
+        if isinstance(step.action, Fork):
+            child = step.action.child.name
+            if child in where:
+                raise c.fail(("step", i, "fork", "name"), f"fork to the name {child!r}, which "
+                             f"the scenario already uses (at {_key_text(where[child])})")
+            where[child] = ("step", i, "fork")
+        parsed.append(step)
     # Steps run by K, in file order within one K (a stable sort keeps file order).
-    steps = sorted(parsed, key=lambda s: s.after_full_scans)
-    _check_timeline(c, processes, steps)
+    steps = _check_timeline(c, processes, sorted(parsed, key=lambda s: s.after_full_scans))
 
     return Scenario(name=name, description=description, seed=seed,
                     max_full_scans=max_full_scans, ksm=ksm, pools=pools,
@@ -551,7 +575,7 @@ def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
                     path=Path(file) if file != "<string>" else None)
 
 
-_ACTIONS = ("write", "madvise", "merge_any", "sysfs", "exit", "spawn")
+_ACTIONS = ACTION_KEYS
 
 
 def _step(c: _Checker, obj: Any, path: Path_, index: int, pools: dict[str, int],
@@ -566,80 +590,133 @@ def _step(c: _Checker, obj: Any, path: Path_, index: int, pools: dict[str, int],
     action = actions[0]
     ap = path + (action,)
     v = obj[action]
-    args: Any
+    act: Action
     if action == "write":
         c.table(v, ap, ("process", "vma", "first", "count", "from", "offset", "shuffle"))
         count = c.int_(v, "count", ap, lo=1)
         seg = c._segment_body(v, ap, pools, count)
-        args = {"process": c.name_(v, "process", ap), "vma": c.name_(v, "vma", ap),
-                "first": c.int_(v, "first", ap, lo=0), "count": count, "segment": seg}
+        act = Write(process=c.name_(v, "process", ap), vma=c.name_(v, "vma", ap),
+                    first=c.int_(v, "first", ap, lo=0), count=count, segment=seg)
     elif action == "madvise":
-        c.table(v, ap, ("process", "vma", "advice"))
+        c.table(v, ap, ("process", "vma", "advice", "first", "count"))
         advice = c.str_(v, "advice", ap)
         if advice not in ("mergeable", "unmergeable"):
             raise c.fail(ap + ("advice",),
                          f"must be \"mergeable\" or \"unmergeable\", not {advice!r}")
-        args = {"process": c.name_(v, "process", ap), "vma": c.name_(v, "vma", ap),
-                "advice": advice}
+        count_: int | None = c.int_(v, "count", ap, lo=1) if "count" in v else None
+        act = Madvise(process=c.name_(v, "process", ap), vma=c.name_(v, "vma", ap),
+                      advice=advice,  # type: ignore[arg-type]
+                      first=c.int_(v, "first", ap, default=0, lo=0), count=count_)
+    elif action == "munmap":
+        c.table(v, ap, ("process", "vma", "first", "count"))
+        act = Munmap(process=c.name_(v, "process", ap), vma=c.name_(v, "vma", ap),
+                     first=c.int_(v, "first", ap, lo=0), count=c.int_(v, "count", ap, lo=1))
+    elif action == "fork":
+        c.table(v, ap, ("process", "name"))
+        # the child's VMAs are the parent's, known once the timeline is played
+        act = Fork(process=c.name_(v, "process", ap),
+                   child=ProcessSpec(name=c.name_(v, "name", ap)))
     elif action == "merge_any":
         c.table(v, ap, ("process", "enable"))
         if "enable" not in v:
             raise c.fail(ap + ("enable",), "missing (required)")
-        args = {"process": c.name_(v, "process", ap), "enable": c.bool_(v, "enable", ap)}
+        act = MergeAny(process=c.name_(v, "process", ap), enable=c.bool_(v, "enable", ap))
     elif action == "sysfs":
         if not isinstance(v, dict):
             raise c.fail(ap, "must be a table FILE = VALUE")
         if not v:
             raise c.fail(ap, "must name at least one file")
-        args = {f: c.knob(f, val, ap + (f,), allow_run=True) for f, val in v.items()}
+        act = Sysfs(tuple((f, c.knob(f, val, ap + (f,), allow_run=True))
+                          for f, val in v.items()))
     elif action == "exit":
         if not isinstance(v, str) or not v:
             raise c.fail(ap, f"must be a process name (a string), not {_tname(v)}")
-        args = {"process": v}
+        act = Exit(process=v)
     else:  # spawn
         specs = c.process(v, ap, pools)
         add(specs, ap)
-        args = tuple(specs)
-    return Step(after_full_scans=k, action=action, args=args, index=index)  # type: ignore[arg-type]
+        act = Spawn(tuple(specs))
+    return Step(after_full_scans=k, action=act, index=index)
 
 
-def _check_timeline(c: _Checker, processes: list[ProcessSpec], steps: list[Step]) -> None:
-    """Every step must name a process that is alive at that point of the timeline."""
-    alive: dict[str, ProcessSpec] = {p.name: p for p in processes}
+def _check_timeline(c: _Checker, processes: list[ProcessSpec],
+                    steps: list[Step]) -> list[Step]:
+    """Play the timeline on names and page maps: every step must name a live process, a
+    VMA it has and pages it still has mapped.  Returns the steps with each fork's child
+    filled in (the parent's VMAs as they are at that point)."""
+    alive: dict[str, MappedPages] = {p.name: MappedPages(p) for p in processes}
     gone: set[str] = set()
+    out: list[Step] = []
     for s in steps:
-        path: Path_ = ("step", s.index, s.action)
-        if s.action == "spawn":
-            for p in s.args:
-                alive[p.name] = p
+        a = s.action
+        path: Path_ = ("step", s.index, s.kind)
+        if isinstance(a, Spawn):
+            for p in a.processes:
+                alive[p.name] = MappedPages(p)
+            out.append(s)
             continue
-        if s.action == "sysfs":
+        if isinstance(a, Sysfs):
+            out.append(s)
             continue
-        pname = s.args["process"]
-        ppath = path if s.action == "exit" else path + ("process",)
+        pname = a.process
+        ppath = path if isinstance(a, Exit) else path + ("process",)
         if pname not in alive:
             why = "has already exited" if pname in gone else "is not defined"
             known = ", ".join(alive) or "none"
             raise c.fail(ppath, f"process {pname!r} {why} at after_full_scans = "
                          f"{s.after_full_scans} (live processes: {known})")
         proc = alive[pname]
-        if s.action == "exit":
+        if isinstance(a, Exit):
             del alive[pname]
             gone.add(pname)
-            continue
-        if s.action in ("write", "madvise"):
-            vname = s.args["vma"]
-            try:
-                vma = proc.vma(vname)
-            except KeyError:
-                known = ", ".join(v.name for v in proc.vmas)
-                raise c.fail(path + ("vma",), f"process {pname!r} has no VMA {vname!r} "
-                             f"(VMAs: {known})") from None
-            if s.action == "write":
-                first, count = s.args["first"], s.args["count"]
-                if first + count > vma.pages:
-                    raise c.fail(path + ("count",), f"pages {first}..{first + count - 1} "
-                                 f"are outside VMA {vname!r} ({vma.pages} pages)")
+        elif isinstance(a, Fork):
+            child = replace(proc.spec, name=a.child.name)
+            alive[child.name] = MappedPages(child, parent=proc)
+            s = replace(s, action=replace(a, child=child))
+        elif isinstance(a, (Write, Madvise, Munmap)):
+            _check_range(c, path, s, proc)
+        out.append(s)
+    return out
+
+
+def _check_range(c: _Checker, path: Path_, s: Step, proc: MappedPages) -> None:
+    a = s.action
+    assert isinstance(a, (Write, Madvise, Munmap))
+    pname = proc.spec.name
+    try:
+        pages = proc.pages(a.vma)
+    except KeyError:
+        known = ", ".join(v.name for v in proc.spec.vmas)
+        raise c.fail(path + ("vma",), f"process {pname!r} has no VMA {a.vma!r} "
+                     f"(VMAs: {known})") from None
+    at = f"at after_full_scans = {s.after_full_scans}"
+    if isinstance(a, Madvise) and a.count is None:
+        if a.first >= pages:
+            raise c.fail(path + ("first",), f"page {a.first} is outside VMA {a.vma!r} "
+                         f"({pages} pages)")
+        if not proc.runs(a.vma, a.first):
+            raise c.fail(path, f"pages {a.first}..{pages - 1} of VMA {a.vma!r} of process "
+                         f"{pname!r} are all unmapped {at}")
+        return
+    count = a.count
+    assert count is not None
+    last = a.first + count - 1
+    if a.first + count > pages:
+        raise c.fail(path + ("count",), f"pages {a.first}..{last} are outside VMA "
+                     f"{a.vma!r} ({pages} pages)")
+    if not proc.all_mapped(a.vma, a.first, count):
+        holes = [f"{f}..{f + n - 1}" for f, n in
+                 _unmapped_runs(proc, a.vma, a.first, count)]
+        raise c.fail(path + ("first",), f"pages {', '.join(holes)} of VMA {a.vma!r} of "
+                     f"process {pname!r} are already unmapped {at}")
+    if isinstance(a, Munmap):
+        proc.unmap(a.vma, a.first, count)
+
+
+def _unmapped_runs(proc: MappedPages, vma: str, first: int,
+                   count: int) -> list[tuple[int, int]]:
+    inverse = [not b for b in proc.maps[vma]]
+    return page_runs(inverse, first, count)
 
 
 def iter_builtin_paths() -> Iterator[Path]:

@@ -1,39 +1,22 @@
-"""The in-memory form of a scenario file (/work/shared/scenario-format.md, version 1).
+"""The in-memory form of a scenario file (docs/scenario-format.md, version 2).
 
-Everything here is a frozen value: the loader (``loader.py``) builds it once, and both
-backends (``sim.py`` drives ksmfs.kernel, ``real.py`` drives the machine's kernel) read it.
-Names follow the contract's TOML keys, so a reader of a scenario file can find each field.
+Everything here is a frozen value: the loader (``loader.py``) builds it once, and the
+backends (``sim.py`` drives ksmfs.kernel, ``real.py`` drives the machine's kernel) read it
+through the one driver (``driver.py``).  Names follow the contract's TOML keys, so a reader
+of a scenario file can find each field.
 
-Step arguments (``Step.args``), by ``Step.action``:
-
-=============  ==========================================================================
-``write``      dict: ``process`` (full name), ``vma`` (name), ``first`` (int),
-               ``count`` (int), ``segment`` (a :class:`Segment` whose ``pages == count``)
-``madvise``    dict: ``process``, ``vma``, ``advice`` (``"mergeable"``/``"unmergeable"``)
-``merge_any``  dict: ``process``, ``enable`` (bool)
-``sysfs``      dict FILE -> VALUE in file order (VALUE is an int, or a str for
-               ``advisor_mode``; booleans are stored as 0/1). Write
-               ``sysfs_bytes(VALUE)`` to /sys/kernel/mm/ksm/FILE.
-``exit``       dict: ``process``
-``spawn``      tuple[ProcessSpec, ...] (several when the spawned table has ``count > 1``)
-=============  ==========================================================================
-
-Backends (``sim.run_sim``, ``real.run_real``) share one shape::
-
-    run_xxx(scenario, on_snapshot, progress=None) -> list[dict]
-
-``on_snapshot(snapshot: dict)`` is called with each snapshot as soon as it is taken (the
-contract's "Snapshots" section: ``full_scans``, ``ksm``, ``processes``), and the list of
-all of them is returned at the end.  ``progress(message: str)``, when given, receives a
-short one-line status now and then (the CLI shows it on stderr when that is a TTY).
-A ``sysfs`` write that the kernel refuses is reported with :func:`report_refusal`.
+A timeline step is a :class:`Step` (when, and where in the file) holding one action, a
+frozen dataclass per contract action: :class:`Write`, :class:`Madvise`, :class:`Fork`,
+:class:`Munmap`, :class:`MergeAny`, :class:`Sysfs`, :class:`Exit`, :class:`Spawn`.  Page
+numbers are always those of the VMA as first mapped (contract v2).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, Union
 
 from ksmfs.kernel.versions import WRITABLE_SYSFS_ORDER
 
@@ -41,7 +24,6 @@ PAGE_SIZE = 4096
 
 # The sources of a fill segment (contract table "SOURCE").
 SegmentSource = Literal["zero", "unique", "value", "pool"]
-StepAction = Literal["write", "madvise", "merge_any", "sysfs", "exit", "spawn"]
 
 # Writable files of /sys/kernel/mm/ksm on 6.18 (mm/ksm.c ksm_attrs, __ATTR_RW ones), in the
 # kernel's attribute-array order.  `run` is allowed in steps, never in [ksm].
@@ -76,6 +58,25 @@ KSM_STAT_FIELDS: tuple[str, ...] = (
 MADV_MERGEABLE = 12
 MADV_UNMERGEABLE = 13
 PR_SET_MEMORY_MERGE = 67
+
+
+def page_runs(mapped: Sequence[bool] | None, first: int, count: int) -> list[tuple[int, int]]:
+    """The runs ``(first, count)`` of mapped pages within ``first … first+count-1``
+    (``mapped`` None: every page is mapped)."""
+    if mapped is None:
+        return [(first, count)] if count > 0 else []
+    runs: list[tuple[int, int]] = []
+    start = -1
+    for i in range(first, first + count):
+        if mapped[i]:
+            if start < 0:
+                start = i
+        elif start >= 0:
+            runs.append((start, i - start))
+            start = -1
+    if start >= 0:
+        runs.append((start, first + count - start))
+    return runs
 
 
 @dataclass(frozen=True)
@@ -130,13 +131,112 @@ class ProcessSpec:
 
 
 @dataclass(frozen=True)
+class Write:
+    """Write new contents into pages ``first … first+count-1`` (copy-on-write breaks any
+    sharing); ``segment`` is a fill segment with ``pages == count``."""
+
+    process: str
+    vma: str
+    first: int
+    count: int
+    segment: Segment
+    kind: Literal["write"] = "write"
+
+
+@dataclass(frozen=True)
+class Madvise:
+    """MADV_MERGEABLE / MADV_UNMERGEABLE on pages ``first … first+count-1``.
+
+    ``count`` None is the contract's default (to the VMA's original end); then the pages
+    already unmapped in that range are skipped (``ranged`` False), while an explicit range
+    must name mapped pages only."""
+
+    process: str
+    vma: str
+    advice: Literal["mergeable", "unmergeable"]
+    first: int = 0
+    count: int | None = None
+    kind: Literal["madvise"] = "madvise"
+
+    @property
+    def ranged(self) -> bool:
+        return self.count is not None
+
+
+@dataclass(frozen=True)
+class Fork:
+    """``process`` forks; ``child`` is the new process (its VMAs are the parent's, with the
+    parent's page numbers; which of them are still mapped is the parent's state)."""
+
+    process: str
+    child: ProcessSpec
+    kind: Literal["fork"] = "fork"
+
+
+@dataclass(frozen=True)
+class Munmap:
+    """Unmap pages ``first … first+count-1`` of the VMA (the rest stays, maybe split)."""
+
+    process: str
+    vma: str
+    first: int
+    count: int
+    kind: Literal["munmap"] = "munmap"
+
+
+@dataclass(frozen=True)
+class MergeAny:
+    """``prctl(PR_SET_MEMORY_MERGE, enable)``."""
+
+    process: str
+    enable: bool
+    kind: Literal["merge_any"] = "merge_any"
+
+
+@dataclass(frozen=True)
+class Sysfs:
+    """FILE -> VALUE writes in file order (VALUE an int, or a str for ``advisor_mode``;
+    booleans stored as 0/1): ``sysfs_bytes(VALUE)`` goes to /sys/kernel/mm/ksm/FILE."""
+
+    values: tuple[tuple[str, int | str], ...]
+    kind: Literal["sysfs"] = "sysfs"
+
+
+@dataclass(frozen=True)
+class Exit:
+    process: str
+    kind: Literal["exit"] = "exit"
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """New processes (several when the spawned table has ``count > 1``)."""
+
+    processes: tuple[ProcessSpec, ...]
+    kind: Literal["spawn"] = "spawn"
+
+
+Action = Union[Write, Madvise, Fork, Munmap, MergeAny, Sysfs, Exit, Spawn]
+ACTION_KEYS: tuple[str, ...] = ("write", "madvise", "fork", "munmap", "merge_any", "sysfs",
+                                "exit", "spawn")
+
+
+@dataclass(frozen=True)
 class Step:
     """One timeline action, run after the ``after_full_scans``-th full scan's snapshot."""
 
     after_full_scans: int
-    action: StepAction
-    args: Any  # see the module docstring for the shape per action
+    action: Action
     index: int = 0  # position in the file ([[step]] number), for messages
+
+    @property
+    def kind(self) -> str:
+        """The contract's action key (``write``, ``fork``, ...)."""
+        return self.action.kind
+
+    @property
+    def when(self) -> str:
+        return f"after_full_scans = {self.after_full_scans}"
 
 
 @dataclass(frozen=True)
@@ -156,9 +256,14 @@ class Scenario:
         return tuple(s for s in self.steps if s.after_full_scans == k)
 
     def all_processes(self) -> tuple[ProcessSpec, ...]:
-        """Initial processes, then those spawned by steps, in timeline order."""
-        spawned = tuple(p for s in self.steps if s.action == "spawn" for p in s.args)
-        return self.processes + spawned
+        """Initial processes, then those spawned or forked by steps, in timeline order."""
+        out = list(self.processes)
+        for s in self.steps:
+            if isinstance(s.action, Spawn):
+                out.extend(s.action.processes)
+            elif isinstance(s.action, Fork):
+                out.append(s.action.child)
+        return tuple(out)
 
     @property
     def summary(self) -> str:

@@ -1,7 +1,7 @@
 """The real backend: a scenario run on this machine's kernel (/sys/kernel/mm/ksm).
 
 ``run_real(scenario, on_snapshot, progress=None)`` implements the contract
-(/work/shared/scenario-format.md) with one C worker process per scenario process
+(docs/scenario-format.md) with one C worker process per scenario process
 (worker/ksmworker.c) and ksmd paced one full pass at a time (realkernel.Pacer), so that
 every snapshot is read between two ksmd batches at the end of a full scan.
 
@@ -24,7 +24,22 @@ from pathlib import Path
 from typing import Any
 
 from ksmfs.scenario.contents import Contents
-from ksmfs.scenario.model import ProcessSpec, Scenario, Step, report_refusal
+from ksmfs.scenario.driver import MappedPages, Snapshot, drive
+from ksmfs.scenario.model import (
+    PAGE_SIZE,
+    Exit,
+    Fork,
+    Madvise,
+    MergeAny,
+    Munmap,
+    ProcessSpec,
+    Scenario,
+    Spawn,
+    Step,
+    Sysfs,
+    Write,
+    report_refusal,
+)
 from ksmfs.scenario.realkernel import (
     MADV_MERGEABLE,
     MADV_UNMERGEABLE,
@@ -42,8 +57,6 @@ from ksmfs.scenario.realkernel import (
     foreign_ksm_users,
     recover_stale_state,
 )
-
-Snapshot = dict[str, Any]
 
 # The knobs ksmfs itself uses to pace ksmd; a snapshot shows the scenario's values instead.
 PACING_KNOBS = ("pages_to_scan", "sleep_millisecs")
@@ -86,31 +99,30 @@ def _signals_blocked() -> Iterator[None]:
 class _Process:
     spec: ProcessSpec
     worker: Worker
+    pages: MappedPages
     addr: dict[str, int] = field(default_factory=dict)  # VMA name -> start address
     index: dict[str, int] = field(default_factory=dict)  # VMA name -> worker VMA index
 
 
-class _RealRun:
-    """One run; the state the contract talks about (scenario run value, processes)."""
+class RealBackend:
+    """One run on the machine's kernel: the driver's backend (``driver.py``).
+
+    It holds the state the contract talks about: the ``run`` value the scenario has set,
+    the pacing knobs as the scenario sees them, and the processes by scenario name."""
 
     def __init__(
         self,
         scenario: Scenario,
         sysfs: KsmSysfs,
         exe: Path,
-        on_snapshot: Callable[[Snapshot], None],
-        progress: Callable[[str], None] | None,
         kernel_batches: bool,
     ) -> None:
         self.scenario = scenario
         self.sysfs = sysfs
         self.exe = exe
-        self.on_snapshot = on_snapshot
-        self.progress = progress
         self.pacer = Pacer(sysfs, Ksmd(), pass_batches=not kernel_batches)
         self.contents = Contents(scenario)
         self.procs: dict[str, _Process] = {}
-        self.snapshots: list[Snapshot] = []
         self.run_value = 0  # `run` as the scenario has set it (0 until full scan 0)
         self.visible: dict[str, int] = {}  # pages_to_scan / sleep_millisecs as scenario sees
         self.base: dict[str, int] = {}
@@ -118,7 +130,7 @@ class _RealRun:
         self.batches_per_scan: list[int] = []  # ksmd batches each full scan took (0: virtual)
         self.warned_foreign = False
 
-    # ---------------------------------------------------------------- setup / teardown
+    # ---------------------------------------------------------------- driver.Backend
 
     def start(self) -> None:
         if self.sysfs.read_int("run") != 0:
@@ -129,6 +141,95 @@ class _RealRun:
         self.pacer.install()
         for spec in self.scenario.processes:
             self.spawn(spec)
+
+    def start_ksmd(self) -> None:
+        # kept for the next trigger: the pacer writes run = 1 for each batch
+        self.run_value = 1
+
+    def full_scan(self) -> bool:
+        """One pass of the real ksmd, or a virtual full scan (contract v2) while the
+        scenario's run is not 1 or its pages_to_scan is 0: then ksmd is not let run at
+        all (left alone, the kernel's ksmd would scan nothing either)."""
+        if self.run_value != 1 or self.scenario_pages_to_scan() == 0:
+            self.virtual_scans += 1
+            self.batches_per_scan.append(0)
+            return False
+        ran, done = self.pacer.full_scan()
+        if not ran:
+            self.virtual_scans += 1  # no mm registered: ksmd had nothing to do
+        self.batches_per_scan.append(len(done) if ran else 0)
+        return ran
+
+    def scenario_pages_to_scan(self) -> int:
+        if self.sysfs.advisor_mode() != "none":
+            return self.sysfs.read_int("pages_to_scan")  # the advisor's value is real
+        return self.visible["pages_to_scan"]
+
+    def step(self, step: Step) -> None:
+        a = step.action
+        when = step.when
+        try:
+            if isinstance(a, Sysfs):
+                self.apply_sysfs(a.values, when)
+            elif isinstance(a, Spawn):
+                for spec in a.processes:
+                    self.spawn(spec)
+            elif isinstance(a, Exit):
+                proc = self.procs.pop(a.process)
+                proc.worker.exit()
+            elif isinstance(a, Write):
+                proc = self.procs[a.process]
+                tokens = self.contents.segment(a.segment, a.process)
+                proc.worker.fill(proc.index[a.vma], a.first, tokens)
+            elif isinstance(a, Madvise):
+                proc = self.procs[a.process]
+                advice = MADV_MERGEABLE if a.advice == "mergeable" else MADV_UNMERGEABLE
+                for first, count in proc.pages.runs(a.vma, a.first, a.count):
+                    proc.worker.madvise(proc.index[a.vma], advice, first, count)
+            elif isinstance(a, Munmap):
+                proc = self.procs[a.process]
+                proc.worker.munmap(proc.index[a.vma], a.first, a.count)
+                proc.pages.unmap(a.vma, a.first, a.count)
+            elif isinstance(a, MergeAny):
+                self.procs[a.process].worker.merge_any(a.enable)
+            elif isinstance(a, Fork):
+                parent = self.procs[a.process]
+                child = parent.worker.fork(a.child.name)
+                self.procs[a.child.name] = _Process(
+                    a.child, child, MappedPages(a.child, parent=parent.pages),
+                    dict(parent.addr), dict(parent.index))
+            else:
+                raise ValueError(f"unknown step action {step.kind!r}")
+        except WorkerError as e:
+            _warn(f"{when}: {step.kind} failed: {e} (the run goes on)")
+
+    def snapshot(self, full_scans: int) -> Snapshot:
+        ksm = self.sysfs.numeric()
+        if not self.base:
+            self.base = {n: ksm[n] for n in ("pages_scanned", "pages_skipped") if n in ksm}
+        for name, base in self.base.items():
+            ksm[name] -= base
+        ksm["run"] = self.run_value
+        ksm["sleep_millisecs"] = self.visible["sleep_millisecs"]
+        if self.sysfs.advisor_mode() == "none":
+            ksm["pages_to_scan"] = self.visible["pages_to_scan"]
+        processes: dict[str, Any] = {}
+        for name, proc in self.procs.items():
+            stat: dict[str, Any] = dict(proc.worker.ksm_stat())
+            kb = proc.worker.smaps_ksm_kb()
+            per_vma: dict[str, int] = {}
+            for vname in proc.pages.live_vmas():
+                start = proc.addr[vname]
+                end = start + proc.pages.pages(vname) * PAGE_SIZE
+                # contract v2: the parts of a VMA that madvise or munmap split, added up
+                per_vma[vname] = sum(v for a, v in kb.items() if start <= a < end)
+            stat["smaps_ksm_kb"] = per_vma
+            processes[name] = stat
+        snap = {"full_scans": full_scans, "ksm": ksm, "processes": processes}
+        self.check_foreign()
+        return snap
+
+    # ---------------------------------------------------------------- processes
 
     def teardown(self) -> None:
         for p in self.procs.values():
@@ -141,7 +242,7 @@ class _RealRun:
         # one guard page before each VMA and one after the last (worker layout)
         reserve = 2 + sum(v.pages + 1 for v in spec.vmas)
         worker = Worker(self.exe, reserve, spec.name)
-        proc = _Process(spec, worker)
+        proc = _Process(spec, worker, MappedPages(spec))
         self.procs[spec.name] = proc
         if spec.merge_any:
             worker.merge_any(True)
@@ -203,59 +304,6 @@ class _RealRun:
             return
         self.run_value = self.sysfs.read_int("run")
 
-    # ---------------------------------------------------------------- steps
-
-    def do_step(self, step: Step) -> None:
-        when = f"after_full_scans = {step.after_full_scans}"
-        args = step.args
-        try:
-            if step.action == "sysfs":
-                self.apply_sysfs(args.items(), when)
-            elif step.action == "spawn":
-                for spec in args:
-                    self.spawn(spec)
-            elif step.action == "exit":
-                proc = self.procs.pop(args["process"])
-                proc.worker.exit()
-            elif step.action == "write":
-                proc = self.procs[args["process"]]
-                tokens = self.contents.segment(args["segment"], args["process"])
-                proc.worker.fill(proc.index[args["vma"]], args["first"], tokens)
-            elif step.action == "madvise":
-                proc = self.procs[args["process"]]
-                advice = MADV_MERGEABLE if args["advice"] == "mergeable" else MADV_UNMERGEABLE
-                proc.worker.madvise(proc.index[args["vma"]], advice)
-            elif step.action == "merge_any":
-                self.procs[args["process"]].worker.merge_any(bool(args["enable"]))
-            else:
-                raise ValueError(f"unknown step action {step.action!r}")
-        except WorkerError as e:
-            _warn(f"{when}: {step.action} failed: {e} (the run goes on)")
-
-    # ---------------------------------------------------------------- snapshots
-
-    def snapshot(self, full_scans: int) -> Snapshot:
-        ksm = self.sysfs.numeric()
-        if not self.base:
-            self.base = {n: ksm[n] for n in ("pages_scanned", "pages_skipped") if n in ksm}
-        for name, base in self.base.items():
-            ksm[name] -= base
-        ksm["run"] = self.run_value
-        ksm["sleep_millisecs"] = self.visible["sleep_millisecs"]
-        if self.sysfs.advisor_mode() == "none":
-            ksm["pages_to_scan"] = self.visible["pages_to_scan"]
-        processes: dict[str, Any] = {}
-        for name, proc in self.procs.items():
-            stat: dict[str, Any] = dict(proc.worker.ksm_stat())
-            kb = proc.worker.smaps_ksm_kb()
-            stat["smaps_ksm_kb"] = {v: kb.get(a, 0) for v, a in proc.addr.items()}
-            processes[name] = stat
-        snap = {"full_scans": full_scans, "ksm": ksm, "processes": processes}
-        self.check_foreign()
-        self.snapshots.append(snap)
-        self.on_snapshot(snap)
-        return snap
-
     def check_foreign(self) -> None:
         if self.warned_foreign:
             return
@@ -266,31 +314,6 @@ class _RealRun:
             pids = ", ".join(str(pid) for pid, _ in others[:5])
             _warn(f"other processes started using KSM during the run (pid {pids}); "
                   "the counts include their pages")
-
-    # ---------------------------------------------------------------- the run
-
-    def run(self) -> list[Snapshot]:
-        sc = self.scenario
-        self.start()
-        self.snapshot(0)
-        self.run_value = 1
-        for k in range(1, sc.max_full_scans + 1):
-            if self.progress:
-                self.progress(f"full scan {k}/{sc.max_full_scans}")
-            batches = 0
-            if self.run_value == 1:
-                ran, done = self.pacer.full_scan()
-                batches = len(done) if ran else 0
-                if not ran:
-                    self.virtual_scans += 1  # no mm registered: ksmd had nothing to do
-            else:
-                self.virtual_scans += 1
-            self.batches_per_scan.append(batches)
-            self.snapshot(k)
-            if k < sc.max_full_scans:
-                for step in sc.steps_after(k):
-                    self.do_step(step)
-        return self.snapshots
 
 
 def run_real(
@@ -316,12 +339,12 @@ def run_real(
     with exclusive_lock():
         recover_stale_state(sysfs, _warn)
         check_can_drive(sysfs)  # again, now that no other ksmfs run can start
-        runner: _RealRun | None = None
+        runner: RealBackend | None = None
         with _signals_raise():
             try:
                 sysfs.save(STATE_PATH)
-                runner = _RealRun(scenario, sysfs, exe, on_snapshot, progress, kernel_batches)
-                return runner.run()
+                runner = RealBackend(scenario, sysfs, exe, kernel_batches)
+                return drive(scenario, runner, on_snapshot, progress)
             finally:
                 if runner is not None and batches_out is not None:
                     batches_out.extend(runner.batches_per_scan)

@@ -23,9 +23,11 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -188,7 +190,7 @@ class KsmSysfs:
     def restore(self, warn: Callable[[str], None]) -> None:
         """Unmerge everything and put every saved knob back.
 
-        Order (TEAM.md): run=2 (synchronous unmerge, mm/ksm.c run_store), wait until
+        Order (CONTRIBUTING.md): run=2 (synchronous unmerge, mm/ksm.c run_store), wait until
         pages_shared is 0, run=0, then the saved values with advisor_mode first and
         max_page_sharing / merge_across_nodes only while pages_shared == 0, run last.
         Signals are blocked meanwhile: a pending signal aborts run=2 with EINTR.
@@ -589,39 +591,69 @@ class WorkerError(Exception):
         self.errno = err
 
 
+def _open_fifo_writer(path: Path, timeout: float) -> int:
+    """Open a FIFO for writing once its reader is there (ENXIO until then), or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise WorkerError(e.errno or errno.EIO, f"forked worker: open {path.name}") from None
+        time.sleep(0.001)
+
+
 class Worker:
-    """One scenario process: a ksmworker child driven over its stdin/stdout."""
+    """One scenario process: a ksmworker driven over a line protocol.
+
+    ``Worker(exe, reserve_pages, name)`` starts a new worker (its stdin/stdout are pipes);
+    :meth:`fork` makes a worker out of a fork(2) of this one, talking over two FIFOs."""
 
     def __init__(self, exe: Path, reserve_pages: int, name: str = "") -> None:
         self.name = name
         # own session: a terminal's SIGINT reaches only us, and we tear the workers down
-        self.proc = subprocess.Popen(
+        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
             [str(exe), str(reserve_pages)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             bufsize=0,
             start_new_session=True,
         )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
         self.pid = self.proc.pid
+        self._in = self.proc.stdin.fileno()
+        self._out = self.proc.stdout
+        self._pidfd: int | None = None
         self.vmas: list[tuple[int, int]] = []  # (start address, pages)
         ready = self._readline()
         if ready != "ready":
             self.kill()
             raise WorkerError(errno.EIO, f"worker start: {ready!r}")
 
+    @classmethod
+    def _forked(cls, name: str, pid: int, in_fd: int, out_fd: int,
+                vmas: list[tuple[int, int]]) -> Worker:
+        w = cls.__new__(cls)
+        w.name = name
+        w.proc = None
+        w.pid = pid
+        w._in = in_fd
+        w._out = os.fdopen(out_fd, "rb", buffering=0)
+        w._pidfd = os.pidfd_open(pid)
+        w.vmas = list(vmas)
+        return w
+
     def _readline(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        line = self._out.readline()
         if not line:
             raise WorkerError(errno.EPIPE, f"worker {self.name or self.pid} exited")
         return line.decode().strip()
 
     def _cmd(self, line: str, payload: bytes = b"") -> str:
-        assert self.proc.stdin is not None
         data = line.encode() + b"\n" + payload
         view = memoryview(data)
         while view:
-            n = os.write(self.proc.stdin.fileno(), view)
+            n = os.write(self._in, view)
             view = view[n:]
         reply = self._readline()
         if reply.startswith("err "):
@@ -642,41 +674,103 @@ class Worker:
         data = np.ascontiguousarray(tokens, dtype="<u8").tobytes()
         self._cmd(f"fill {index} {first} {len(tokens)}", data)
 
-    def madvise(self, index: int, advice: int) -> None:
-        self._cmd(f"madvise {index} {advice}")
+    def madvise(self, index: int, advice: int, first: int = 0, count: int | None = None) -> None:
+        """madvise pages ``first … first+count-1`` of VMA ``index`` (default: all)."""
+        if count is None:
+            count = self.vmas[index][1] - first
+        self._cmd(f"madvise {index} {advice} {first} {count}")
+
+    def munmap(self, index: int, first: int, count: int) -> None:
+        self._cmd(f"munmap {index} {first} {count}")
 
     def merge_any(self, enable: bool, cleanup: bool = True) -> int:
         """prctl(PR_SET_MEMORY_MERGE); with cleanup, returns how many own VMAs were made
         unmergeable again."""
         return int(self._cmd(f"merge_any {int(enable)} {int(cleanup)}") or 0)
 
+    def fork(self, name: str = "") -> Worker:
+        """fork(2) this worker; the child is a worker of its own (same VMA indices).
+
+        The child talks over two FIFOs in a private directory, opened so that nobody
+        waits: our read end first (non-blocking), then the child opens its write end and
+        its read end, and our blocking open of the write end returns once it has."""
+        tmp = Path(tempfile.mkdtemp(prefix="ksmworker-"))
+        try:
+            to_child, from_child = tmp / "in", tmp / "out"
+            os.mkfifo(to_child, 0o600)
+            os.mkfifo(from_child, 0o600)
+            out_fd = os.open(from_child, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                pid = int(self._cmd(f"fork {to_child} {from_child}"))
+                in_fd = _open_fifo_writer(to_child, timeout=10.0)
+            except BaseException:
+                os.close(out_fd)
+                raise
+            os.set_blocking(out_fd, True)
+            os.set_blocking(in_fd, True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        child = Worker._forked(name, pid, in_fd, out_fd, self.vmas)
+        ready = child._readline()
+        if ready != "ready":
+            child.kill()
+            raise WorkerError(errno.EIO, f"forked worker start: {ready!r}")
+        return child
+
+    def _wait_gone(self, timeout: float) -> bool:
+        """A forked worker has exited (its mm is gone: exit_mm runs before the pidfd
+        becomes readable in do_exit)."""
+        assert self._pidfd is not None
+        r, _, _ = select.select([self._pidfd], [], [], timeout)
+        return bool(r)
+
     def exit(self) -> None:
         """Exit and wait: when this returns the mm is gone (__ksm_exit has run)."""
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                os.write(self.proc.stdin.fileno(), b"exit\n")
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        try:
+            os.write(self._in, b"exit\n")
+        except OSError:
+            pass
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.kill()
+        elif not self._wait_gone(5):
+            self.kill()
         self._close()
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        elif self._pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._wait_gone(5)
         self._close()
 
     def _close(self) -> None:
-        for f in (self.proc.stdin, self.proc.stdout):
-            if f is not None:
-                try:
-                    f.close()
-                except OSError:
-                    pass
+        if self.proc is not None:
+            for f in (self.proc.stdin, self.proc.stdout):
+                if f is not None:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+            return
+        for close in (lambda: os.close(self._in), self._out.close):
+            try:
+                close()
+            except OSError:
+                pass
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._in = -1
 
     def ksm_stat(self) -> dict[str, int | str]:
         return read_ksm_stat(self.pid)

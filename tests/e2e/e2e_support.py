@@ -4,6 +4,7 @@ in a finally, and prove that no mount and no server process is left behind."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -27,6 +28,33 @@ FUSE_MISSING = (
     if FUSERMOUNT is None
     else None
 )
+
+
+
+@functools.cache
+def real_ksm_unusable() -> str | None:
+    """Why this process cannot write the real /sys/kernel/mm/ksm (None: it can).
+
+    A write of a knob's current value proves it, as the real backend's own check does
+    (ksmfs.scenario.realkernel.check_access): a read-only /sys, as in a container, refuses
+    it with EROFS while the directory is there and readable. Called by tests only, never
+    at import: the probe is a write to the machine's global KSM.
+    """
+    from ksmfs.scenario.realkernel import KsmSysfs, RealBackendError, check_access
+
+    try:
+        check_access(KsmSysfs())
+    except RealBackendError as e:
+        return f"real KSM not writable here: {e}"
+    return None
+
+
+def need_writable_real_ksm() -> None:
+    """Skip the calling test, with the reason, unless the real KSM is writable."""
+    reason = real_ksm_unusable()
+    if reason:
+        pytest.skip(reason)
+
 
 # Every real-mount test: the `fuse` marker, and a skip where FUSE cannot work.
 fuse_test = [

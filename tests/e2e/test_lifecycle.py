@@ -4,11 +4,14 @@ stale mounts, and the one-line errors of the checks."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+
+from pathlib import Path
 
 import pytest
 from e2e_support import (
@@ -50,7 +53,7 @@ def test_umount_of_something_not_mounted_is_one_line(mountpoint):
 @pytest.mark.parametrize(
     ("setup", "args", "needle"),
     [
-        ("missing", [], "no such directory"),
+        ("uncreatable", [], "cannot be created"),
         ("file", [], "not a directory"),
         ("nonempty", [], "not empty"),
         ("ok", ["--kernel", "9.9"], "unknown kernel version"),
@@ -62,6 +65,8 @@ def test_umount_of_something_not_mounted_is_one_line(mountpoint):
 def test_mount_checks_fail_with_one_line_and_exit_2(tmp_path, setup, args, needle):
     """Every refused mount prints one line (no traceback) and exits 2, mounting nothing."""
     target = tmp_path / "mnt"
+    if setup == "uncreatable":
+        target = Path("/proc/ksmfs-no-such-dir/mnt")  # procfs refuses new directories
     if setup == "file":
         target.write_text("x")
     elif setup in ("nonempty", "ok"):
@@ -76,6 +81,20 @@ def test_mount_checks_fail_with_one_line_and_exit_2(tmp_path, setup, args, needl
     assert r.returncode == 2, r
     assert r.stderr.count("\n") == 1, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
+    assert find_mount(str(target)) is None
+
+
+def test_a_missing_mountpoint_is_created(tmp_path):
+    """`ksmfs mount /new/dir` creates the directory (with its parents), says so in one
+    line, and mounts there."""
+    target = tmp_path / "new" / "mnt"
+    r = run(ksmfs("mount", str(target)))
+    try:
+        assert r.returncode == 0, r.stderr
+        assert r.stderr == f"ksmfs mount: created {target}\n"
+        assert (target / "sys/kernel/mm/ksm/run").read_text() == "1\n"
+    finally:
+        assert run(ksmfs("umount", str(target))).returncode == 0
     assert find_mount(str(target)) is None
 
 
@@ -203,3 +222,17 @@ def test_umount_of_a_busy_mount_says_so_and_keeps_serving(mountpoint):
             assert pid_alive(m.pid)
         finally:
             os.close(fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv (to drop CAP_SYS_ADMIN)")
+def test_a_mount_without_cap_sys_admin_names_the_container_flags(mountpoint):
+    """Without CAP_SYS_ADMIN (a container run without --cap-add SYS_ADMIN) fusermount3
+    says "Operation not permitted"; ksmfs passes that on with the flags that fix it."""
+    r = run(["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin",
+             *ksmfs("mount", str(mountpoint))])
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert "Operation not permitted" in r.stderr
+    assert "--cap-add SYS_ADMIN --device /dev/fuse" in r.stderr
+    assert find_mount(str(mountpoint)) is None

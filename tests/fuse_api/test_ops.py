@@ -598,3 +598,26 @@ async def test_every_kernel_version_is_served_from_its_own_table(version, listin
         assert (await walk(ops, node.path)).st_ino == node.inode
         if node.spec.show is not None and not node.spec.stream:
             assert await read_all(ops, node.inode) == node.spec.show(kernel, node.pid)
+
+
+async def test_ptrace_checks_refuse_at_open_or_at_read_as_the_kernel_does(ops, kernel):
+    """smaps refuses another user at OPEN (proc_mem_open); io opens and refuses every
+    READ (do_io_accounting); the owner and root read both; ksm_stat has no ptrace check."""
+    pid = kernel.spawn("t", uid=1000, gid=1000)
+    stranger, owner = Ctx(uid=1000, gid=7), Ctx(uid=1000, gid=1000)
+    smaps, io = await ino(ops, "proc", str(pid), "smaps"), await ino(ops, "proc", str(pid), "io")
+    assert await errno_of(ops.open(smaps, os.O_RDONLY, stranger)) == errno.EACCES
+    fi = await ops.open(io, os.O_RDONLY, stranger)
+    assert await errno_of(ops.read(fi.fh, 0, 4096)) == errno.EACCES
+    assert await errno_of(ops.read(fi.fh, 0, 4096)) == errno.EACCES
+    await ops.release(fi.fh)
+    for who in (owner, Ctx()):
+        for inode in (smaps, io):
+            fi = await ops.open(inode, os.O_RDONLY, who)
+            assert await ops.read(fi.fh, 0, 4096) or inode == smaps
+            await ops.release(fi.fh)
+    ksm_stat = await ino(ops, "proc", str(pid), "ksm_stat")
+    fi = await ops.open(ksm_stat, os.O_RDONLY, stranger)
+    assert b"ksm_rmap_items" in await ops.read(fi.fh, 0, 4096)
+    await ops.release(fi.fh)
+    assert ops.open_handles == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ksmfs.kfs import Tree
-from ksmfs.kfs.control import store_control
+from ksmfs.kfs.control import run_command
 
 VERSIONS = ("5.15", "6.1", "6.4", "6.6", "6.8", "6.14", "6.18")
 
@@ -18,11 +18,9 @@ def make_kernel(version: str = "6.18"):
 
 def populate(k) -> dict[str, int]:
     """Two tasks through the control grammar: a 64-page mergeable one and a merge_any one."""
-    store_control(k, None, b"spawn worker pages=64 fill=unique mergeable\n")
-    a = int(read(Tree(k), "ksmfs/last").split()[1])
-    merge_any = b" merge_any" if k.version.has_prctl_memory_merge else b" mergeable"
-    store_control(k, None, b"spawn other uid=1000 gid=1000 pages=8 fill=cycle:2" + merge_any)
-    b = int(read(Tree(k), "ksmfs/last").split()[1])
+    a = int(run_command(k, "spawn worker pages=64 fill=unique mergeable").split()[1])
+    merge_any = " merge_any" if k.version.has_prctl_memory_merge else " mergeable"
+    b = int(run_command(k, "spawn other uid=1000 gid=1000 pages=8 fill=cycle:2" + merge_any).split()[1])
     return {"worker": a, "other": b}
 
 

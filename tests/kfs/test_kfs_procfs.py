@@ -271,3 +271,41 @@ def test_psutil_reads_the_tree(kernel, pids, tmp_path):
         assert {"worker", "other"} <= names
     finally:
         psutil.PROCFS_PATH = saved
+
+
+def test_ptrace_rule_open_read_and_masked_fields(kernel, pids):
+    """Tree.check_open/render apply ptrace access mode read per row: root and the owner
+    (same uid and gid) pass; another gid, another uid, or a root-owned task refuse."""
+    import errno
+
+    from ksmfs.kfs import Caller
+
+    tree = Tree(kernel)
+    other = pids["other"]  # uid 1000 gid 1000
+    owner, stranger, same_uid = Caller(1000, 1000), Caller(1001, 1000), Caller(1000, 5)
+    root_task = pids["worker"]  # uid 0
+
+    def node(pid, name):
+        return tree.lookup(("proc", str(pid), *name.split("/")))
+
+    for name in ("smaps", "maps", "smaps_rollup", "environ", f"task/{other}/smaps"):
+        tree.check_open(node(other, name), owner)
+        tree.check_open(node(other, name), Caller())
+        for who in (stranger, same_uid):
+            with pytest.raises(KsmError) as err:
+                tree.check_open(node(other, name), who)
+            assert err.value.errno == errno.EACCES
+    with pytest.raises(KsmError):
+        tree.check_open(node(root_task, "smaps"), Caller(0 + 1000, 0))
+    io = node(other, "io")
+    tree.check_open(io, stranger)  # the check is in the read
+    assert tree.render(io, owner).startswith(b"rchar: ")
+    with pytest.raises(KsmError) as err:
+        tree.render(io, same_uid)
+    assert err.value.errno == errno.EACCES
+    for name in ("ksm_stat", "status", "limits", "statm"):
+        tree.check_open(node(other, name), stranger)
+        assert tree.render(node(other, name), stranger) == tree.render(node(other, name), owner)
+    full, masked = (tree.render(node(other, "stat"), who).split() for who in (owner, stranger))
+    assert [i + 1 for i, (a, b) in enumerate(zip(full, masked)) if a != b] == [26, 27, 35]
+    assert masked[25:27] == [b"1", b"1"] and masked[34] == b"0"

@@ -21,7 +21,7 @@ def kind(path: tuple[str, ...]) -> str:
     if path[:3] == TRACING:
         return "tracefs"
     if path[0] == "proc":
-        return "procpid" if len(path) == 3 else "proc"
+        return "procpid" if path[1].isdigit() else "proc"
     return "control"
 
 
@@ -101,7 +101,10 @@ def test_trace_events_follow_the_version(version):
     if not k.version.trace_events:
         assert tree.lookup((*TRACING, "events")) is None
         return
-    assert events == ["enable", *sorted(k.version.trace_events)]
+    assert events == ["enable", "filter", *sorted(k.version.trace_events)]
+    for event in k.version.trace_events:
+        assert tree.listdir((*TRACING, "events", "ksm", event)) == [
+            "enable", "filter", "format", "id", "trigger"]
 
 
 def test_directories_and_inodes(kernel, pids):
@@ -116,8 +119,18 @@ def test_directories_and_inodes(kernel, pids):
     assert d.is_dir and d.mode == PID_DIR_MODE and d.inode == PID_BASE + (pid << 8)
     assert tree.owner(d) == (1000, 1000)
     smaps = tree.child(d.inode, "smaps")
-    index = tree.pid_specs.index(smaps.spec)
+    index = tree.listdir(("proc", str(pid))).index("smaps")  # rows under proc/<pid>
     assert smaps.inode == PID_BASE + (pid << 8) + index + 1
+    # task/<tid>/ nodes: tid = pid only; every per-pid inode resolves back to its node
+    assert tree.listdir(("proc", str(pid), "task")) == [str(pid)]
+    assert tree.lookup(("proc", str(pid), "task", str(pids["worker"]))) is None
+    nested = tree.lookup(("proc", str(pid), "task", str(pid), "smaps"))
+    assert nested.spec == smaps.spec and nested.inode != smaps.inode
+    for path in [("proc", str(pid), *rest) for rest in
+                 [("task",), ("fd",), ("task", str(pid)), ("task", str(pid), "fd"),
+                  ("task", str(pid), "io")]]:  # fmt: skip
+        node = tree.lookup(path)
+        assert tree.node_by_inode(node.inode) == node, path
     assert tree.child(d.inode, "..") == tree.lookup(("proc",))
     assert str(pid) in tree.listdir(("proc",))
     kernel.exit(pid)
@@ -171,3 +184,32 @@ def test_directory_modes_match_the_live_machine(path: tuple[str, ...]) -> None:
         pytest.skip(f"{real} does not exist here")
     node = Tree(Kernel()).lookup(path)
     assert node is not None and node.mode == stat.S_IMODE(os.stat(real).st_mode)
+
+
+def test_kfs_modules_import_without_a_cycle():
+    """The import graph of kfs' modules is acyclic: spec.py imports no kfs module, the
+    kind modules import spec (never tree or table), table imports the kinds, tree the table."""
+    import ast
+    from graphlib import CycleError, TopologicalSorter
+    from pathlib import Path
+
+    import ksmfs.kfs
+
+    folder = Path(ksmfs.kfs.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    graph: dict[str, set[str]] = {}
+    for name in modules:
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module.startswith("ksmfs.kfs."):
+                    deps.add(node.module.split(".")[2])
+                elif node.module == "ksmfs.kfs":
+                    deps |= {a.name for a in node.names if a.name in modules}
+        graph[name] = deps
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as err:  # pragma: no cover - the failure message
+        pytest.fail(f"import cycle in ksmfs.kfs: {err.args[1]}")
+    assert graph["spec"] <= set(), graph["spec"]
+    assert order.index("table") < order.index("tree")

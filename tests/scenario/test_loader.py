@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 from ksmfs.scenario.loader import ScenarioError, list_builtin, load_scenario, parse_scenario
-from ksmfs.scenario.model import Segment
+from ksmfs.scenario.model import (
+    Exit,
+    Fork,
+    Madvise,
+    MergeAny,
+    Munmap,
+    Segment,
+    Spawn,
+    Sysfs,
+    Write,
+)
 
 BASE = """\
 max_full_scans = 3
@@ -101,16 +111,15 @@ def test_full_file(tmp_path: Path) -> None:
     assert fill[0] == Segment("pool", 3, pool="img", offset=2, shuffle=True)
     assert fill[1] == Segment("value", 2, value=7)
     # sorted by K, file order within one K
-    assert [(st.after_full_scans, st.action) for st in s.steps] == [
+    assert [(st.after_full_scans, st.kind) for st in s.steps] == [
         (1, "write"), (1, "sysfs"), (2, "madvise"), (2, "merge_any"), (2, "spawn"),
         (3, "exit")]
-    w = s.steps[0].args
-    assert (w["process"], w["vma"], w["first"], w["count"]) == ("vm-1", "ram", 6, 2)
-    assert w["segment"] == Segment("value", 2, value=1)
-    assert list(s.steps[1].args.items()) == [("run", 2), ("max_page_sharing", 4)]
-    assert s.steps[3].args == {"process": "vm-0", "enable": False}
-    assert [p.name for p in s.steps[4].args] == ["new"]
-    assert s.steps[5].args == {"process": "vm-1"}
+    assert s.steps[0].action == Write("vm-1", "ram", 6, 2, Segment("value", 2, value=1))
+    assert s.steps[1].action == Sysfs((("run", 2), ("max_page_sharing", 4)))
+    assert s.steps[3].action == MergeAny("vm-0", False)
+    spawn = s.steps[4].action
+    assert isinstance(spawn, Spawn) and [p.name for p in spawn.processes] == ["new"]
+    assert s.steps[5].action == Exit("vm-1")
     assert [p.name for p in s.all_processes()] == ["vm-0", "vm-1", "new"]
 
 
@@ -168,6 +177,45 @@ def test_full_file(tmp_path: Path) -> None:
          "[[step]]\nafter_full_scans = 3\nexit = \"a\"\n", 12, "step[1].exit",
          "already exited"),
         ("max_full_scans = \n" + BASE, 1, "max_full_scans", "invalid TOML"),
+        # contract v2: fork, munmap, ranged madvise
+        (BASE + "[[step]]\nafter_full_scans = 1\nfork = {process = \"a\", name = \"a\"}\n", 9,
+         "step[0].fork.name", "fork to the name 'a', which the scenario already uses"),
+        (BASE + "[[step]]\nafter_full_scans = 1\nfork = {process = \"a\", name = \"b\"}\n"
+         "[[step]]\nafter_full_scans = 2\nfork = {process = \"a\", name = \"b\"}\n", 12,
+         "step[1].fork.name", "already uses (at step[0].fork)"),
+        (BASE + "[[step]]\nafter_full_scans = 1\nfork = {process = \"a\", name = \"b\"}\n"
+         "[[step]]\nafter_full_scans = 2\n[step.spawn]\nname = \"b\"\n[[step.spawn.vma]]\nname = \"x\"\npages = 1\n",
+         13, "step[1].spawn.name", "duplicate process name 'b'"),
+        (BASE + "[[step]]\nafter_full_scans = 1\nfork = {process = \"z\", name = \"b\"}\n", 9,
+         "step[0].fork.process", "'z' is not defined"),
+        (BASE + "[[step]]\nafter_full_scans = 1\nmunmap = {process = \"a\", vma = \"r\", first = 2, count = 3}\n",
+         9, "step[0].munmap.count", "pages 2..4 are outside VMA 'r' (4 pages)"),
+        (BASE + "[[step]]\nafter_full_scans = 1\nmunmap = {process = \"a\", vma = \"r\", first = 1}\n",
+         9, "step[0].munmap.count", "missing"),
+        (BASE + "[[step]]\nafter_full_scans = 1\nmunmap = {process = \"a\", vma = \"r\", first = 1, count = 2}\n"
+         "[[step]]\nafter_full_scans = 2\nmunmap = {process = \"a\", vma = \"r\", first = 2, count = 2}\n", 12,
+         "step[1].munmap.first", "pages 2..2 of VMA 'r' of process 'a' are already unmapped"),
+        (BASE + "[[step]]\nafter_full_scans = 1\nmunmap = {process = \"a\", vma = \"r\", first = 0, count = 2}\n"
+         "[[step]]\nafter_full_scans = 1\nwrite = {process = \"a\", vma = \"r\", first = 1, count = 2, "
+         "from = \"zero\"}\n", 12, "step[1].write.first", "pages 1..1 of VMA 'r'"),
+        (BASE + "[[step]]\nafter_full_scans = 1\nmunmap = {process = \"a\", vma = \"r\", first = 3, count = 1}\n"
+         "[[step]]\nafter_full_scans = 1\nmadvise = {process = \"a\", vma = \"r\", advice = \"mergeable\", "
+         "first = 2, count = 2}\n", 12, "step[1].madvise.first", "already unmapped"),
+        (BASE + "[[step]]\nafter_full_scans = 1\nmunmap = {process = \"a\", vma = \"r\", first = 0, count = 4}\n"
+         "[[step]]\nafter_full_scans = 1\nmadvise = {process = \"a\", vma = \"r\", advice = \"mergeable\"}\n",
+         12, "step[1].madvise", "pages 0..3 of VMA 'r' of process 'a' are all unmapped"),
+        (BASE + "[[step]]\nafter_full_scans = 1\nmadvise = {process = \"a\", vma = \"r\", advice = \"mergeable\", "
+         "first = 4}\n", 9, "step[0].madvise.first", "page 4 is outside"),
+        # the child inherits the parent's holes; a later munmap in the parent is its own
+        (BASE + "[[step]]\nafter_full_scans = 1\nmunmap = {process = \"a\", vma = \"r\", first = 0, count = 1}\n"
+         "[[step]]\nafter_full_scans = 2\nfork = {process = \"a\", name = \"b\"}\n"
+         "[[step]]\nafter_full_scans = 3\nwrite = {process = \"b\", vma = \"r\", first = 0, count = 1, "
+         "from = \"zero\"}\n", 15, "step[2].write.first", "of process 'b' are already"),
+        (BASE + "[[step]]\nafter_full_scans = 2\nfork = {process = \"a\", name = \"b\"}\n"
+         "[[step]]\nafter_full_scans = 1\nexit = \"b\"\n", 12, "step[1].exit", "'b' is not defined"),
+        (BASE + "[[step]]\nafter_full_scans = 1\nexit = \"a\"\n"
+         "[[step]]\nafter_full_scans = 2\nfork = {process = \"a\", name = \"b\"}\n", 12,
+         "step[1].fork.process", "'a' has already exited"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, line: int | None,
@@ -193,7 +241,7 @@ def test_step_may_use_a_spawned_process(tmp_path: Path) -> None:
     spawn = ("[[step]]\nafter_full_scans = 2\nspawn = {name = \"b\", vma = "
              "[{name = \"x\", pages = 1}]}\n")
     ok = BASE + spawn + "[[step]]\nafter_full_scans = 2\nexit = \"b\"\n"
-    assert [s.action for s in load_text(tmp_path, ok).steps] == ["spawn", "exit"]
+    assert [s.kind for s in load_text(tmp_path, ok).steps] == ["spawn", "exit"]
     bad = BASE + "[[step]]\nafter_full_scans = 1\nexit = \"b\"\n" + spawn
     assert "not defined" in str(error_of(tmp_path, bad))
 
@@ -215,6 +263,7 @@ EXPECTED_BUILTINS = {
     "demo", "kvm-guests", "containers", "zero-pages", "max-page-sharing",
     "small-max-page-sharing", "cow-storm", "run2-and-back", "unmergeable-and-exit",
     "merge-any", "smart-scan", "small-batches", "spawn-mid-run",
+    "prefork-web-server", "zygote", "cache-unmap-remap", "vm-balloon",
 }
 
 
@@ -227,5 +276,38 @@ def test_builtins_all_load_and_are_small() -> None:
         assert s.name == name
         assert s.summary and not s.summary.startswith("(broken")
         assert s.max_full_scans <= 12
-        pages = sum(v.pages for p in s.all_processes() for v in p.vmas)
+        # a forked child shares its parent's pages until it writes them
+        forked = {st.action.child.name for st in s.steps if isinstance(st.action, Fork)}
+        pages = sum(v.pages for p in s.all_processes() if p.name not in forked
+                    for v in p.vmas)
+        pages += sum(st.action.count for st in s.steps if isinstance(st.action, Write))
         assert pages <= (25000 if name == "demo" else 7000), (name, pages)
+
+
+def test_v2_steps_and_the_forked_child(tmp_path: Path) -> None:
+    """A fork's child gets the parent's VMAs; a default-range madvise skips unmapped pages;
+    an explicit range keeps first and count; munmap of the parent leaves the child alone."""
+    s = load_text(tmp_path, BASE + """\
+        [[step]]
+        after_full_scans = 1
+        munmap = {process = "a", vma = "r", first = 1, count = 1}
+        [[step]]
+        after_full_scans = 2
+        fork = {process = "a", name = "b"}
+        [[step]]
+        after_full_scans = 2
+        munmap = {process = "a", vma = "r", first = 2, count = 2}
+        [[step]]
+        after_full_scans = 2
+        madvise = {process = "b", vma = "r", advice = "mergeable"}
+        [[step]]
+        after_full_scans = 2
+        madvise = {process = "b", vma = "r", advice = "unmergeable", first = 2, count = 2}
+        """)
+    fork = s.steps[1].action
+    assert isinstance(fork, Fork) and fork.child.name == "b"
+    assert fork.child.vmas == s.processes[0].vmas
+    assert s.steps[2].action == Munmap("a", "r", 2, 2)
+    assert s.steps[3].action == Madvise("b", "r", "mergeable")
+    assert s.steps[4].action == Madvise("b", "r", "unmergeable", 2, 2)
+    assert [p.name for p in s.all_processes()] == ["a", "b"]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -10,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from ksmfs.cli import main
-
-pytest.importorskip("ksmfs.kernel.kernel")
 
 BAD = """\
 max_full_scans = 2
@@ -38,7 +39,8 @@ def test_run_writes_json_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str
     snaps = [json.loads(line) for line in out.read_text().splitlines()]
     assert [s["full_scans"] for s in snaps] == list(range(7))
     cap = capsys.readouterr()
-    assert cap.out == "" and cap.err == ""  # stderr is not a TTY: no progress
+    assert cap.out == ""  # stdout is not a terminal: no table
+    assert cap.err == f"wrote 7 snapshots (one per line) to {out}\n"  # and no progress
 
 
 def test_run_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,12 +49,76 @@ def test_run_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(lines) == 7 and json.loads(lines[-1])["full_scans"] == 6
 
 
-def test_run_plot(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+def test_run_json_without_a_file_goes_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--json` alone: JSON lines on stdout, nothing said about a file."""
+    assert main(["run", "small-batches", "--json"]) == 0
+    cap = capsys.readouterr()
+    assert [json.loads(line)["full_scans"] for line in cap.out.splitlines()] == list(range(7))
+    assert cap.err == ""
+
+
+def test_run_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--plot draws the run and says where."""
     png = tmp_path / "x.png"
     assert main(["run", "kvm-guests", "--json", str(tmp_path / "o.jsonl"), "--plot",
                  str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"wrote {png}\n" in capsys.readouterr().err
+
+
+def test_run_kernel_picks_the_simulated_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """--kernel 5.15 simulates a kernel without ksm_stat or general_profit; an unknown
+    version is one line naming it, exit 2."""
+    assert main(["run", "small-batches", "--kernel", "5.15"]) == 0
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "general_profit" not in last["ksm"]
+    assert "ksm_rmap_items" not in next(iter(last["processes"].values()))
+    assert main(["run", "small-batches", "--kernel", "4.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ksmfs run: ") and "4.0" in err and err.count("\n") == 1
+
+
+def test_run_on_a_terminal_prints_a_table(tmp_path: Path) -> None:
+    """stdout on a terminal: a table, one row per full scan with the main counters and
+    the timeline's steps in the row of the full scan they follow; no JSON."""
+    text = _on_a_terminal(["run", "run2-and-back"], stdout=True)
+    assert "{" not in text
+    rows = {}
+    for line in text.splitlines():
+        cells = line.split()
+        if cells and cells[0].isdigit():
+            rows[int(cells[0])] = cells
+    assert sorted(rows) == list(range(10))
+    snaps = [json.loads(line) for line in subprocess.run(
+        [sys.executable, "-m", "ksmfs", "run", "run2-and-back"], capture_output=True,
+        text=True, check=True).stdout.splitlines()]
+    for k, cells in rows.items():
+        ksm = snaps[k]["ksm"]
+        assert cells[1:5] == [f"{ksm[n]:,}" for n in ("pages_shared", "pages_sharing",
+                                                     "pages_unshared", "pages_volatile")]
+    assert rows[3][-1] == "run=2" and rows[5][-1] == "run=1"
+
+
+def test_refused_real_backend_writes_nothing(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Where the real KSM cannot be driven, `run --backend real` and `diff` say why in
+    one line, exit 2, and create no --json file."""
+    from ksmfs.scenario.cli import real_kernel_problem
+
+    ksm = Path("/sys/kernel/mm/ksm")
+    if ksm.is_dir() and os.geteuid() == 0 and not os.statvfs(ksm).f_flag & os.ST_RDONLY:
+        # (not probed with a write here: that is for the realkernel tier)
+        pytest.skip("root and a writable /sys/kernel/mm/ksm: the real backend may run here")
+    problem = real_kernel_problem()
+    assert problem is not None
+    out = tmp_path / "real.jsonl"
+    assert main(["run", "small-batches", "--backend", "real", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ksmfs run: cannot use the real kernel: {problem}\n"
+    assert not out.exists()
+    assert main(["diff", "small-batches"]) == 2
+    cap = capsys.readouterr()
+    assert cap.err == f"ksmfs diff: cannot use the real kernel: {problem}\n" and cap.out == ""
 
 
 def test_bad_scenario_is_one_line_exit_2(tmp_path: Path,
@@ -109,33 +175,36 @@ def test_diff_prints_each_difference(monkeypatch: pytest.MonkeyPatch,
     assert "2 differences" in out[2]
 
 
-def test_progress_shows_on_a_terminal(tmp_path: Path) -> None:
-    """With stderr on a terminal, `ksmfs run` shows one progress line per full scan
-    (rewritten in place); the JSON lines still go to the file."""
-    import os
-    import pty
-    import subprocess
-    import sys
-
-    out = tmp_path / "run.jsonl"
+def _on_a_terminal(argv: list[str], stdout: bool = False) -> str:
+    """Run `ksmfs ARGV` with stderr (and stdout, if asked) on a terminal; what it showed."""
     master, slave = pty.openpty()
-    proc = subprocess.run(
-        [sys.executable, "-m", "ksmfs", "run", "kvm-guests", "--json", str(out)],
-        stderr=slave, stdout=subprocess.PIPE, timeout=120,
+    env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
+    # Read the terminal while the command runs: a full pty buffer would block its writes.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ksmfs", *argv],
+        stderr=slave, stdout=slave if stdout else subprocess.DEVNULL, env=env,
     )
     os.close(slave)
     shown = b""
     while True:
         try:
             chunk = os.read(master, 65536)
-        except OSError:
+        except OSError:  # EIO: the last holder of the terminal's other side is gone
             break
         if not chunk:
             break
         shown += chunk
     os.close(master)
+    proc.wait(timeout=120)
     assert proc.returncode == 0
-    text = shown.decode()
+    return shown.decode()
+
+
+def test_progress_shows_on_a_terminal(tmp_path: Path) -> None:
+    """With stderr on a terminal and --json FILE, `ksmfs run` shows one progress line per
+    full scan (rewritten in place); the JSON lines go to the file."""
+    out = tmp_path / "run.jsonl"
+    text = _on_a_terminal(["run", "kvm-guests", "--json", str(out)])
     assert "full scan 0/6" in text and "full scan 6/6" in text
     assert "\r" in text  # one line rewritten, not a scroll of lines
     assert len(out.read_text().splitlines()) == 7

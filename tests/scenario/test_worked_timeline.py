@@ -19,10 +19,7 @@ from pathlib import Path
 import pytest
 
 from ksmfs.scenario.loader import load_scenario
-
-pytest.importorskip("ksmfs.kernel.kernel")
-
-from ksmfs.scenario.sim import run_sim  # noqa: E402
+from ksmfs.scenario.sim import run_sim
 
 SCENARIO = Path(__file__).with_name("worked-timeline.toml")
 

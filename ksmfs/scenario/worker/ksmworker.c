@@ -17,12 +17,24 @@
  *   map PAGES SHARED            -> "ok ADDR_HEX"     (SHARED 0/1: MAP_PRIVATE/MAP_SHARED)
  *   fill IDX FIRST COUNT        followed by COUNT little-endian uint64 tokens (binary)
  *                               -> "ok"
- *   madvise IDX ADVICE          -> "ok"              (ADVICE 12 MERGEABLE, 13 UNMERGEABLE)
+ *   madvise IDX ADVICE [FIRST COUNT]
+ *                               -> "ok"              (ADVICE 12 MERGEABLE, 13 UNMERGEABLE);
+ *                               pages FIRST..FIRST+COUNT-1 of the VMA, default all of it
+ *   munmap IDX FIRST COUNT      -> "ok"              munmap of those pages of the VMA
+ *   fork IN OUT                 -> "ok PID"          fork(2); the child opens the FIFOs
+ *                               OUT (for writing) and IN (for reading) as its stdout and
+ *                               stdin, says "ready" on OUT, and is a worker like this one
  *   merge_any ENABLE CLEANUP    -> "ok N"            prctl(PR_SET_MEMORY_MERGE, ENABLE);
  *                               with ENABLE and CLEANUP, N own VMAs were made unmergeable
  *   cleanup                     -> "ok N"            the own-VMA cleanup alone
  *   exit                        -> (no reply) _exit(0); EOF on stdin does the same
  * Errors reply "err ERRNO TEXT".
+ *
+ * A forked child shares every page with its parent copy-on-write (the kernel registers it
+ * with ksmd itself: ksm_fork) and has the parent's VMA table, so the driver addresses its
+ * VMAs by the same indices.  Its own memory is the parent's: VM_MERGEABLE flags are
+ * inherited per VMA, so the own VMAs that merge_any's cleanup made unmergeable stay so.
+ * SIGCHLD is ignored: the kernel reaps a child that exits, nobody has to wait for it.
  *
  * Page contents (contract "Contents are abstract"): token 0 is 4096 zero bytes (written,
  * so the page is present); any other token is its 8 big-endian bytes repeated 512 times,
@@ -32,6 +44,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -325,17 +338,75 @@ static void cmd_fill(unsigned long idx, unsigned long first, unsigned long count
 		outs("ok\n");
 }
 
-static void cmd_madvise(unsigned long idx, unsigned long advice)
+static int bad_range(unsigned long idx, unsigned long first, unsigned long count)
 {
 	if (idx >= (unsigned long)nvmas) {
 		reply_err(EINVAL, "no such VMA");
-		return;
+		return 1;
 	}
-	if (madvise((void *)vmas[idx].start, vmas[idx].pages * PAGE, (int)advice) != 0) {
+	if (first > vmas[idx].pages || count > vmas[idx].pages - first || count == 0) {
+		reply_err(EINVAL, "page range outside the VMA");
+		return 1;
+	}
+	return 0;
+}
+
+static void cmd_madvise(unsigned long idx, unsigned long advice, unsigned long first,
+			unsigned long count)
+{
+	if (bad_range(idx, first, count))
+		return;
+	if (madvise((char *)vmas[idx].start + first * PAGE, count * PAGE, (int)advice) != 0) {
 		reply_err(errno, "madvise");
 		return;
 	}
 	outs("ok\n");
+}
+
+static void cmd_munmap(unsigned long idx, unsigned long first, unsigned long count)
+{
+	if (bad_range(idx, first, count))
+		return;
+	if (munmap((char *)vmas[idx].start + first * PAGE, count * PAGE) != 0) {
+		reply_err(errno, "munmap");
+		return;
+	}
+	outs("ok\n");
+}
+
+/* "fork IN OUT": the two FIFO paths follow the command word, separated by one space. */
+static void cmd_fork(char *args)
+{
+	char *in = args, *sp = strchr(args, ' ');
+	if (!sp || !sp[1]) {
+		reply_err(EINVAL, "fork needs two FIFO paths");
+		return;
+	}
+	*sp = 0;
+	char *outp = sp + 1;
+	pid_t pid = fork();
+	if (pid < 0) {
+		reply_err(errno, "fork");
+		return;
+	}
+	if (pid > 0) {
+		reply_ok_u((unsigned long)pid, 10);
+		return;
+	}
+	/* child: OUT first (the driver has its read end open already), then IN (the driver
+	 * opens its write end once we are here), so neither side waits for the other */
+	int ofd = open(outp, O_WRONLY | O_CLOEXEC);
+	if (ofd < 0)
+		_exit(4);
+	int ifd = open(in, O_RDONLY | O_CLOEXEC);
+	if (ifd < 0)
+		_exit(4);
+	if (dup2(ofd, 1) < 0 || dup2(ifd, 0) < 0)
+		_exit(4);
+	close(ofd);
+	close(ifd);
+	inpos = inlen = 0; /* nothing the parent had buffered is ours */
+	outs("ready\n");
 }
 
 static void cmd_merge_any(unsigned long enable, unsigned long cleanup)
@@ -371,17 +442,24 @@ int main(int argc, char **argv)
 	resv_base = r;
 	resv_next = resv_base + PAGE; /* guard page in front of the first VMA */
 	resv_end = resv_base + resv_pages * PAGE;
+	signal(SIGCHLD, SIG_IGN); /* forked workers are reaped by the kernel */
 	outs("ready\n");
 
-	unsigned long a[3];
+	unsigned long a[4];
 	while (read_line()) {
-		int n = parse_args(line, a, 3);
+		int n = parse_args(line, a, 4);
 		if (!strncmp(line, "map ", 4) && n == 2)
 			cmd_map(a[0], a[1]);
 		else if (!strncmp(line, "fill ", 5) && n == 3)
 			cmd_fill(a[0], a[1], a[2]);
 		else if (!strncmp(line, "madvise ", 8) && n == 2)
-			cmd_madvise(a[0], a[1]);
+			cmd_madvise(a[0], a[1], 0, a[0] < (unsigned long)nvmas ? vmas[a[0]].pages : 0);
+		else if (!strncmp(line, "madvise ", 8) && n == 4)
+			cmd_madvise(a[0], a[1], a[2], a[3]);
+		else if (!strncmp(line, "munmap ", 7) && n == 3)
+			cmd_munmap(a[0], a[1], a[2]);
+		else if (!strncmp(line, "fork ", 5))
+			cmd_fork(line + 5);
 		else if (!strncmp(line, "merge_any ", 10) && n == 2)
 			cmd_merge_any(a[0], a[1]);
 		else if (!strcmp(line, "cleanup")) {

@@ -192,3 +192,100 @@ async def test_timeline_plays_on_while_ksmd_is_stopped(autojump_clock):
     assert 2 in seen_run  # ksmd was stopped by the timeline
     assert k.ksm.run == 1 and timeline.completed >= 7
     assert k.ksm.full_scans >= 2 and k.ksm.pages_sharing > 0  # merging started over
+
+
+def _builtin_names() -> list[str]:
+    from ksmfs.scenario.loader import iter_builtin_paths
+
+    return [p.stem for p in iter_builtin_paths()]
+
+
+@pytest.mark.parametrize("name", _builtin_names())
+async def test_mount_timeline_agrees_with_ksmfs_run(name, autojump_clock):
+    """A mount's timeline (the real pacer on trio's virtual clock) and `ksmfs run --backend
+    sim` play the same steps after the same full scans: the snapshot the contract defines,
+    taken on the mount at each completed full scan, equals the run's."""
+    from ksmfs.scenario import load_scenario
+    from ksmfs.scenario.sim import run_sim
+
+    scenario = load_scenario(name)
+    expected = run_sim(scenario, lambda s: None)
+    sim = build_simulation(MountConfig("/nonexistent", scenario=name))
+    timeline = sim.timeline
+    assert timeline is not None
+    seen: list[dict] = []
+    timeline.on_full_scan = lambda k: seen.append(timeline.backend.snapshot(k))
+    pacer = KsmdPacer(sim.kernel, speed=1.0)
+    pacer.on_batch = timeline.after_batch
+    pacer.timeline = timeline
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pacer.run)
+        for _ in range(4000):
+            await trio.sleep(0.05)
+            if len(seen) >= scenario.max_full_scans:
+                break
+        nursery.cancel_scope.cancel()
+    assert len(seen) >= scenario.max_full_scans
+    for k, (got, want) in enumerate(zip(seen, expected[1:]), start=1):
+        assert got == want, f"{name}: snapshot {k} differs"
+
+
+EDGE_TIMELINE = """
+name = "edges"
+max_full_scans = 6
+[ksm]
+pages_to_scan = 40
+[[process]]
+name = "a"
+count = 2
+[[process.vma]]
+name = "ram"
+pages = 64
+mergeable = true
+fill = [{from = "value:3", pages = 32}, {from = "unique", pages = 32}]
+[[step]]
+after_full_scans = 2
+sysfs = {pages_to_scan = 0}
+[[step]]
+after_full_scans = 3
+fork = {process = "a-0", name = "child"}
+[[step]]
+after_full_scans = 4
+sysfs = {pages_to_scan = 40}
+[[step]]
+after_full_scans = 6
+exit = "a-1"
+"""
+
+
+async def test_mount_and_run_agree_on_pages_to_scan_0_and_the_last_scan(tmp_path, autojump_clock):
+    """pages_to_scan 0 makes full scans virtual on the mount as in `ksmfs run` (contract
+    v2), and a step at K = max_full_scans runs in neither: a-1 is still there after it."""
+    from ksmfs.scenario import load_scenario
+    from ksmfs.scenario.sim import run_sim
+
+    path = tmp_path / "edges.toml"
+    path.write_text(EDGE_TIMELINE)
+    scenario = load_scenario(path)
+    expected = run_sim(scenario, lambda s: None)
+    sim = build_simulation(MountConfig("/nonexistent", scenario=str(path)))
+    timeline = sim.timeline
+    assert timeline is not None
+    seen: list[dict] = []
+    timeline.on_full_scan = lambda k: seen.append(timeline.backend.snapshot(k))
+    pacer = KsmdPacer(sim.kernel, speed=1.0)
+    pacer.on_batch = timeline.after_batch
+    pacer.timeline = timeline
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pacer.run)
+        for _ in range(2000):  # 40 s of virtual time: hundreds of full scans
+            await trio.sleep(0.02)
+            if len(seen) >= 9:
+                break
+        nursery.cancel_scope.cancel()
+    assert len(seen) >= 9, f"the mount's timeline stalled after {len(seen)} full scans"
+    assert seen[:6] == expected[1:]
+    # full scans 3 and 4 were virtual: the kernel's counter moved only 4 times in 6
+    assert [s["ksm"]["full_scans"] for s in expected[1:]] == [1, 2, 2, 2, 3, 4]
+    assert "child" in seen[3]["processes"]
+    assert all("a-1" in s["processes"] for s in seen)
