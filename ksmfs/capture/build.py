@@ -206,3 +206,16 @@ def apply_knobs(k: Kernel, knobs: dict[str, int | str]) -> None:
         except KsmError as e:
             raise BuildError(f"{name}={knobs[name]}: refused by the kernel "
                              f"({errno.errorcode.get(e.errno, e.errno)}: {e})") from None
+
+
+def kernel_for_mount(path: str, assume: str, version: str) -> tuple[Kernel, str]:
+    """``ksmfs mount --capture FILE``: the captured processes with the capture's knobs and
+    ksmd running (run = 1). Volatile pages hold unique contents (never merged) but are
+    not rewritten while mounted."""
+    from .format import load
+
+    cap = load(path)
+    knobs = {n: v for n, v in cap.knobs.items() if n in KNOB_ORDER}
+    built = build(cap, assume, knobs, version)
+    sysfs.store(built.kernel, "run", b"1\n")
+    return built.kernel, f"capture {path} ({len(cap.processes)} processes, {assume})"

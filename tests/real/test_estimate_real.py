@@ -88,7 +88,7 @@ def foreign_mergeable(ours: set[int]) -> list[int]:
             text = Path(f"/proc/{e.name}/ksm_stat").read_text()
         except OSError:
             continue
-        if "ksm_mergeable yes" in text:
+        if "ksm_mergeable: yes" in text:
             out.append(int(e.name))
     return out
 
