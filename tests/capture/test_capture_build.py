@@ -191,3 +191,39 @@ def test_format_round_trip_and_bad_files(tmp_path: Path) -> None:
         z.writestr("capture.json", json.dumps(header))
     with pytest.raises(CaptureError, match="version 99"):
         load(tmp_path / "v99.kcap")
+
+
+def test_fork_shared_frames_converge_to_what_many_more_scans_give() -> None:
+    """Frames still shared after fork merge a pass later than private copies; the loop
+    must not stop before that (reference: the same processes made with fork(), 12 scans)."""
+    ref = Kernel()
+    parent = ref.spawn("parent")
+    a = ref.mmap(parent, 8, addr=BASE)
+    ref.write(parent, a, np.arange(30, 38, dtype=np.uint64))
+    ref.prctl(parent, PR_SET_MEMORY_MERGE, 1)
+    child = ref.fork(parent)
+    other = ref.spawn("other")
+    b = ref.mmap(other, 4, addr=BASE)
+    ref.write(other, b, np.arange(30, 34, dtype=np.uint64))
+    ref.prctl(other, PR_SET_MEMORY_MERGE, 1)
+    want = counters(ref, 12)[-1]
+
+    offs = np.arange(8, dtype=np.uint64)
+    procs, first = [], 0
+    parts = []
+    for i, (n, shared) in enumerate(((8, True), (8, True), (4, False))):
+        procs.append(CProcess(5000 + i, f"p{i}", 0, i, {"ksm_merge_any": "yes"},
+                              [CVma(BASE, BASE + n * 4096, ANON + ["mg"], None, 0, first, n)]))
+        parts.append((offs[:n], np.arange(1, n + 1, dtype=np.uint32) if shared
+                      else np.zeros(n, dtype=np.uint32)))
+        first += n
+    cap = Capture("6.18.0", {}, "never", None, procs,
+                  np.concatenate([o for o, _ in parts]), np.full(first, KIND_ANON, np.uint8),
+                  np.zeros(first, np.uint8),
+                  np.concatenate([np.arange(30, 30 + len(o), dtype=np.uint64) for o, _ in parts]),
+                  np.concatenate([s for _, s in parts]))
+    res = run(build(cap, "as-is"))
+    assert res.converged
+    got = res.final["ksm"]
+    assert (got["pages_shared"], got["pages_sharing"]) == want[:2]
+    assert got["pages_sharing"] > 0
