@@ -215,12 +215,17 @@ class Kernel:
         gid: int | None = None,
         cmdline: list[str] | None = None,
         ppid: int = 1,
+        pid: int | None = None,
     ) -> int:
         """A new process with an empty address space (as after exec of a tiny static
-        binary: no heap or stack pages that ksmd could see)."""
+        binary: no heap or stack pages that ksmd could see). ``pid`` asks for that pid
+        (a process rebuilt from a capture keeps its pid): EEXIST when it is taken."""
         if not comm or "\n" in comm or "/" in comm:
             raise KsmError(errno.EINVAL, f"bad process name {comm!r}")
-        pid = self._alloc_pid()
+        if pid is None:
+            pid = self._alloc_pid()
+        elif not 1 < pid < self.pid_max or pid in self.tasks:
+            raise KsmError(errno.EEXIST, f"pid {pid} is taken or not below pid_max")
         t = Task(pid, comm[:15], uid, uid if gid is None else gid, ppid, cmdline or [comm], self.now)
         t.mm = self._new_mm(pid)
         self.tasks[pid] = t
