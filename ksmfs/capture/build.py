@@ -20,7 +20,7 @@ from ksmfs.kernel import knobs as sysfs
 from ksmfs.kernel.kernel import INSTALL_ANON, INSTALL_FILE, INSTALL_NONE, INSTALL_SWAP
 
 from .format import KIND_ANON, KIND_FILE, KIND_SWAP, PF_VOLATILE, Capture, CProcess, CVma
-from .procfs import INCOMPATIBLE_VMFLAGS, VMFLAG_BITS
+from .procfs import VMFLAG_BITS
 
 PAGE_SIZE = 4096
 # A VMA is rebuilt as one simulated VMA unless its mapped pages are sparse: then each

@@ -34,7 +34,7 @@ from .format import (
     CProcess,
     CVma,
 )
-from .procfs import PAGE_SHIFT, PAGE_SIZE
+from .procfs import PAGE_SIZE
 
 PAGEMAP_CHUNK = 1 << 18  # pages of pagemap read at once (2 MiB of entries)
 MEM_CHUNK = 4096  # pages of /proc/PID/mem read at once (16 MiB)
