@@ -18,11 +18,11 @@ import numpy as np
 from ksmfs.kernel import MADV_MERGEABLE, MADV_UNMERGEABLE, PR_SET_MEMORY_MERGE, Kernel, KsmError
 from ksmfs.kernel import knobs as sysfs
 from ksmfs.kernel.kernel import INSTALL_ANON, INSTALL_FILE, INSTALL_NONE, INSTALL_SWAP
+from ksmfs.linux import DEFAULT_VERSION, PAGE_SIZE
 
 from .format import KIND_ANON, KIND_FILE, KIND_SWAP, PF_VOLATILE, Capture, CProcess, CVma
 from .procfs import VMFLAG_BITS
 
-PAGE_SIZE = 4096
 # A VMA is rebuilt as one simulated VMA unless its mapped pages are sparse: then each
 # cluster of pages (gaps of more than GAP pages split them) becomes its own VMA, so a
 # process's huge reservations cost nothing. Empty VMAs larger than EMPTY_MAX are left out.
@@ -110,7 +110,7 @@ def tokens_for(cap: Capture, k: Kernel) -> np.ndarray:
 
 
 def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | None = None,
-          version: str = "6.18") -> Built:
+          version: str = DEFAULT_VERSION) -> Built:
     if assume not in ASSUME:
         raise BuildError(f"--assume must be one of {', '.join(ASSUME)}, not {assume!r}")
     k = Kernel(version=version)

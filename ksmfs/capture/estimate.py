@@ -17,10 +17,10 @@ from typing import Any
 
 from ksmfs.kernel import knobs as sysfs
 from ksmfs.kernel.ksm import KSMD_NS_PER_PAGE
+from ksmfs.linux import PAGE_SIZE
 
 from .build import Built
 
-PAGE_SIZE = 4096
 MiB = 1 << 20
 FAST_PAGES_TO_SCAN = 1 << 30
 MERGE_COUNTERS = ("pages_shared", "pages_sharing", "ksm_zero_pages")
