@@ -197,9 +197,12 @@ def apply_knobs(k: Kernel, knobs: dict[str, int | str]) -> None:
     unknown = [n for n in knobs if n not in writable and n != "run"]
     if unknown:
         raise BuildError(f"unknown or read-only KSM knob {unknown[0]!r}")
+    advisor = str(knobs.get("advisor_mode", "none")) == "scan-time"
     for name in KNOB_ORDER:
         if name not in knobs or name not in k.version.sysfs_files:
             continue
+        if name == "pages_to_scan" and advisor:
+            continue  # the scan-time advisor owns it (a store is EINVAL meanwhile)
         try:
             sysfs.store(k, name, f"{knobs[name]}\n".encode())
         except KsmError as e:
