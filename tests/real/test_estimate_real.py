@@ -233,5 +233,7 @@ def test_estimate_within_half_a_percent_with_changing_pages(
         for c in COUNTERS:
             assert abs(s["ksm"][c] - r["ksm"][c]) <= 0.005 * total, (
                 f"full scan {n} {c}:\n{table(sim, real, nv)}")
+        off = sum(abs(s["merging"][p] - r["merging"][p]) for p in r["merging"])
+        assert off <= 0.005 * sum(r["merging"].values()), f"full scan {n}: ksm_merging_pages"
     for c in ("pages_shared", "pages_sharing"):
         assert abs(sim[-1]["ksm"][c] - real[-1]["ksm"][c]) <= abs(nv[c] - real[-1]["ksm"][c])
