@@ -84,7 +84,7 @@ def _clusters(v: CVma, offs: np.ndarray) -> list[tuple[int, int]]:
     starts = np.concatenate(([0], cut))
     ends = np.concatenate((cut, [offs.shape[0]]))
     return [(int(offs[s]), int(offs[e - 1]) - int(offs[s]) + 1)
-            for s, e in zip(starts.tolist(), ends.tolist())]
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
 def tokens_for(cap: Capture, k: Kernel) -> np.ndarray:
@@ -153,7 +153,8 @@ def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | Non
                     built.nvolatile += int(vol.shape[0])
                     cut = np.flatnonzero(np.diff(vol) != 1) + 1
                     for s, e in zip(np.concatenate(([0], cut)).tolist(),
-                                    np.concatenate((cut, [vol.shape[0]])).tolist()):
+                                    np.concatenate((cut, [vol.shape[0]])).tolist(),
+                                    strict=True):
                         built.volatile.append((pid, addr + int(vol[s]) * PAGE_SIZE, e - s))
     # KSM state, process by process in capture (start) order: the order of ksmd's list
     for sp in built.processes:

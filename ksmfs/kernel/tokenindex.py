@@ -79,7 +79,7 @@ class TokenIndex:
         live = (self.keys != EMPTY) & (self.keys != TOMB)
         ks, vs = self.keys[live], self.vals[live]
         self._alloc(bits)
-        for t, v in zip(ks.tolist(), vs.tolist()):
+        for t, v in zip(ks.tolist(), vs.tolist(), strict=True):
             self.set(t, v)
 
     def lookup(self, ts: np.ndarray) -> np.ndarray:
