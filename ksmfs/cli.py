@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE_OR_NAME",
         help="start the processes of a scenario (a TOML file or a built-in name)",
     )
+    p.add_argument("--capture", metavar="FILE",
+                   help="the processes of a `ksmfs capture` file instead (KSM on)")
+    p.add_argument("--assume", choices=("as-is", "merge-any"), default="as-is",
+                   help="with --capture: what is mergeable (as for ksmfs estimate)")
     p.add_argument(
         "--kernel",
         metavar="VERSION",

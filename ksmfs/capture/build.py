@@ -121,7 +121,8 @@ def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | Non
     built = Built(k, [])
     for cp in cap.processes:
         comm = (cp.comm or "?").replace("/", "_").replace("\n", " ")
-        pid = k.spawn(comm, uid=cp.uid, cmdline=[comm])
+        pid = k.spawn(comm, uid=cp.uid, cmdline=[comm],
+                      pid=cp.pid if 1 < cp.pid < k.pid_max and cp.pid not in k.tasks else None)
         sp = SimProcess(pid, cp)
         built.processes.append(sp)
         for v in cp.vmas:
@@ -206,3 +207,16 @@ def apply_knobs(k: Kernel, knobs: dict[str, int | str]) -> None:
         except KsmError as e:
             raise BuildError(f"{name}={knobs[name]}: refused by the kernel "
                              f"({errno.errorcode.get(e.errno, e.errno)}: {e})") from None
+
+
+def kernel_for_mount(path: str, assume: str, version: str) -> tuple[Kernel, str]:
+    """``ksmfs mount --capture FILE``: the captured processes with the capture's knobs and
+    ksmd running (run = 1). Volatile pages hold unique contents (never merged) but are
+    not rewritten while mounted."""
+    from .format import load
+
+    cap = load(path)
+    knobs = {n: v for n, v in cap.knobs.items() if n in KNOB_ORDER}
+    built = build(cap, assume, knobs, version)
+    sysfs.store(built.kernel, "run", b"1\n")
+    return built.kernel, f"capture {path} ({len(cap.processes)} processes, {assume})"

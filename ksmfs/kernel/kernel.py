@@ -21,7 +21,7 @@ from ksmfs.linux import (
 
 from .clock import SimClock
 from .errors import KsmError
-from .ksm import Ksm
+from .ksm import Ksm, ScanBatch
 from .mm import (
     FRAME_ANON,
     FRAME_FILE,
@@ -140,6 +140,14 @@ class Kernel:
     def ksm_do_scan(self, n: int) -> int:
         return self.ksm.ksm_do_scan(n)
 
+    def ksmd_begin(self) -> ScanBatch | None:
+        """ksmd_step() in slices: the batch ksmd would run now (None: it would wait to
+        be woken). Run it with ``k.ksm.scan_slice(batch, max_pages)`` until that returns
+        True; ksmd then sleeps ``k.ksm.sleep_millisecs``."""
+        if not self.ksm.would_scan():
+            return None
+        return self.ksm.begin_batch(self.ksm.pages_to_scan)
+
     def unique_tokens(self, n: int) -> np.ndarray:
         """Contents no other page has (bit 63 set): ksmd knows they cannot match."""
         start = self._next_unique
@@ -207,12 +215,17 @@ class Kernel:
         gid: int | None = None,
         cmdline: list[str] | None = None,
         ppid: int = 1,
+        pid: int | None = None,
     ) -> int:
         """A new process with an empty address space (as after exec of a tiny static
-        binary: no heap or stack pages that ksmd could see)."""
+        binary: no heap or stack pages that ksmd could see). ``pid`` asks for that pid
+        (a process rebuilt from a capture keeps its pid): EEXIST when it is taken."""
         if not comm or "\n" in comm or "/" in comm:
             raise KsmError(errno.EINVAL, f"bad process name {comm!r}")
-        pid = self._alloc_pid()
+        if pid is None:
+            pid = self._alloc_pid()
+        elif not 1 < pid < self.pid_max or pid in self.tasks:
+            raise KsmError(errno.EEXIST, f"pid {pid} is taken or not below pid_max")
         t = Task(pid, comm[:15], uid, uid if gid is None else gid, ppid, cmdline or [comm], self.now)
         t.mm = self._new_mm(pid)
         self.tasks[pid] = t
