@@ -128,7 +128,7 @@ def bench_estimate(pages: int) -> None:
     cap = synthetic(pages)
     t0 = time.perf_counter()
     c = cap.content[cap.kind == KIND_ANON]
-    u, cnt = np.unique(c, return_counts=True)
+    _u, cnt = np.unique(c, return_counts=True)
     naive = int(np.sum(cnt[cnt > 1] - 1))
     t_naive = time.perf_counter() - t0
     best = None

@@ -84,7 +84,7 @@ def _clusters(v: CVma, offs: np.ndarray) -> list[tuple[int, int]]:
     starts = np.concatenate(([0], cut))
     ends = np.concatenate((cut, [offs.shape[0]]))
     return [(int(offs[s]), int(offs[e - 1]) - int(offs[s]) + 1)
-            for s, e in zip(starts.tolist(), ends.tolist())]
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
 def tokens_for(cap: Capture, k: Kernel) -> np.ndarray:

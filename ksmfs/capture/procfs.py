@@ -244,7 +244,7 @@ def read_mem_runs(fd: int, addrs: np.ndarray, buf: np.ndarray) -> np.ndarray:
     starts = np.concatenate(([0], breaks)).tolist()
     ends = np.concatenate((breaks, [n])).tolist()
     flat = buf.reshape(-1)
-    for s, e in zip(starts, ends):
+    for s, e in zip(starts, ends, strict=True):
         view = flat[s * PAGE_SIZE : e * PAGE_SIZE]
         try:
             got = os.preadv(fd, [view], int(addrs[s]))

@@ -234,13 +234,13 @@ def _select(pids: list[int] | None, warn: Callable[[str], None]) -> list[int]:
 
 def _mark_volatile(first: ProcLook, second: ProcLook) -> int:
     """Pages anonymous in both looks whose content hash differs: PF_VOLATILE."""
-    later = {v.start: lv for v, lv in zip(second.info.vmas, second.vmas)}
+    later = {v.start: lv for v, lv in zip(second.info.vmas, second.vmas, strict=True)}
     changed = 0
-    for v, lv in zip(first.info.vmas, first.vmas):
+    for v, lv in zip(first.info.vmas, first.vmas, strict=True):
         other = later.get(v.start)
         if other is None or not lv.offset.shape[0]:
             continue
-        common, i1, i2 = np.intersect1d(lv.offset, other.offset, assume_unique=True,
+        _common, i1, i2 = np.intersect1d(lv.offset, other.offset, assume_unique=True,
                                         return_indices=True)
         both = (lv.kind[i1] == KIND_ANON) & (other.kind[i2] == KIND_ANON)
         diff = both & (lv.digest[i1] != other.digest[i2])
@@ -330,7 +330,7 @@ def _assemble(looks: list[ProcLook], watch: float | None, skipped: list[str]) ->
     for lk in looks:
         cp = CProcess(lk.info.pid, lk.info.comm, lk.info.uid, lk.info.start_time,
                       dict(lk.info.ksm_stat))
-        for v, lv in zip(lk.info.vmas, lk.vmas):
+        for v, lv in zip(lk.info.vmas, lk.vmas, strict=True):
             n = int(lv.offset.shape[0])
             cp.vmas.append(CVma(v.start, v.end, list(v.vmflags), v.name, v.pgoff, first, n))
             first += n
@@ -353,7 +353,7 @@ def _assemble(looks: list[ProcLook], watch: float | None, skipped: list[str]) ->
     share = np.zeros(kind.shape[0], dtype=np.uint32)
     cand = np.flatnonzero(pfn != 0)
     if cand.shape[0]:
-        u, inv, cnt = np.unique(pfn[cand], return_inverse=True, return_counts=True)
+        _u, inv, cnt = np.unique(pfn[cand], return_inverse=True, return_counts=True)
         multi = cnt[inv] > 1
         gid = np.cumsum(cnt > 1)  # group number of each pfn mapped more than once
         share[cand[multi]] = gid[inv[multi]].astype(np.uint32)

@@ -720,7 +720,7 @@ class Kernel:
         order = np.argsort(mapped, kind="stable")
         hit, mapped = hit[order], mapped[order]
         uniq, start, counts = np.unique(mapped, return_index=True, return_counts=True)
-        for fr, s, c in zip(uniq.tolist(), start.tolist(), counts.tolist()):
+        for fr, s, c in zip(uniq.tolist(), start.tolist(), counts.tolist(), strict=True):
             slot = mem.alloc_swap(int(mem.ftoken.a[fr]), c)
             mem.pte.a[hit[s : s + c]] = PTE_SWAP0 - slot
         self.ksm.put_frames(mapped.astype(np.int32))
@@ -836,7 +836,7 @@ __all__ = [
     "MADV_UNMERGEABLE",
     "PR_GET_MEMORY_MERGE",
     "PR_SET_MEMORY_MERGE",
-    "Kernel",
     "VM_DONTEXPAND",
     "VM_HUGETLB",
+    "Kernel",
 ]

@@ -312,7 +312,7 @@ class Server:
         self.stopping = True
         self.ops.close_streams()
         with trio.move_on_after(grace):
-            while self.ops.open_streams:  # noqa: ASYNC110 - released by RELEASE requests
+            while self.ops.open_streams:
                 await trio.sleep(0.01)
         self._terminate()
 

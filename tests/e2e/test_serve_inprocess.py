@@ -58,7 +58,7 @@ async def test_ksmd_wakes_when_run_is_written(server):
     assert server.ksmd.batches == before
     await sh(f"echo 1 > {ksm}/run")
     with trio.fail_after(5):
-        while server.ksmd.batches == before:  # noqa: ASYNC110 - polling a counter
+        while server.ksmd.batches == before:
             await trio.sleep(0.01)
 
 
