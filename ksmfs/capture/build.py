@@ -135,7 +135,9 @@ def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | Non
                               prot=prot, hugetlb="ht" in v.vmflags, stack="gd" in v.vmflags,
                               extra_flags=_sim_flags(v.vmflags), addr=v.start + lo * PAGE_SIZE,
                               populate=False)
-                vma = next(x for x in k.tasks[pid].mm.vmas if x.start == addr)
+                mm = k.tasks[pid].mm
+                assert mm is not None  # spawn() gives every task an mm
+                vma = next(x for x in mm.vmas if x.start == addr)
                 vma.pgoff = v.pgoff + lo
                 sel = (offs >= lo) & (offs < lo + npages)
                 idx = v.first + np.flatnonzero(sel)

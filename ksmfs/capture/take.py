@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from ksmfs.linux import PAGE_SIZE
+
 from . import procfs
 from .format import (
     KIND_ANON,
@@ -34,7 +36,6 @@ from .format import (
     CProcess,
     CVma,
 )
-from .procfs import PAGE_SIZE
 
 PAGEMAP_CHUNK = 1 << 18  # pages of pagemap read at once (2 MiB of entries)
 MEM_CHUNK = 4096  # pages of /proc/PID/mem read at once (16 MiB)
