@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ksmfs.linux import DEFAULT_VERSION
+
 if TYPE_CHECKING:
     from ksmfs.fuse.ops import KsmfsOperations
     from ksmfs.kernel import Kernel
@@ -60,22 +62,26 @@ class MountConfig:
     """Everything ``serve()`` needs; ``from_args`` maps the CLI's namespace onto it."""
 
     mountpoint: str
-    kernel_version: str = "6.18"
+    kernel_version: str = DEFAULT_VERSION
     scenario: str | None = None
     speed: float = 1.0
     allow_other: bool = False
     debug: bool = False
     handle_signals: bool = True
+    capture: str | None = None  # ksmfs capture file: its processes instead of a scenario
+    assume: str = "as-is"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> MountConfig:
         return cls(
             mountpoint=os.path.realpath(args.mountpoint),
-            kernel_version=getattr(args, "kernel", None) or "6.18",
+            kernel_version=getattr(args, "kernel", None) or DEFAULT_VERSION,
             scenario=getattr(args, "scenario", None),
             speed=float(getattr(args, "speed", 1.0)),
             allow_other=bool(getattr(args, "allow_other", False)),
             debug=bool(getattr(args, "debug", False)),
+            capture=getattr(args, "capture", None),
+            assume=getattr(args, "assume", None) or "as-is",
         )
 
 
@@ -175,6 +181,13 @@ def build_simulation(config: MountConfig) -> Simulation:
     from ksmfs.scenario.sim import SimBackend
 
     get_profile(config.kernel_version)  # KsmError(EINVAL) before any scenario work
+    if config.capture is not None:
+        from ksmfs.capture.build import kernel_for_mount
+
+        if config.scenario is not None:
+            raise ValueError("--capture and --scenario exclude each other")
+        kernel, label = kernel_for_mount(config.capture, config.assume, config.kernel_version)
+        return Simulation(kernel, None, label)
     name = config.scenario if config.scenario is not None else "demo"
     scenario = load_scenario(name)
     backend = SimBackend(scenario, config.kernel_version)

@@ -147,6 +147,8 @@ def _fake_real(monkeypatch: pytest.MonkeyPatch, tweak: object = None) -> None:
             on_snapshot(s)
         return snaps
 
+    # The stand-in is available wherever the test runs (the real kernel is not touched).
+    monkeypatch.setattr("ksmfs.scenario.cli.real_kernel_problem", lambda: None)
     mod = types.ModuleType("ksmfs.scenario.real")
     mod.run_real = run_real  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "ksmfs.scenario.real", mod)
