@@ -29,14 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ksmfs.scenario.realkernel import (
-    MADV_MERGEABLE,
-    MADV_UNMERGEABLE,
-    Ksmd,
-    KsmSysfs,
-    Pacer,
-    Worker,
-)
+from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE
+from ksmfs.scenario.realkernel import Ksmd, KsmSysfs, Pacer, Worker
 
 TRACEFS = Path("/sys/kernel/tracing")
 PACE_PAGES = 4294967295
