@@ -12,6 +12,9 @@ real KSM and no long test runs. Two markers are opt-in:
 
 ``.ci/run`` passes both flags.
 
+pytest puts the folder of this file (tests/) on sys.path, so every tier imports the one
+table of answers measured on the live kernel, ksm_cases.py, instead of keeping a copy.
+
 Tests marked ``fuse`` (real mounts) skip, with the reason, where this user cannot mount
 FUSE: no /dev/fuse (a container run without ``--device /dev/fuse``), no fusermount3, or a
 /dev/fuse this user may not open (Debian's is 0600 root: FUSE mounts are for root there).

@@ -18,11 +18,11 @@ import numpy as np
 from ksmfs.kernel import MADV_MERGEABLE, MADV_UNMERGEABLE, PR_SET_MEMORY_MERGE, Kernel, KsmError
 from ksmfs.kernel import knobs as sysfs
 from ksmfs.kernel.kernel import INSTALL_ANON, INSTALL_FILE, INSTALL_NONE, INSTALL_SWAP
+from ksmfs.linux import DEFAULT_VERSION, PAGE_SIZE
 
 from .format import KIND_ANON, KIND_FILE, KIND_SWAP, PF_VOLATILE, Capture, CProcess, CVma
-from .procfs import INCOMPATIBLE_VMFLAGS, VMFLAG_BITS
+from .procfs import VMFLAG_BITS
 
-PAGE_SIZE = 4096
 # A VMA is rebuilt as one simulated VMA unless its mapped pages are sparse: then each
 # cluster of pages (gaps of more than GAP pages split them) becomes its own VMA, so a
 # process's huge reservations cost nothing. Empty VMAs larger than EMPTY_MAX are left out.
@@ -110,7 +110,7 @@ def tokens_for(cap: Capture, k: Kernel) -> np.ndarray:
 
 
 def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | None = None,
-          version: str = "6.18") -> Built:
+          version: str = DEFAULT_VERSION) -> Built:
     if assume not in ASSUME:
         raise BuildError(f"--assume must be one of {', '.join(ASSUME)}, not {assume!r}")
     k = Kernel(version=version)
@@ -121,7 +121,8 @@ def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | Non
     built = Built(k, [])
     for cp in cap.processes:
         comm = (cp.comm or "?").replace("/", "_").replace("\n", " ")
-        pid = k.spawn(comm, uid=cp.uid, cmdline=[comm])
+        pid = k.spawn(comm, uid=cp.uid, cmdline=[comm],
+                      pid=cp.pid if 1 < cp.pid < k.pid_max and cp.pid not in k.tasks else None)
         sp = SimProcess(pid, cp)
         built.processes.append(sp)
         for v in cp.vmas:
@@ -205,3 +206,16 @@ def apply_knobs(k: Kernel, knobs: dict[str, int | str]) -> None:
         except KsmError as e:
             raise BuildError(f"{name}={knobs[name]}: refused by the kernel "
                              f"({errno.errorcode.get(e.errno, e.errno)}: {e})") from None
+
+
+def kernel_for_mount(path: str, assume: str, version: str) -> tuple[Kernel, str]:
+    """``ksmfs mount --capture FILE``: the captured processes with the capture's knobs and
+    ksmd running (run = 1). Volatile pages hold unique contents (never merged) but are
+    not rewritten while mounted."""
+    from .format import load
+
+    cap = load(path)
+    knobs = {n: v for n, v in cap.knobs.items() if n in KNOB_ORDER}
+    built = build(cap, assume, knobs, version)
+    sysfs.store(built.kernel, "run", b"1\n")
+    return built.kernel, f"capture {path} ({len(cap.processes)} processes, {assume})"

@@ -22,10 +22,10 @@ GiB = 1 << 30
 class Bar:
     """A one-line progress bar on stderr, only when stderr is a terminal."""
 
-    def __init__(self, label: str, stream: IO[str] = sys.stderr) -> None:
+    def __init__(self, label: str, stream: IO[str] | None = None) -> None:
         self.label = label
-        self.stream = stream
-        self.on = stream.isatty()
+        self.stream = stream if stream is not None else sys.stderr
+        self.on = self.stream.isatty()
         self.last = 0.0
         self.shown = False
 

@@ -32,8 +32,8 @@ from ksmfs.kernel.mm import (
     VM_SHARED,
     VM_WRITE,
 )
+from ksmfs.linux import PAGE_SIZE
 
-PAGE_SIZE = 4096
 PAGE_SHIFT = 12
 
 # fs/proc/task_mmu.c show_smap_vma_flags(): the mnemonics that matter to KSM.

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import errno
 import itertools
+import zlib
 
 import numpy as np
 
+from ksmfs.linux import (
+    MADV_MERGEABLE,
+    MADV_UNMERGEABLE,
+    PR_GET_MEMORY_MERGE,
+    PR_SET_MEMORY_MERGE,
+)
+
 from .clock import SimClock
 from .errors import KsmError
-from .ksm import Ksm
+from .ksm import Ksm, ScanBatch
 from .mm import (
     FRAME_ANON,
     FRAME_FILE,
@@ -48,11 +56,6 @@ from .smaps import SmapsCounts, vma_smaps
 from .trace import TraceBuffer
 from .versions import DEFAULT_VERSION, get_profile
 
-MADV_MERGEABLE = 12
-MADV_UNMERGEABLE = 13
-PR_SET_MEMORY_MERGE = 67
-PR_GET_MEMORY_MERGE = 68
-
 # include/linux/threads.h: the default /proc/sys/kernel/pid_max for up to 32 CPUs, its
 # 64-bit upper bound, and the pids below which allocation never wraps (kernel/pid.c).
 PID_MAX_DEFAULT = 0x8000
@@ -67,6 +70,12 @@ INSTALL_NONE = 0
 INSTALL_ANON = 1
 INSTALL_FILE = 2
 INSTALL_SWAP = 3
+
+
+def _file_id(path: str) -> int:
+    """A number for a mapped file's name, the same in every run (its inode number and page
+    contents derive from it; Python's hash() of a str is salted per process)."""
+    return zlib.crc32(path.encode())
 
 
 class Kernel:
@@ -130,6 +139,14 @@ class Kernel:
 
     def ksm_do_scan(self, n: int) -> int:
         return self.ksm.ksm_do_scan(n)
+
+    def ksmd_begin(self) -> ScanBatch | None:
+        """ksmd_step() in slices: the batch ksmd would run now (None: it would wait to
+        be woken). Run it with ``k.ksm.scan_slice(batch, max_pages)`` until that returns
+        True; ksmd then sleeps ``k.ksm.sleep_millisecs``."""
+        if not self.ksm.would_scan():
+            return None
+        return self.ksm.begin_batch(self.ksm.pages_to_scan)
 
     def unique_tokens(self, n: int) -> np.ndarray:
         """Contents no other page has (bit 63 set): ksmd knows they cannot match."""
@@ -198,12 +215,17 @@ class Kernel:
         gid: int | None = None,
         cmdline: list[str] | None = None,
         ppid: int = 1,
+        pid: int | None = None,
     ) -> int:
         """A new process with an empty address space (as after exec of a tiny static
-        binary: no heap or stack pages that ksmd could see)."""
+        binary: no heap or stack pages that ksmd could see). ``pid`` asks for that pid
+        (a process rebuilt from a capture keeps its pid): EEXIST when it is taken."""
         if not comm or "\n" in comm or "/" in comm:
             raise KsmError(errno.EINVAL, f"bad process name {comm!r}")
-        pid = self._alloc_pid()
+        if pid is None:
+            pid = self._alloc_pid()
+        elif not 1 < pid < self.pid_max or pid in self.tasks:
+            raise KsmError(errno.EEXIST, f"pid {pid} is taken or not below pid_max")
         t = Task(pid, comm[:15], uid, uid if gid is None else gid, ppid, cmdline or [comm], self.now)
         t.mm = self._new_mm(pid)
         self.tasks[pid] = t
@@ -246,20 +268,6 @@ class Kernel:
         if pmm.registered:
             self.ksm.ksm_enter(cmm, child.pid, child.comm)
         return child.pid
-
-    def exec(self, pid: int, comm: str | None = None, cmdline: list[str] | None = None) -> None:
-        """execve(): a new mm; MMF_VM_MERGE_ANY survives and registers it (ksm_execve)."""
-        t = self.task(pid)
-        old = self._mm(pid)
-        merge_any = old.merge_any
-        self._exit_mm(t)
-        t.mm = self._new_mm(pid)
-        if comm:
-            t.comm = comm[:15]
-        t.cmdline = cmdline or [t.comm]
-        if merge_any:
-            t.mm.merge_any = True
-            self.ksm.ksm_enter(t.mm, pid, t.comm)
 
     def exit(self, pid: int) -> None:
         t = self.task(pid)
@@ -346,7 +354,7 @@ class Kernel:
         base = self._reserve(mm, npages)
         vma = Vma(addr, npages, flags, base, name if name is not None else file, kind=kind)
         if file is not None:
-            vma.dev, vma.inode = (0xFE, 0x00), 1000 + (hash(file) & 0xFFFFF)
+            vma.dev, vma.inode = (0xFE, 0x00), 1000 + (_file_id(file) & 0xFFFFF)
         # 6.16+ ksm_vma_flags(): under MERGE_ANY a new compatible VMA is born mergeable and
         # the mm is (re-)registered
         if mm.merge_any and vma.ksm_compatible:
@@ -357,7 +365,7 @@ class Kernel:
         mm.vmas.sort(key=lambda v: v.start)
         if file is not None and populate:
             # page cache pages of the file are mapped (read) but stay clean and not anon
-            tokens = np.arange(npages, dtype=np.uint64) + np.uint64((hash(file) & 0xFFFF) << 32) + np.uint64(1)
+            tokens = np.arange(npages, dtype=np.uint64) + np.uint64((_file_id(file) & 0xFFFF) << 32) + np.uint64(1)
             frames = self.mem.alloc_frames(tokens, FRAME_FILE)
             self.mem.pte.a[base : base + npages] = frames
         return addr

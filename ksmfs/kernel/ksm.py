@@ -36,7 +36,7 @@ from .mm import (
     Segment,
     UNIQUE_BIT,
 )
-from .tokenindex import UNKNOWN, StableTree
+from .tokenindex import MISSING, UNKNOWN, StableTree
 from .trace import TraceBuffer
 
 # rmap_item flag bits kept in PhysMem.iflags (the kernel keeps them in rmap_item->address)
@@ -104,6 +104,29 @@ class Chain:
     nid: int
     dups: list[int] = field(default_factory=list)  # hlist order, head first
     # (its chain_prune_time lives in Ksm.chain_prune, indexed by chain id)
+
+
+@dataclass
+class ScanBatch:
+    """One ksm_do_scan() call in progress (Ksm.begin_batch / Ksm.scan_slice)."""
+
+    npages: int
+    done: int = 0
+    pass_ended: bool = False
+    finished: bool = False
+
+
+@dataclass
+class NewNodesPlan:
+    """Contents of a batch not yet in the stable tree, each fitting in one KSM page.
+    ``pos``: visit positions of their pages, grouped by content (visit order inside a
+    group); ``sizes``: pages per content; ``tree_items``: the unstable tree's item of this
+    pass for the content, or -1."""
+
+    pos: np.ndarray
+    sizes: np.ndarray
+    tokens: np.ndarray
+    tree_items: np.ndarray
 
 
 @dataclass
@@ -207,6 +230,8 @@ class Ksm:
         self.chain_ivl_ver = GrowArray(np.int64, -1)  # rb version it was computed at
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
+        self._thread_wakeups = 0
+        self._iter_wakeups = 0
         # trace records of vector merges: (visit position, order, event, fields)
         self._trace_queue: list[tuple[int, int, str, dict[str, object]]] = []
 
@@ -258,7 +283,9 @@ class Ksm:
         return bool(self.run & KSM_RUN_MERGE) and bool(self.mm_list)
 
     # ------------------------------------------------------------------ tracing helpers
-    def _emit(self, event: str, pid: int | None = None, comm: str = "ksmd", **fields: object) -> None:
+    def _emit(
+        self, event: str, pid: int | None = None, comm: str = "ksmd", **fields: object
+    ) -> None:
         """Record an event in ``pid``'s context; by default in the context the kernel runs
         in now: the writer of a store (trace.current, e.g. run_store's unmerge) or ksmd."""
         if self.trace.want(event):
@@ -272,6 +299,8 @@ class Ksm:
         run=2, or between passes), set MMF_VM_MERGEABLE, wake ksmd if it is the first."""
         if mm.registered:
             return
+        if not self.mm_list:
+            self.wake_ksm_thread()  # needs_wakeup: the list was empty
         if self.run & KSM_RUN_UNMERGE or self.cursor < 0:
             self.mm_list.append(mm)
         else:
@@ -302,20 +331,62 @@ class Ksm:
     def ksm_do_scan(self, scan_npages: int) -> int:
         """ksm_do_scan(): one batch of up to ``scan_npages`` pages; a batch always stops at
         the end of a full scan. Returns the number of pages handled."""
-        done = 0
-        if scan_npages <= 0 or not self.would_scan():
-            return 0  # ksm_scan_thread() only calls ksm_do_scan() when ksmd_should_run()
-        while done < scan_npages:
-            got, pass_ended = self._scan_get_next(scan_npages - done)
-            done += got
+        batch = self.begin_batch(scan_npages)
+        while not self.scan_slice(batch, scan_npages):
+            pass
+        return batch.done
+
+    def begin_batch(self, scan_npages: int) -> ScanBatch:
+        """Start one ksm_do_scan() batch, to be run by scan_slice() calls."""
+        # ksm_scan_thread() only calls ksm_do_scan() when ksmd_should_run()
+        return ScanBatch(scan_npages, finished=scan_npages <= 0 or not self.would_scan())
+
+    def scan_slice(self, batch: ScanBatch, max_pages: int) -> bool:
+        """Run up to ``max_pages`` more pages of ``batch``; True once the batch is over.
+
+        A slice boundary is one of ksm_do_scan()'s cond_resched() points: whoever runs
+        between two slices sees the counters as they are at that page. The batch's end
+        (freeing removed stable nodes, its CPU time on the clock) happens once, after the
+        last slice, so any split of a batch leaves the state of the unsplit batch (while
+        the caller changes nothing between slices that needs ksm_thread_mutex: knob
+        stores wait for the batch, as they wait for the mutex in mm/ksm.c)."""
+        if batch.finished:
+            return True
+        limit = min(batch.npages - batch.done, max(1, max_pages))
+        got_total = 0
+        while got_total < limit:
+            got, pass_ended = self._scan_get_next(limit - got_total)
+            got_total += got
             if pass_ended:
+                batch.pass_ended = True
                 break
-        self._reap_dead_nodes()
-        self.pages_scanned += done
-        cost = done * KSMD_NS_PER_PAGE
-        self.ksmd_cpu_ns += cost
-        self._advance_ns(cost)
-        return done
+        batch.done += got_total
+        self.pages_scanned += got_total  # ksm_pages_scanned++ per page
+        if batch.pass_ended or batch.done >= batch.npages:
+            self._reap_dead_nodes()
+            cost = batch.done * KSMD_NS_PER_PAGE
+            self.ksmd_cpu_ns += cost
+            self._advance_ns(cost)
+            batch.finished = True
+        return batch.finished
+
+    # -- ksmd's wait queues: stores and __ksm_enter() wake ksmd where mm/ksm.c calls
+    #    wake_up_interruptible(); whoever paces ksmd takes the wake-ups from here
+    def wake_ksm_thread(self) -> None:
+        """wake_up_interruptible(&ksm_thread_wait): ends ksmd's idle wait (when
+        ksmd_should_run()), never a timed sleep between batches."""
+        self._thread_wakeups += 1
+
+    def wake_ksm_iter(self) -> None:
+        """wake_up_interruptible(&ksm_iter_wait): ends ksmd's timed sleep if
+        sleep_millisecs now differs from the value that sleep started with."""
+        self._iter_wakeups += 1
+
+    def take_wakeups(self) -> tuple[int, int]:
+        """(ksm_thread_wait wake-ups, ksm_iter_wait wake-ups) since the last call."""
+        w = (self._thread_wakeups, self._iter_wakeups)
+        self._thread_wakeups = self._iter_wakeups = 0
+        return w
 
     def _scan_get_next(self, budget: int) -> tuple[int, bool]:
         """Advance the scan by up to ``budget`` processed pages inside one mm; returns how
@@ -426,8 +497,6 @@ class Ksm:
             swept = np.zeros(stop, dtype=bool)
             swept[idx[idx < stop]] = True
             gone = g0 + np.flatnonzero(~swept & ((mem.iflags.a[g0 : g0 + stop] & HAS_ITEM) != 0))
-            if gone.shape[0]:
-                self._free_items(gone)
             self._alloc_rmap_items(mm, g[(fl & HAS_ITEM) == 0])
             if self.smart_scan:
                 # should_skip_rmap_item(): age counts visits of non-KSM pages, saturating
@@ -441,11 +510,25 @@ class Ksm:
                 s = np.where(sk, s - 1, s).astype(np.uint8)
                 a = np.where(a < 15, a + 1, a).astype(np.uint8)
                 mem.ags.a[gk] = a | (s << 4)
-                skipped = g[skip]
-                if skipped.shape[0]:
-                    self.pages_skipped += skipped.shape[0]
-                    self._remove_from_tree(skipped)
-            self._cmp_and_merge_pages(g[proc])
+                self.pages_skipped += int(np.count_nonzero(skip))
+            if gone.shape[0]:
+                # the freed items leave their trees where the scan passes them, among the
+                # visited pages (get_next_rmap_item -> remove_rmap_item_from_tree)
+                ga = np.concatenate((g, gone))
+                order = np.argsort(ga, kind="stable")
+                ga = ga[order]
+                rm = np.concatenate((skip, np.ones(gone.shape[0], dtype=bool)))[order]
+                pte = mem.pte.a[ga]
+                fa = np.maximum(pte, 0)
+                ka = np.where(rm, FRAME_ANON, mem.fnode.a[fa]).astype(mem.fnode.a.dtype)
+                self._cmp_and_merge_pages(ga, fa, ka, skip=rm)
+                self._free_items(gone)
+            elif skip.any():
+                # the skipped items leave their trees at their places in the visit order
+                # (should_skip_rmap_item -> remove_rmap_item_from_tree)
+                self._cmp_and_merge_pages(g, skip=skip)
+            else:
+                self._cmp_and_merge_pages(g)
             processed += int(np.count_nonzero(proc))
             off += stop
         return processed, off
@@ -501,12 +584,11 @@ class Ksm:
                 sk[skip] -= 1
             a8[:] = (old + (nk & (old < 15))) | (sk << 4)
             if nskip:
-                skipped = g0 + np.flatnonzero(skip)
                 self.pages_skipped += nskip
-                self._remove_from_tree(skipped)
-                keep = np.flatnonzero(~skip)
-                frames = self.mem.pte.a[g0:g1]
-                self._cmp_and_merge_pages(g0 + keep, frames[keep], kinds[:stop][keep])
+                self._cmp_and_merge_pages(
+                    np.arange(g0, g1, dtype=np.int64), mem.pte.a[g0:g1], kinds[:stop],
+                    contiguous=True, skip=skip,
+                )
                 return stop - nskip, stop
         self._cmp_and_merge_pages(
             np.arange(g0, g1, dtype=np.int64), mem.pte.a[g0:g1], kinds[:stop], contiguous=True
@@ -520,10 +602,13 @@ class Ksm:
         f: np.ndarray | None = None,
         kind: np.ndarray | None = None,
         contiguous: bool = False,
+        skip: np.ndarray | None = None,
     ) -> None:
         """cmp_and_merge_page() for a run of visited pages (visit order). ``f``/``kind``
         (frames and their folio_stable_node() kind) may be passed in when the caller has
-        them; ``contiguous`` says g is one range, so item fields are read as slices."""
+        them; ``contiguous`` says g is one range, so item fields are read as slices.
+        ``skip`` marks the pages smart_scan skips: their items only leave their trees
+        (remove_rmap_item_from_tree()), at their places in the visit order."""
         if not g.shape[0]:
             return
         mem = self.mem
@@ -539,6 +624,7 @@ class Ksm:
         else:
             fl = mem.iflags.a[g]
             ival = mem.ival.a[g]
+        # (a skipped page is never a KSM page, so never attached)
         attached = ksm & ((fl & STABLE) != 0) & (ival == kind.astype(np.uint32))
         if attached.any():
             # an item already attached to its KSM page: nothing to do (the usual case)
@@ -546,28 +632,35 @@ class Ksm:
             if not rest.any():
                 return
             g, f, kind, ksm, fl = g[rest], f[rest], kind[rest], ksm[rest], fl[rest]
+            if skip is not None:
+                skip = skip[rest]
         if self.exact or self._tree_has_special() or self._detaches_from_chain(g, fl, ksm):
             # searches have side effects now: every page in visit order, walks included
+            sk = skip.tolist() if skip is not None else None
             for i, gi in enumerate(g.tolist()):
                 self._pos = i
-                self._cmp_and_merge_one(gi, bool(ksm[i]))
+                if sk is not None and sk[i]:
+                    self._remove_one(gi)
+                else:
+                    self._cmp_and_merge_one(gi, bool(ksm[i]))
             return
         for tree in self.stable_tree:
             tree.defer = []
         try:
-            self._cmp_and_merge_bulk(g, f, kind, ksm, fl)
+            self._cmp_and_merge_bulk(g, f, kind, ksm, fl, skip)
         finally:
             for tree in self.stable_tree:
                 tree.flush()
 
     def _cmp_and_merge_bulk(
-        self, g: np.ndarray, f: np.ndarray, kind: np.ndarray, ksm: np.ndarray, fl: np.ndarray
+        self, g: np.ndarray, f: np.ndarray, kind: np.ndarray, ksm: np.ndarray, fl: np.ndarray,
+        skip: np.ndarray | None = None,
     ) -> None:
         """The vector path of _cmp_and_merge_pages() (no search has side effects). No page
         here is attached to its KSM page, so a KSM page is one inherited through fork."""
         mem = self.mem
         forked = ksm
-        plain = ~ksm
+        plain = ~ksm if skip is None else ~ksm & ~skip
         tok = mem.ftoken.a[f]
         chk = calc_checksum(tok[plain])
         gp = g[plain]
@@ -599,7 +692,21 @@ class Ksm:
                 hit = np.fromiter((int(t) in in_play for t in ntok), bool, len(ntok))
                 in_order[pos_plain[st_plain][hit]] = True
                 forced.update(int(t) for t, h in zip(ntok, hit.tolist()) if h)
-        plans, app_pos, app_nodes, app_group_nodes, slow_groups = self._classify_groups(
+        if skip is not None:
+            # a skipped item attached to a node whose content is in play leaves it at its
+            # place (the node's fill level decides the searches around it); the others
+            # leave now, which no search of this window can tell apart
+            spos = np.flatnonzero(skip)
+            late = np.zeros(spos.shape[0], dtype=bool)
+            sst = (fl[spos] & STABLE) != 0
+            if (in_play or forced) and sst.any():
+                ntok = self.node_token.a[mem.ival.a[g[spos[sst]]].astype(np.int64)].tolist()
+                hit = np.fromiter((int(t) in in_play or int(t) in forced for t in ntok), bool, len(ntok))
+                late[np.flatnonzero(sst)[hit]] = True
+                forced.update(int(t) for t, h in zip(ntok, hit.tolist()) if h)
+            in_order[spos[late]] = True
+            self._remove_from_tree(g[spos[~late]])
+        plans, app_pos, app_nodes, app_group_nodes, slow_groups, new_plan = self._classify_groups(
             g, f, pos_c, tok_c, forced
         )
         for grp in slow_groups:
@@ -620,6 +727,8 @@ class Ksm:
         in_fast[app_pos] = True
         for plan in plans:
             in_fast[plan[1]] = True
+        if new_plan is not None:
+            in_fast[new_plan.pos] = True
         keep = ~changed & ~in_fast[bulk]
         gbk = gb[keep]
         tbk = tok[bulk][keep]
@@ -631,14 +740,17 @@ class Ksm:
             if rest.shape[0]:
                 # unstable_tree_search_insert() that cannot find a match: insert
                 self._insert_unstable_bulk(rest)
-        if plans or app_pos.shape[0]:
-            self._merge_groups(g, plans, app_pos, app_nodes, app_group_nodes)
+        if plans or app_pos.shape[0] or new_plan is not None:
+            self._merge_groups(g, plans, app_pos, app_nodes, app_group_nodes, new_plan)
         # in order: everything whose outcome depends on other pages of the same content;
         # the trace records of the vector merges are written at their pages' places
         for i in np.flatnonzero(in_order).tolist():
             self._pos = i
             self._flush_trace(i)
-            self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
+            if skip is not None and skip[i]:
+                self._remove_one(int(g[i]))
+            else:
+                self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
         self._flush_trace(None)
 
     def _flush_trace(self, before: int | None) -> None:
@@ -665,8 +777,9 @@ class Ksm:
         plans: list[tuple] = []
         slow: list[np.ndarray] = []
         empty = np.zeros(0, dtype=np.int64)
+        new_plan: NewNodesPlan | None = None
         if not pos_c.shape[0]:
-            return plans, empty, empty, empty, slow
+            return plans, empty, empty, empty, slow, new_plan
         mem = self.mem
         order = np.argsort(tok_c, kind="stable")
         ts = tok_c[order]
@@ -714,7 +827,11 @@ class Ksm:
                 due_c = cids[app_group & chained]
                 due_c = due_c[now >= self.chain_prune.a[due_c] + prune_ns]
                 self.chain_prune.a[due_c] = now
-            rest = np.flatnonzero(~app_group).tolist()
+            rest_a = np.flatnonzero(~app_group)
+            new_plan, rest_a = self._classify_new(
+                rest_a, vals, uniq, sizes_a, ok_a, forced, mps, seq_odd, ps, starts_a
+            )
+            rest = rest_a.tolist()
         else:
             app_group = np.zeros(starts_a.shape[0], dtype=bool)
             rest = list(range(starts_a.shape[0]))
@@ -779,7 +896,70 @@ class Ksm:
         sel = np.repeat(app_group, sizes_a)
         app_pos = ps[sel]
         app_nodes = np.repeat(gnode[app_group], sizes_a[app_group])
-        return plans, app_pos, app_nodes, (gnode[app_group], sizes_a[app_group]), slow
+        return plans, app_pos, app_nodes, (gnode[app_group], sizes_a[app_group]), slow, new_plan
+
+    def _classify_new(
+        self, rest: np.ndarray, vals: np.ndarray, uniq: np.ndarray, sizes: np.ndarray,
+        ok: np.ndarray, forced: set[int], mps: int, seq_odd: bool, ps: np.ndarray,
+        starts: np.ndarray,
+    ) -> tuple[NewNodesPlan | None, np.ndarray]:
+        """Contents not in the stable tree whose group fits in one KSM page: a lone page
+        goes to the unstable tree, or the group (with the unstable tree's page of this
+        pass, when there is one) makes one new KSM page. The same closed form as a
+        "blocks" plan of one block, decided for all contents at once. Returns the plan
+        and the groups left for the per-content loop."""
+        cand = rest[(vals[rest] == MISSING) & ok[rest]]
+        if forced and cand.shape[0]:
+            cand = cand[~np.isin(uniq[cand], np.fromiter(forced, np.uint64, len(forced)))]
+        if not cand.shape[0]:
+            return None, rest
+        mem = self.mem
+        ut = self.unstable_tree[0]
+        tr = np.fromiter((ut.get(t, -1) for t in uniq[cand].tolist()), np.int64, cand.shape[0])
+        trs = np.maximum(tr, 0)
+        trf = mem.iflags.a[trs]
+        valid = (tr >= 0) & ((trf & UNSTABLE) != 0) & (((trf & SEQ_ODD) != 0) == seq_odd)
+        page = self._mergeable_pages(trs)
+        fine = (page >= 0) & (mem.ftoken.a[np.maximum(page, 0)] == uniq[cand])
+        fine &= mem.fmap.a[np.maximum(page, 0)] == 1
+        k = sizes[cand]
+        # a valid tree item whose walk would abort stays with the exact path
+        simple = np.where(valid, fine & (k + 1 <= mps), k <= mps)
+        sel = cand[simple]
+        if not sel.shape[0]:
+            return None, rest
+        keep = np.ones(vals.shape[0], dtype=bool)
+        keep[sel] = False
+        tree_item = np.where(valid, tr, -1)[simple]
+        k = k[simple]
+        idx = np.repeat(starts[sel], k) + (np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k))
+        plan = NewNodesPlan(pos=ps[idx], sizes=k, tokens=uniq[sel], tree_items=tree_item)
+        return plan, rest[keep[rest]]
+
+    def _mergeable_pages(self, g: np.ndarray) -> np.ndarray:
+        """get_mergeable_page() of many items: the frame, or -1."""
+        bases = []
+        ends = []
+        for mm in self._mms.values():
+            if mm.exiting:
+                continue
+            for v in mm.vmas:
+                if v.mergeable:
+                    bases.append(v.base)
+                    ends.append(v.base + v.npages)
+        out = np.full(g.shape[0], -1, dtype=np.int64)
+        if not bases:
+            return out
+        order = np.argsort(bases)
+        b = np.asarray(bases, dtype=np.int64)[order]
+        e = np.asarray(ends, dtype=np.int64)[order]
+        r = np.searchsorted(b, g, side="right") - 1
+        inside = (r >= 0) & (g < e[np.maximum(r, 0)])
+        fr = self.mem.pte.a[g].astype(np.int64)
+        kind = self.mem.fnode.a[np.maximum(fr, 0)]
+        okp = inside & (fr >= 0) & (kind != FRAME_FILE) & (kind != FRAME_SHMEM)
+        out[okp] = fr[okp]
+        return out
 
     def _merge_groups(
         self,
@@ -788,6 +968,7 @@ class Ksm:
         app_pos: np.ndarray,
         app_nodes: np.ndarray,
         app_groups: tuple[np.ndarray, np.ndarray],
+        new_plan: NewNodesPlan | None = None,
     ) -> None:
         """Carry out the plans of _classify_groups() with vector operations; the counter
         changes are those of the page-by-page path, summed."""
@@ -819,6 +1000,13 @@ class Ksm:
             old = mem.pte.a[ga].copy()
             mem.pte.a[ga] = self.node_kfn.a[app_nodes]
             self.put_frames(old.astype(np.int32))
+        if new_plan is not None:
+            sh, sg, un = self._merge_new_nodes(
+                g, new_plan, att_g, att_n, repl_g, repl_k, events, tracing, hl if hl_on else None
+            )
+            shared += sh
+            sharing += sg
+            unshared += un
         for _plan, pos, ref, t, *plan_extra in plans:
             gg = g[pos]
             node, room, tree_item, cid = ref, plan_extra[0], plan_extra[1], plan_extra[2]
@@ -914,6 +1102,111 @@ class Ksm:
                  {"ksm_page": kpage, "pfn": pfn, "rmap_item": gi, "mm": self._mmid(gi), "err": 0})
                 for pos, order, gi, kpage, pfn in events
             ]
+
+    def _merge_new_nodes(
+        self, g: np.ndarray, plan: NewNodesPlan, att_g: list[np.ndarray], att_n: list[np.ndarray],
+        repl_g: list[np.ndarray], repl_k: list[np.ndarray], events: list, tracing: bool,
+        hl: list[np.ndarray] | None = None,
+    ) -> tuple[int, int, int]:
+        """A NewNodesPlan: per content, the sequence [unstable tree item] + the batch's
+        pages; one page alone is inserted in the unstable tree, otherwise the second of
+        the sequence becomes the KSM page (try_to_merge_two_pages) and the others join it
+        (stable_tree_append). Returns (shared, sharing, unshared) changes."""
+        mem = self.mem
+        k = plan.sizes
+        has = plan.tree_items >= 0
+        first = np.cumsum(k) - k  # index of each group's first page in plan.pos
+        gp = g[plan.pos]
+        seq_flag = SEQ_ODD if self.seqnr & 1 else 0
+        # lone pages: unstable_tree_search_insert() inserts them
+        lone = ~has & (k == 1)
+        unshared = 0
+        if lone.any():
+            gl = gp[first[lone]]
+            self.unstable_tree[0].update(zip(plan.tokens[lone].tolist(), gl.tolist()))
+            mem.iflags.a[gl] = (mem.iflags.a[gl] & ~np.uint8(SEQ_ODD | STABLE)) | UNSTABLE | seq_flag
+            unshared += gl.shape[0]
+        mk = ~lone
+        if not mk.any():
+            return 0, 0, unshared
+        pages = np.repeat(mk, k)
+        gp, pos = gp[pages], plan.pos[pages]
+        k, has, toks, items = k[mk], has[mk], plan.tokens[mk], plan.tree_items[mk]
+        first = np.cumsum(k) - k
+        length = k + has  # pages in the new KSM page
+        # the KSM page is the page of the second of the sequence: the group's first page
+        # when a tree item leads, else its second
+        kidx = first + np.where(has, 0, 1)
+        kg = gp[kidx]
+        kfn = mem.pte.a[kg].astype(np.int64)
+        nodes = self._new_nodes(toks, kfn, length)
+        mem.fnode.a[kfn] = nodes
+        kpos = pos[kidx]
+        tree = self.stable_tree[0]
+        tree.add_many(toks, nodes, kpos)
+        # members: every page of the groups, plus the tree items
+        node_of_page = np.repeat(nodes, k)
+        kfn_of_page = np.repeat(kfn, k)
+        is_k = np.zeros(gp.shape[0], dtype=bool)
+        is_k[kidx] = True
+        others = np.concatenate((gp[~is_k], items[has]))
+        others_k = np.concatenate((kfn_of_page[~is_k], kfn[has]))
+        att_g += [gp, items[has]]
+        att_n += [node_of_page.astype(np.int32), nodes[has].astype(np.int32)]
+        repl_g.append(others)
+        repl_k.append(others_k.astype(np.int32))
+        np.add.at(mem.fmap.a, kfn, (length - 1).astype(np.int32))
+        if hl is not None:
+            # stable_tree_append() order: the sequence's first item, then the KSM page's,
+            # both at the KSM page's place, then the others at theirs
+            pr = pos.astype(np.int64, copy=True)
+            orr = np.zeros(gp.shape[0], dtype=np.int64)
+            orr[kidx] = 1
+            pr[first[~has]] = kpos[~has]
+            hl.append(np.stack((pr, orr, gp.astype(np.int64))))
+            if has.any():
+                hl.append(np.stack((kpos[has].astype(np.int64), np.zeros(int(has.sum()), np.int64),
+                                    items[has].astype(np.int64))))
+        if tracing:
+            # try_to_merge_two_pages(): the current page becomes the KSM page (ksm_page
+            # NULL), then the tree page joins it; the rest append, each at its place
+            kl = kfn.tolist()
+            for j, (kp, kgi, kf) in enumerate(zip(kpos.tolist(), kg.tolist(), kl)):
+                events.append((kp, 0, kgi, None, kf))
+                if has[j]:
+                    events.append((kp, 1, int(items[j]), kf, kf))
+                else:
+                    events.append((kp, 1, int(gp[first[j]]), kf, kf))
+            rest = ~is_k
+            if not has.all():
+                rest[first[~has]] = False
+            kf_all = np.repeat(kfn, k)
+            events += [(p, 0, gi, kf, kf) for p, gi, kf in
+                       zip(pos[rest].tolist(), gp[rest].tolist(), kf_all[rest].tolist())]
+        shared = nodes.shape[0]
+        sharing = int((length - 1).sum())
+        return shared, sharing, unshared - int(np.count_nonzero(has))
+
+    def _new_nodes(self, tokens: np.ndarray, kfns: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """_new_node() for many plain nodes of NUMA node 0, in order."""
+        m = tokens.shape[0]
+        take = min(m, len(self._free_nodes))
+        ids = np.empty(m, dtype=np.int64)
+        if take:
+            ids[:take] = self._free_nodes[::-1][:take]
+            del self._free_nodes[-take:]
+        if m > take:
+            start = self.node_token.extend(m - take)
+            for arr in (self.node_kfn, self.node_len, self.node_chain, self.node_alive, self.node_nid):
+                arr.extend(m - take)
+            ids[take:] = np.arange(start, start + m - take)
+        self.node_token.a[ids] = tokens
+        self.node_kfn.a[ids] = kfns
+        self.node_len.a[ids] = lengths
+        self.node_chain.a[ids] = -1
+        self.node_alive.a[ids] = True
+        self.node_nid.a[ids] = 0
+        return ids
 
     def _insert_unstable_bulk(self, g: np.ndarray) -> None:
         mem = self.mem
@@ -1207,8 +1500,11 @@ class Ksm:
             kpfn = int(self.node_kfn.a[n])
         if self.trace.want("ksm_remove_rmap_item") and ln > 1:
             items = hlist if hlist is not None else self._hlists([n]).get(n, [])
-            for gi in items[:-1]:
-                self._emit("ksm_remove_rmap_item", pfn=kpfn, rmap_item=gi, mm=self._mmid(gi))
+            named = items[:-1]
+            if named:
+                mms = self._mm_by_gpid(np.asarray(named, dtype=np.int64)).tolist()
+                for gi, mi in zip(named, mms):
+                    self._emit("ksm_remove_rmap_item", pfn=kpfn, rmap_item=gi, mm=mi)
         self._emit("ksm_remove_ksm_page", pfn=kpfn)
         kfn = int(self.node_kfn.a[n])
         if kfn >= 0 and self.mem.fnode.a[kfn] == n:
@@ -1616,12 +1912,14 @@ class Ksm:
         return np.flatnonzero(self.node_alive.a[: self.node_alive.n]).tolist()
 
     def set_run(self, value: int, unmerge_vma: Callable[[MM, object], None]) -> None:
-        """run_store() after parsing: 2 unmerges synchronously (waking ksmd on 1 is the
-        runtime pacer's job: it sees every store)."""
+        """run_store() after parsing: 2 unmerges synchronously; any value with
+        KSM_RUN_MERGE wakes ksm_thread_wait (changed or not)."""
         if value != self.run:
             self.run = value
             if value & KSM_RUN_UNMERGE:
                 self.unmerge_and_remove_all_rmap_items(unmerge_vma)
+        if value & KSM_RUN_MERGE:
+            self.wake_ksm_thread()
 
     def _drop_stable_tree_or_ebusy(self) -> None:
         """max_page_sharing_store() / merge_across_nodes_store(): a real change needs no
@@ -1646,9 +1944,10 @@ class Ksm:
         self.unstable_tree = [{} for _ in range(trees)]
 
     def set_sleep_millisecs(self, value: int) -> None:
-        # sleep_millisecs_store() also wakes ksmd if the value changed; the runtime's pacer
-        # does that (it sees every store)
+        # sleep_millisecs_store(): wake_up_interruptible(&ksm_iter_wait) after every store;
+        # the sleeping ksmd only wakes up if the value differs from its sleep's
         self.sleep_millisecs = value
+        self.wake_ksm_iter()
 
     def set_pages_to_scan(self, value: int) -> None:
         if self.advisor_mode == "scan-time":

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PAGE_SIZE = 4096
+from ksmfs.linux import PAGE_SIZE
 PAGE_SHIFT = 12
 
 # VM_* flags (include/linux/mm.h, 64-bit); VM_MERGEABLE is bit 31.

@@ -61,6 +61,38 @@ class TokenIndex:
         if self.used * 2 > keys.shape[0]:
             self._rehash(self.bits + 1)
 
+    def set_many(self, ts: np.ndarray, vs: np.ndarray) -> None:
+        """set() of distinct keys none of which is in the index yet, with vector probes:
+        each round, every pending key takes its slot if that slot is free and no other
+        pending key of the round wants it; the others move one slot on."""
+        ts = np.asarray(ts, dtype=np.uint64)
+        vs = np.asarray(vs, dtype=np.int64)
+        ok = ts < TOMB
+        ts, vs = ts[ok], vs[ok]
+        if not ts.shape[0]:
+            return
+        while (self.used + ts.shape[0]) * 2 > self.keys.shape[0]:
+            self._rehash(self.bits + 1)
+        h = self._h(ts)
+        while ts.shape[0]:
+            k = self.keys[h]
+            free = (k == EMPTY) | (k == TOMB)
+            # one winner per slot: the first pending key that probes it
+            _, first = np.unique(h, return_index=True)
+            win = np.zeros(ts.shape[0], dtype=bool)
+            win[first] = True
+            win &= free
+            hw = h[win]
+            self.used += int(np.count_nonzero(self.keys[hw] == EMPTY))
+            self.keys[hw] = ts[win]
+            self.vals[hw] = vs[win]
+            rest = ~win
+            ts, vs = ts[rest], vs[rest]
+            # a loser whose slot is now taken moves on; one that lost to a peer retries
+            h = h[rest]
+            taken = (self.keys[h] != EMPTY) & (self.keys[h] != TOMB)
+            h = np.where(taken, (h + 1) & self.mask, h)
+
     def delete(self, t: int) -> None:
         if t >= 0xFFFFFFFFFFFFFFFE:
             return
@@ -122,6 +154,17 @@ class StableTree(dict):  # type: ignore[type-arg]
             self.defer.append((pos, t))
         else:
             self.rb.insert(t)
+
+    def add_many(self, ts: np.ndarray, vs: np.ndarray, pos: np.ndarray) -> None:
+        """add() of many new keys (none in the tree yet), in the order given."""
+        tl = ts.tolist()
+        dict.update(self, zip(tl, vs.tolist()))
+        self.index.set_many(ts, vs)
+        if self.defer is not None:
+            self.defer.extend(zip(pos.tolist(), tl))
+        else:
+            for t in tl:
+                self.rb.insert(t)
 
     def flush(self) -> None:
         pending, self.defer = self.defer or [], None

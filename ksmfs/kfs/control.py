@@ -21,14 +21,11 @@ import numpy as np
 from ksmfs.kfs.errors import KsmError, einval
 from ksmfs.kfs.smaps import vma_header
 from ksmfs.kfs.spec import FileSpec, RenderContext
+from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE, PAGE_SIZE, PR_SET_MEMORY_MERGE
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
 
-PAGE_SIZE = 4096
-MADV_MERGEABLE = 12
-MADV_UNMERGEABLE = 13
-PR_SET_MEMORY_MERGE = 67
 
 README = """\
 ksmfs control directory

@@ -14,13 +14,13 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from ksmfs.kfs import smaps as _smaps
+from ksmfs.linux import PAGE_SIZE
 from ksmfs.kfs.errors import KsmError
 from ksmfs.kfs.spec import Caller, FileSpec, RenderContext
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
 
-PAGE_SIZE = 4096
 USER_HZ = 100  # clock ticks of /proc/<pid>/stat and /proc/stat (sysconf(_SC_CLK_TCK))
 NR_CPUS = 2  # the reference machine has 2 CPUs (spec §0.2)
 PROC_SIZE = 0  # procfs files report st_size 0
@@ -272,7 +272,6 @@ STATE_NAMES = {
 PF_KTHREAD = 0x00200000
 PF_RANDOMIZE = 0x00400000
 PF_NOFREEZE = 0x00008000
-PF_FORKNOEXEC = 0x00000040
 
 
 def _task(k: Kernel, pid: int):

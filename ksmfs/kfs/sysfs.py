@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ksmfs.kernel.versions import WRITABLE_SYSFS
 from ksmfs.kfs.spec import FileSpec
+from ksmfs.linux import WRITE_MAX
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
 # Attributes made with __ATTR_RW (mode 0644); every other one is __ATTR_RO (0444).
 WRITABLE = WRITABLE_SYSFS
 SYSFS_SIZE = 4096  # kernfs reports PAGE_SIZE as st_size for every attribute [LIVE]
-WRITE_MAX = 4096  # kernfs hands at most PAGE_SIZE bytes of a write to the store function
 
 
 # Printed with %u (unsigned int variables in mm/ksm.c); the rest are %lu unless signed.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ksmfs.kernel.trace import Trigger
+from ksmfs.kernel.trace import EventFilter, Trigger
 
 from ksmfs.kfs.errors import KsmError, einval
 from ksmfs.kfs.spec import FileSpec
@@ -275,9 +275,18 @@ def _events(k: Kernel) -> list[str]:
     return [e for e in k.version.trace_events if e in EVENT_IDS]
 
 
+def _soft_mode(k: Kernel, event: str) -> bool:
+    """EVENT_FILE_FL_SOFT_MODE: an event with triggers, or the target of an
+    enable_event/disable_event trigger, keeps its tracepoint on while not enabled."""
+    if event in k.trace.triggers:
+        return True
+    return any(t.target == event for ts in k.trace.triggers.values() for t in ts)
+
+
 def show_system_enable(k: Kernel, pid: int | None = None) -> bytes:
-    """system_enable_read(): 0 none, 1 all, X mixed."""
-    states = {e in k.trace.enabled for e in _events(k)}
+    """system_enable_read(): 0 none, 1 all, X mixed -- of EVENT_FILE_FL_ENABLED, which
+    soft mode sets too [live: one trigger on ksm_start_scan makes it X]."""
+    states = {e in k.trace.enabled or _soft_mode(k, e) for e in _events(k)}
     if states == {True}:
         return b"1\n"
     if states == {False} or not states:
@@ -309,7 +318,7 @@ def store_system_enable(k: Kernel, pid: int | None, data: bytes) -> int:
 # The parser follows predicate_parse() / parse_pred() step by step, because the error text
 # the filter file shows afterwards points with a caret at the position the kernel reached.
 FILT_ERRORS = {
-    "INVALID_OP": "Illegal operation for field type",
+    "INVALID_OP": "Invalid operator",
     "TOO_MANY_OPEN": "Too many '('",
     "TOO_MANY_CLOSE": "Too few '('",
     "MISSING_QUOTE": "Missing matching quote",
@@ -420,7 +429,9 @@ def _glob_pred(pattern: str) -> tuple[Callable[[str], bool], bool]:
     return (lambda s: s == body), negate
 
 
-def _parse_pred(text: str, at: int, pos: int, fields: dict[str, _Field]):
+def _parse_pred(
+    text: str, at: int, pos: int, fields: dict[str, _Field]
+) -> tuple[int, EventFilter]:
     """parse_pred() on text[at:]; returns (chars consumed, predicate function)."""
     n = len(text)
 
@@ -483,7 +494,7 @@ def _parse_pred(text: str, at: int, pos: int, fields: dict[str, _Field]):
     raise FilterError(errno.EINVAL, "INVALID_VALUE", pos + i)
 
 
-def _numeric_pred(field: _Field, op: str, value: int) -> Callable[[int, str, dict], bool]:
+def _numeric_pred(field: _Field, op: str, value: int) -> EventFilter:
     """filter_pred_<OP>_<type>(): both sides cast to the field's C type."""
     bits = 8 * field.size
     mask = (1 << bits) - 1
@@ -514,7 +525,7 @@ def _numeric_pred(field: _Field, op: str, value: int) -> Callable[[int, str, dic
     return lambda pid, comm, f: compare(get(pid, f))
 
 
-def parse_filter(event: str, text: str) -> Callable[[int, str, dict], bool]:
+def parse_filter(event: str, text: str) -> EventFilter:
     """predicate_parse(): the filter string (already stripped) of ``event`` as a function
     of (pid, comm, fields); raises FilterError.  '&&' binds tighter than '||'."""
     if not text:
@@ -557,23 +568,24 @@ def parse_filter(event: str, text: str) -> Callable[[int, str, dict], bool]:
             if c != ")":
                 raise FilterError(errno.EPERM, "TOO_MANY_PREDS", nxt)
             if depth == 0:
-                raise FilterError(errno.EPERM, "TOO_MANY_CLOSE", ptr)
+                raise FilterError(errno.EPERM, "TOO_MANY_CLOSE", nxt)
             depth -= 1
             out.append(")")
         if c == "\0":
             break
     if depth:
-        raise FilterError(errno.EPERM, "TOO_MANY_OPEN", ptr)
+        # live 6.18: ENOENT, the caret at the start
+        raise FilterError(errno.ENOENT, "TOO_MANY_OPEN", 0)
     if not any(callable(t) for t in out):
         raise FilterError(errno.EINVAL)
     return _compile(out)
 
 
-def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
+def _compile(tokens: list[object]) -> EventFilter:
     """The token list as one function (precedence: ! over && over ||)."""
     pos = 0
 
-    def expr_or():
+    def expr_or() -> EventFilter:
         nonlocal pos
         terms = [expr_and()]
         while pos < len(tokens) and tokens[pos] == "||":
@@ -582,7 +594,7 @@ def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
                 terms.append(expr_and())
         return terms[0] if len(terms) == 1 else (lambda p, c, f: any(t(p, c, f) for t in terms))
 
-    def expr_and():
+    def expr_and() -> EventFilter:
         nonlocal pos
         terms = [unary()]
         while pos < len(tokens) and tokens[pos] == "&&":
@@ -591,7 +603,7 @@ def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
                 terms.append(unary())
         return terms[0] if len(terms) == 1 else (lambda p, c, f: all(t(p, c, f) for t in terms))
 
-    def unary():
+    def unary() -> EventFilter:
         nonlocal pos
         tok = tokens[pos]
         pos += 1
@@ -602,7 +614,8 @@ def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
             inner = expr_or()
             pos += 1  # ')'
             return inner
-        return tok
+        assert callable(tok)
+        return tok  # type: ignore[return-value]
 
     return expr_or()
 
@@ -663,7 +676,8 @@ def _filter_specs(event: str) -> FileSpec:
         try:
             _apply_filter(k, event, _filter_arg(data))
         except FilterError as e:
-            raise KsmError(e.errno, f"events/ksm/{event}/filter: {e.text(_filter_arg(data))!r}") from None
+            shown = e.text(_filter_arg(data))
+            raise KsmError(e.errno, f"events/ksm/{event}/filter: {shown!r}") from None
         return len(data)
 
     return FileSpec("filter", RW, TRACE_SIZE, show, store)
@@ -737,10 +751,13 @@ def _trigger_specs(event: str) -> FileSpec:
         remove, trig = _parse_trigger(k, event, text)
         current = k.trace.triggers.get(event, [])
         if remove:
-            left = [t for t in current if not (t.command == trig.command and t.target == trig.target)]
+            left = [t for t in current
+                    if not (t.command == trig.command and t.target == trig.target)]
         else:
             if any(_same_kind(t, trig) for t in current):
-                raise KsmError(errno.EEXIST, f"events/ksm/{event}/trigger: {trig.command} is already set")
+                raise KsmError(
+                    errno.EEXIST, f"events/ksm/{event}/trigger: {trig.command} is already set"
+                )
             left = [trig, *current]
         if left:
             k.trace.triggers[event] = left
@@ -753,7 +770,9 @@ def _trigger_specs(event: str) -> FileSpec:
 
 def _event_specs(event: str) -> list[FileSpec]:
     def show_enable(k: Kernel, pid: int | None = None) -> bytes:
-        return b"1\n" if event in k.trace.enabled else b"0\n"
+        # event_enable_read(): "1" when recording, "*" appended in soft mode
+        text = "1" if event in k.trace.enabled else "0"
+        return (text + ("*" if _soft_mode(k, event) else "") + "\n").encode()
 
     def store_enable(k: Kernel, pid: int | None, data: bytes) -> int:
         if not data:

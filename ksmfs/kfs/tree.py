@@ -120,11 +120,6 @@ class Tree:
             self._pid_children[rel] = []
         self._pid_rows.append(row)
 
-    @property
-    def pid_specs(self) -> tuple[FileSpec, ...]:
-        """The files directly in proc/<pid>/, in listing order."""
-        return tuple(r.spec for r in self._pid_rows if len(r.path) == 3 and r.spec is not None)
-
     # -- per-pid nodes ------------------------------------------------------------------
     @staticmethod
     def pid_dir_inode(pid: int) -> int:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
+from ksmfs.linux import DEFAULT_VERSION
 from ksmfs.scenario.driver import steps_due
 from ksmfs.scenario.loader import ScenarioError, list_builtin, load_scenario
 from ksmfs.scenario.model import Fork, Madvise, MergeAny, Scenario, Spawn, Step, Sysfs, Write
@@ -333,7 +334,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     table = sys.stdout.isatty() and json_path != "-"
     snaps: list[Snapshot] = []
     try:
-        with _output(json_path, table, scenario, backend, kernel or "6.18") as (on_snap, prog):
+        with _output(json_path, table, scenario, backend, kernel or DEFAULT_VERSION) as (on_snap, prog):
             snaps = _run_backend(scenario, backend, on_snap, prog, kernel)
     except (KeyboardInterrupt, ModuleNotFoundError, BrokenPipeError):
         raise

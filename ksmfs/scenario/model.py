@@ -19,8 +19,13 @@ from pathlib import Path
 from typing import Literal, Union
 
 from ksmfs.kernel.versions import WRITABLE_SYSFS_ORDER
+from ksmfs.linux import (  # noqa: F401 - re-exported for the scenario backends
+    MADV_MERGEABLE,
+    MADV_UNMERGEABLE,
+    PAGE_SIZE,
+    PR_SET_MEMORY_MERGE,
+)
 
-PAGE_SIZE = 4096
 
 # The sources of a fill segment (contract table "SOURCE").
 SegmentSource = Literal["zero", "unique", "value", "pool"]
@@ -55,9 +60,6 @@ KSM_STAT_FIELDS: tuple[str, ...] = (
     "ksm_mergeable",
 )
 
-MADV_MERGEABLE = 12
-MADV_UNMERGEABLE = 13
-PR_SET_MEMORY_MERGE = 67
 
 
 def page_runs(mapped: Sequence[bool] | None, first: int, count: int) -> list[tuple[int, int]]:

@@ -94,3 +94,13 @@ def test_extra_flags_make_the_vma_incompatible_and_refusals() -> None:
     with pytest.raises(KsmError) as e:
         k.install_pages(pid, addr, np.full(4, 9, dtype=np.uint8), np.zeros(4, dtype=np.uint64))
     assert e.value.errno == errno.EINVAL
+
+
+def test_spawn_with_a_given_pid() -> None:
+    k = Kernel()
+    assert k.spawn("a", pid=100) == 100
+    with pytest.raises(KsmError) as e:
+        k.spawn("b", pid=100)
+    assert e.value.errno == errno.EEXIST
+    assert k.spawn("c") == 101  # automatic pids step over taken ones
+    assert k.fork(100) == 102

@@ -246,6 +246,35 @@ def test_smart_scan_skip_pattern() -> None:
     assert processed == [0, 1, 2, 3, 5, 8, 13, 22]
 
 
+@pytest.mark.parametrize("exact", [True, False])
+def test_skipped_item_leaves_its_node_when_ksmd_reaches_it(exact: bool) -> None:
+    """should_skip_rmap_item() calls remove_rmap_item_from_tree() when the scan reaches the
+    item, so a page earlier in the same VMA still finds the node full (mm/ksm.c,
+    scan_get_next_rmap_item). Layout of one VMA: [c, a, d, b], max_page_sharing 3."""
+    k = Kernel(exact=exact)
+    knobs.store(k, "max_page_sharing", b"3")
+    x = 7
+    pid = k.spawn("p")
+    base = k.mmap(pid, 4)
+    k.write(pid, base + 4096, [x, x])  # a, d
+    k.write(pid, base + 3 * 4096, k.unique_tokens(1))  # b: unique, ages without merging
+    k.madvise(pid, base, 4, MADV_MERGEABLE)
+    knobs.store(k, "run", b"1")
+    full_scan(k, 1000)
+    full_scan(k, 1000)  # a and d make the KSM page (1 shared, 1 sharing)
+    k.write(pid, base + 3 * 4096, [x])  # b: now x, in place (checksum changes)
+    full_scan(k, 1000)  # b: volatile; its age reaches 3
+    k.write(pid, base, [x])  # c: a new page (a young rmap_item)
+    full_scan(k, 1000)  # b (age 3, no skips left) joins the node: full; c: checksum
+    assert counters(k)[:3] == (1, 2, 0)
+    k.write(pid, base + 3 * 4096, [x])  # COW: b has a private copy, still on the node
+    full_scan(k, 1000)
+    # c searched first and found the node full -> unstable tree; then b was skipped and
+    # left the node (sharing 2 -> 1)
+    assert k.ksm.pages_skipped == 1
+    assert counters(k)[:3] == (1, 1, 1)
+
+
 def test_prctl_merge_any_and_disable() -> None:
     """PR_SET_MEMORY_MERGE makes every VMA mergeable; 0 clears all, madvised ones too."""
     k = Kernel()

@@ -15,11 +15,11 @@ from ksmfs.runtime import (
     KsmdPacer,
     MountConfig,
     Timeline,
-    _unescape_mountinfo,
     build_simulation,
     check_mountpoint,
     fuse_options,
 )
+from ksmfs.runtime.mount import _unescape_mountinfo
 
 RUN = ("sys", "kernel", "mm", "ksm", "run")
 

@@ -181,21 +181,23 @@ def _on_a_terminal(argv: list[str], stdout: bool = False) -> str:
     """Run `ksmfs ARGV` with stderr (and stdout, if asked) on a terminal; what it showed."""
     master, slave = pty.openpty()
     env = {**os.environ, "COLUMNS": "100", "TERM": "xterm"}
-    proc = subprocess.run(
+    # Read the terminal while the command runs: a full pty buffer would block its writes.
+    proc = subprocess.Popen(
         [sys.executable, "-m", "ksmfs", *argv],
-        stderr=slave, stdout=slave if stdout else subprocess.PIPE, timeout=120, env=env,
+        stderr=slave, stdout=slave if stdout else subprocess.DEVNULL, env=env,
     )
     os.close(slave)
     shown = b""
     while True:
         try:
             chunk = os.read(master, 65536)
-        except OSError:
+        except OSError:  # EIO: the last holder of the terminal's other side is gone
             break
         if not chunk:
             break
         shown += chunk
     os.close(master)
+    proc.wait(timeout=120)
     assert proc.returncode == 0
     return shown.decode()
 
@@ -208,3 +210,23 @@ def test_progress_shows_on_a_terminal(tmp_path: Path) -> None:
     assert "full scan 0/6" in text and "full scan 6/6" in text
     assert "\r" in text  # one line rewritten, not a scroll of lines
     assert len(out.read_text().splitlines()) == 7
+
+
+def test_step_labels_name_every_v2_action() -> None:
+    """The table's and the plots' step labels: one short phrase per action, v2 included;
+    none after the last full scan."""
+    from ksmfs.scenario.cli import steps_by_scan
+    from ksmfs.scenario.loader import load_scenario
+
+    scenario = load_scenario(Path(__file__).with_name("v2-steps.toml"))
+    assert steps_by_scan(scenario) == {
+        2: ["munmap a-0 r 2+3", "madvise a-1 r 6+2 unmergeable"],
+        3: ["fork a-1 child"],
+        4: ["munmap child other 0+3"],
+        5: ["pages_to_scan=0"],
+        6: ["write child r 0+8 unique"],
+        7: ["pages_to_scan=1000"],
+    }
+    labels = steps_by_scan(load_scenario("prefork-web-server"))
+    assert labels[1][0] == "fork master worker-0" and labels[5] == [
+        "exit worker-3", "fork master worker-8"]
