@@ -43,9 +43,8 @@ from ksmfs.scenario.model import (
     Write,
     report_refusal,
 )
+from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE
 from ksmfs.scenario.realkernel import (
-    MADV_MERGEABLE,
-    MADV_UNMERGEABLE,
     STATE_PATH,
     KnobError,
     Ksmd,

@@ -21,8 +21,8 @@ import pytest
 from ksmfs.scenario.contents import page_bytes
 from ksmfs.scenario.loader import load_scenario
 from ksmfs.scenario.real import run_real
+from ksmfs.linux import MADV_MERGEABLE
 from ksmfs.scenario.realkernel import (
-    MADV_MERGEABLE,
     PAGE_SIZE,
     STATE_PATH,
     KsmSysfs,

@@ -12,7 +12,8 @@ import pytest
 from ksmfs.scenario.diff import allowed_fields, compare
 from ksmfs.scenario.loader import load_scenario
 from ksmfs.scenario.real import run_real
-from ksmfs.scenario.realkernel import MADV_MERGEABLE, KsmSysfs, read_smaps_ksm_kb
+from ksmfs.linux import MADV_MERGEABLE
+from ksmfs.scenario.realkernel import KsmSysfs, read_smaps_ksm_kb
 from ksmfs.scenario.sim import run_sim
 
 from .conftest import PacedKsm

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ksmfs.kfs.tracefs import NR_CPUS, TRACE_HEADER
-from ksmfs.scenario.realkernel import MADV_MERGEABLE
+from ksmfs.linux import MADV_MERGEABLE
 
 from .conftest import PacedKsm
 from .trace_support import (

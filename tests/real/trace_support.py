@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE
 from ksmfs.scenario.realkernel import (
-    MADV_MERGEABLE,
-    MADV_UNMERGEABLE,
     Ksmd,
     KsmSysfs,
     Pacer,
