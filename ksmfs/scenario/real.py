@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE
 from ksmfs.scenario.contents import Contents
 from ksmfs.scenario.driver import MappedPages, Snapshot, drive
 from ksmfs.scenario.model import (
