@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from ksmfs.kernel import KsmError
+
 from .build import KNOB_ORDER, BuildError, build
 from .format import KIND_ANON, Capture, CaptureError, load
 
@@ -180,6 +182,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         bar.done()
         _err("estimate", str(e))
         return EXIT_USAGE
+    except (KsmError, RuntimeError, ValueError) as e:  # a capture the model cannot hold
+        bar.done()
+        _err("estimate", f"the simulated kernel refused the capture: {' '.join(str(e).split())}")
+        return EXIT_FAIL
     except OSError as e:
         bar.done()
         _err("estimate", f"cannot write {e.filename}: {e.strerror}")

@@ -14,6 +14,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,11 +117,13 @@ class Looker:
             self.kpf: procfs.KPageFlags | None = procfs.KPageFlags()
         except OSError:
             self.kpf = None  # not root: kinds from pagemap alone (zero page not told apart)
-        self.buf = np.empty((MEM_CHUNK, PAGE_SIZE), dtype=np.uint8)
+        self.bufs = [np.empty((MEM_CHUNK, PAGE_SIZE), dtype=np.uint8) for _ in range(2)]
+        self.reader = ThreadPoolExecutor(max_workers=1)
         self.bytes_done = 0
         self.on_bytes: Callable[[], None] | None = None
 
     def close(self) -> None:
+        self.reader.shutdown()
         if self.kpf is not None:
             self.kpf.close()
 
@@ -186,10 +189,20 @@ class Looker:
         digest = np.zeros(idx.shape[0], dtype=np.uint64)
         keep = np.ones(idx.shape[0], dtype=bool)
         addrs = (idx[anon] + lo).astype(np.uint64) * np.uint64(PAGE_SIZE) + np.uint64(v.start)
-        for s in range(0, anon.shape[0], MEM_CHUNK):
+        # the next slice is read (pread releases the GIL) while this one is hashed
+        starts = list(range(0, anon.shape[0], MEM_CHUNK))
+        pending = None
+        for i, s in enumerate(starts):
+            buf = self.bufs[i % 2]
             a = addrs[s : s + MEM_CHUNK]
-            ok = procfs.read_mem_runs(mem_fd, a, self.buf)
-            d = self.hasher.pages(self.buf, a.shape[0])
+            ok = (pending.result() if pending is not None
+                  else procfs.read_mem_runs(mem_fd, a, buf))
+            pending = None
+            if i + 1 < len(starts):
+                nxt = addrs[starts[i + 1] : starts[i + 1] + MEM_CHUNK]
+                pending = self.reader.submit(procfs.read_mem_runs, mem_fd, nxt,
+                                             self.bufs[(i + 1) % 2])
+            d = self.hasher.pages(buf, a.shape[0])
             digest[anon[s : s + MEM_CHUNK]] = d
             keep[anon[s : s + MEM_CHUNK][~ok]] = False  # gone meanwhile
             self.bytes_done += a.shape[0] * PAGE_SIZE

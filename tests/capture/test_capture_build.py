@@ -227,3 +227,14 @@ def test_fork_shared_frames_converge_to_what_many_more_scans_give() -> None:
     got = res.final["ksm"]
     assert (got["pages_shared"], got["pages_sharing"]) == want[:2]
     assert got["pages_sharing"] > 0
+
+
+def test_scan_time_advisor_runs_batch_by_batch() -> None:
+    """With advisor_mode scan-time the advisor sets pages_to_scan, so the estimate runs
+    ksmd's real batches; it must reach the same merged state as without the advisor."""
+    cap = make_capture(True)
+    plain = run(build(cap, "as-is", {"pages_to_scan": 5000}))
+    adv = run(build(cap, "as-is", {"advisor_mode": "scan-time", "pages_to_scan": 100}))
+    assert adv.final["ksm"]["pages_sharing"] == \
+        plain.final["ksm"]["pages_sharing"] > 0
+    assert adv.converged
