@@ -222,7 +222,7 @@ class KPageFlags:
         hi = u[np.concatenate((cut - 1, [u.shape[0] - 1]))] + 1
         base = np.concatenate(([0], np.cumsum(hi - lo)))
         vals = np.zeros(int(base[-1]), dtype=np.uint64)
-        for a, b, o in zip(lo.tolist(), hi.tolist(), base[:-1].tolist()):
+        for a, b, o in zip(lo.tolist(), hi.tolist(), base[:-1].tolist(), strict=True):
             os.preadv(self.fd, [vals[o : o + b - a].view(np.uint8)], a * 8)
         run = np.searchsorted(lo, u, side="right") - 1
         return vals[base[run] + (u - lo[run])][inv]

@@ -526,7 +526,7 @@ class Kernel:
             sel = np.flatnonzero(vi == i)
             rel = ((addrs[sel] - np.uint64(v.start)) // np.uint64(PAGE_SIZE)).astype(np.int64)
             cut = np.flatnonzero(np.diff(rel) != 1) + 1
-            for a, b in zip([0, *cut.tolist()], [*cut.tolist(), rel.shape[0]]):
+            for a, b in zip([0, *cut.tolist()], [*cut.tolist(), rel.shape[0]], strict=True):
                 self._write_vma(mm, v, int(rel[a]), tokens[sel[a:b]])
 
     def install_pages(

@@ -15,7 +15,7 @@ from ksmfs.capture.cli import Bar
 from ksmfs.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_capture_build import make_capture  # noqa: E402
+from test_capture_build import make_capture
 
 
 def test_estimate_a_capture_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -123,7 +123,7 @@ def test_write_pages_equals_write_page_by_page() -> None:
         if scattered:
             k.write_pages(pid, np.array(addrs), toks)
         else:
-            for ad, t in zip(addrs, toks.tolist()):
+            for ad, t in zip(addrs, toks.tolist(), strict=True):
                 k.write(pid, ad, [t])
         ks.append((k.read(pid, a, 8).tolist(), k.read(pid, b, 4).tolist(), scans(k, 3)))
     assert ks[0] == ks[1]
