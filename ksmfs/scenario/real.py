@@ -44,7 +44,6 @@ from ksmfs.scenario.model import (
     Write,
     report_refusal,
 )
-from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE
 from ksmfs.scenario.realkernel import (
     STATE_PATH,
     KnobError,

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ksmfs.linux import MADV_MERGEABLE
 from ksmfs.scenario.contents import page_bytes
 from ksmfs.scenario.loader import load_scenario
 from ksmfs.scenario.real import run_real
-from ksmfs.linux import MADV_MERGEABLE
 from ksmfs.scenario.realkernel import (
     PAGE_SIZE,
     STATE_PATH,

@@ -30,12 +30,7 @@ import numpy as np
 import pytest
 
 from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE
-from ksmfs.scenario.realkernel import (
-    Ksmd,
-    KsmSysfs,
-    Pacer,
-    Worker,
-)
+from ksmfs.scenario.realkernel import Ksmd, KsmSysfs, Pacer, Worker
 
 TRACEFS = Path("/sys/kernel/tracing")
 PACE_PAGES = 4294967295
