@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from ksmfs.capture.estimate import run
 from ksmfs.capture.format import KIND_ANON, PF_VOLATILE, Capture, CProcess, CVma
 from ksmfs.capture.take import capture
 
+REPEAT = 3
 HOLDER = r"""
 import mmap, os, sys
 n = int(sys.argv[1]) << 30
@@ -50,36 +52,45 @@ def bench_capture(gib: int) -> None:
                          stdout=subprocess.PIPE)
     try:
         assert p.stdout is not None and p.stdout.readline() == b"ready\n"
-        # baseline: read every anonymous present page of the process, nothing else
-        t0 = time.perf_counter()
-        info = procfs.read_proc(p.pid)
-        assert info is not None
-        pm = os.open(f"/proc/{p.pid}/pagemap", os.O_RDONLY)
-        mem = os.open(f"/proc/{p.pid}/mem", os.O_RDONLY)
-        buf = np.empty((4096, 4096), dtype=np.uint8)
-        nbytes = 0
-        for v in info.vmas:
-            if not v.rss_kb:
-                continue
-            e = procfs.read_pagemap(pm, v.start, v.npages)
-            addrs = (np.flatnonzero(((e & procfs.PM_PRESENT) != 0) & ((e & procfs.PM_FILE) == 0))
-                     .astype(np.uint64) * np.uint64(4096) + np.uint64(v.start))
-            for s in range(0, addrs.shape[0], 4096):
-                procfs.read_mem_runs(mem, addrs[s : s + 4096], buf)
-            nbytes += addrs.shape[0] * 4096
-        os.close(pm)
-        os.close(mem)
-        t_read = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        cap = capture([p.pid])
-        t_cap = time.perf_counter() - t0
+        t_read, nbytes = min(plain_read(p.pid) for _ in range(REPEAT))
+        t_cap, cap = min(((timed(capture, [p.pid])) for _ in range(REPEAT)), key=lambda x: x[0])
     finally:
         p.kill()
         p.wait()
     anon = int(np.count_nonzero(cap.kind == KIND_ANON)) * 4096
     print(f"capture: {anon / (1 << 30):.2f} GiB anonymous in {t_cap:.2f} s = "
           f"{anon / (1 << 30) / t_cap:.2f} GiB/s (goal >= 1); plain read of the same pages "
-          f"{nbytes / (1 << 30) / t_read:.2f} GiB/s; capture/read time ratio {t_cap / t_read:.2f}")
+          f"{nbytes / (1 << 30) / t_read:.2f} GiB/s; capture/read time ratio {t_cap / t_read:.2f}"
+          f" (best of {REPEAT})")
+
+
+def timed(f: Callable[..., Capture], *a: object) -> tuple[float, Capture]:
+    t0 = time.perf_counter()
+    r = f(*a)
+    return time.perf_counter() - t0, r
+
+
+def plain_read(pid: int) -> tuple[float, int]:
+    """Baseline: read every anonymous present page of the process, nothing else."""
+    t0 = time.perf_counter()
+    info = procfs.read_proc(pid)
+    assert info is not None
+    pm = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    buf = np.empty((4096, 4096), dtype=np.uint8)
+    nbytes = 0
+    for v in info.vmas:
+        if not v.rss_kb:
+            continue
+        e = procfs.read_pagemap(pm, v.start, v.npages)
+        addrs = (np.flatnonzero(((e & procfs.PM_PRESENT) != 0) & ((e & procfs.PM_FILE) == 0))
+                 .astype(np.uint64) * np.uint64(4096) + np.uint64(v.start))
+        for s in range(0, addrs.shape[0], 4096):
+            procfs.read_mem_runs(mem, addrs[s : s + 4096], buf)
+        nbytes += addrs.shape[0] * 4096
+    os.close(pm)
+    os.close(mem)
+    return time.perf_counter() - t0, nbytes
 
 
 def synthetic(pages: int, seed: int = 1) -> Capture:
@@ -117,19 +128,24 @@ def bench_estimate(pages: int) -> None:
     cap = synthetic(pages)
     t0 = time.perf_counter()
     c = cap.content[cap.kind == KIND_ANON]
-    u, cnt = np.unique(c, return_counts=True)
+    _u, cnt = np.unique(c, return_counts=True)
     naive = int(np.sum(cnt[cnt > 1] - 1))
     t_naive = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    built = build(cap, "as-is", {"pages_to_scan": 100, "sleep_millisecs": 20})
-    t_build = time.perf_counter() - t0
-    res = run(built)
-    t_all = time.perf_counter() - t0
+    best = None
+    for _ in range(REPEAT):
+        t0 = time.perf_counter()
+        built = build(cap, "as-is", {"pages_to_scan": 100, "sleep_millisecs": 20})
+        t_build = time.perf_counter() - t0
+        res = run(built)
+        t_all = time.perf_counter() - t0
+        if best is None or t_all < best[0]:
+            best = (t_all, t_build)
+    t_all, t_build = best
     final = res.final["ksm"]
     print(f"estimate: {cap.npages} pages to convergence in {t_all:.2f} s (build {t_build:.2f} s, "
           f"{res.converged_at} full scans to converge, {len(res.snapshots) - 1} run; goal <= 2 s); "
           f"naive count {t_naive:.3f} s, ratio {t_all / t_naive:.0f}x; pages_sharing "
-          f"{final['pages_sharing']} vs naive {naive}")
+          f"{final['pages_sharing']} vs naive {naive} (best of {REPEAT})")
 
 
 def main() -> int:

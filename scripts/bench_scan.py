@@ -11,6 +11,9 @@ and sleep_millisecs 0 (every knob restored afterwards), and the ratio is printed
 
     python scripts/bench_scan.py                 # 1M, 16M, 64M + the real ksmd
     python scripts/bench_scan.py --sizes 1M --no-real
+    flock /tmp/ksm-team.lock python scripts/bench_scan.py --scenarios
+        # `ksmfs run` of scripts/scenarios/scale-{1m,16m}.toml (wall time, peak RSS, worst
+        # batch) against the real ksmd's CPU time on scale-1m (x16 for 16M pages)
 """
 
 from __future__ import annotations
@@ -195,14 +198,126 @@ def real_ksmd_rate(seconds: float = 4.0) -> float | None:
             wr(n, saved[n])
 
 
+SCENARIOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenarios")
+KSMFS = os.path.join(os.path.dirname(sys.executable), "ksmfs")
+
+
+def ksmd_cpu_seconds() -> float | None:
+    """utime + stime of the ksmd kernel thread (/proc/PID/stat fields 14 and 15)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as fh:
+                if fh.read().strip() != "ksmd":
+                    continue
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return None
+
+
+def timed_run(args: list[str]) -> tuple[float, int, int]:
+    """Run a command; (wall seconds, peak RSS bytes, exit status)."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    return time.perf_counter() - t, usage.ru_maxrss * 1024, os.waitstatus_to_exitcode(status)
+
+
+def batch_child(path: str) -> None:
+    """The scenario's ksmd batches one by one in this process: worst batch (and where),
+    the slowest pass, and one batch of the default 100 pages afterwards."""
+    from ksmfs.scenario import sim
+    from ksmfs.scenario.loader import load_scenario
+
+    sc = load_scenario(path)
+    backend = sim.SimBackend(sc)
+    backend.start()
+    backend.start_ksmd()
+    k = backend.kernel
+    worst = (0.0, 0)
+    passes = []
+    for _ in range(sc.max_full_scans):
+        start = k.ksm.full_scans
+        t_pass = time.perf_counter()
+        while k.ksm.full_scans == start:
+            at = k.ksm.pages_scanned
+            t = time.perf_counter()
+            k.ksm_do_scan(k.ksm.pages_to_scan)
+            dt = time.perf_counter() - t
+            worst = max(worst, (dt, at))
+            k.advance(k.ksm.sleep_millisecs)
+        passes.append(time.perf_counter() - t_pass)
+    default = 0.0
+    for _ in range(300):
+        t = time.perf_counter()
+        k.ksm_do_scan(100)
+        default = max(default, time.perf_counter() - t)
+    print(json.dumps({"worst_batch_s": worst[0], "worst_batch_at": worst[1], "passes_s": passes,
+                      "default_batch_max_s": default}))
+
+
+def scenario_bench(real: bool) -> None:
+    """`ksmfs run` of the scale scenarios against the real ksmd's CPU time for the 1M-page
+    version (the real backend, end to end, in this run)."""
+    real_cpu = None
+    if real:
+        before = ksmd_cpu_seconds()
+        if before is None or os.geteuid() != 0:
+            print("real ksmd: skipped (needs root and a ksmd thread)", file=sys.stderr)
+        else:
+            wall, _, rc = timed_run([KSMFS, "run", os.path.join(SCENARIOS, "scale-1m.toml"),
+                                     "--backend", "real"])
+            after = ksmd_cpu_seconds()
+            if rc == 0 and after is not None:
+                real_cpu = after - before
+                print(f"real kernel, scale-1m end to end: {wall:.1f} s wall, "
+                      f"ksmd CPU (utime+stime) {real_cpu:.2f} s")
+            else:
+                print(f"real kernel run failed (exit {rc})", file=sys.stderr)
+    for name, pages, factor in (("scale-1m", 1 << 20, 1), ("scale-16m", 16 << 20, 16)):
+        path = os.path.join(SCENARIOS, f"{name}.toml")
+        wall, rss, rc = timed_run([KSMFS, "run", path])
+        if rc:
+            print(f"{name}: ksmfs run failed (exit {rc})")
+            continue
+        out = subprocess.run([sys.executable, __file__, "--batches", path],
+                             capture_output=True, text=True)
+        b = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
+        ratio = ""
+        if real_cpu:
+            target = 30 if factor > 1 else 20
+            ratio = (f"; real ksmd CPU for the same work {real_cpu * factor:.1f} s -> "
+                     f"{real_cpu * factor / wall:.1f}x faster (target {target}x)")
+        print(f"{name}: ksmfs run {wall:.2f} s, peak RSS {rss / 2**20:.0f} MiB "
+              f"({rss / pages:.1f} B/page){ratio}")
+        if b:
+            print(f"  worst batch {b['worst_batch_s'] * 1000:.0f} ms (at pages_scanned "
+                  f"{b['worst_batch_at']}), passes "
+                  + ", ".join(f"{p:.2f}" for p in b["passes_s"])
+                  + f" s; a batch of 100 pages <= {b['default_batch_max_s'] * 1000:.3f} ms")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1M,16M,64M", help="comma-separated page counts (K/M suffixes)")
     ap.add_argument("--no-real", action="store_true", help="do not measure the real ksmd")
+    ap.add_argument("--scenarios", action="store_true",
+                    help="only the scale scenarios (scripts/scenarios): ksmfs run vs the real ksmd's CPU time")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--batches", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args.child)
+        return 0
+    if args.batches:
+        batch_child(args.batches)
+        return 0
+    if args.scenarios:
+        scenario_bench(not args.no_real)
         return 0
     real = None if args.no_real else real_ksmd_rate()
     if real:

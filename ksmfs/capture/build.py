@@ -60,8 +60,8 @@ class SimProcess:
 class Built:
     kernel: Kernel
     processes: list[SimProcess]
-    # volatile pages: (simulated pid, address) runs to rewrite after every full scan
-    volatile: list[tuple[int, int, int]] = field(default_factory=list)
+    # volatile pages: simulated pid -> addresses to rewrite after every full scan
+    volatile: dict[int, np.ndarray] = field(default_factory=dict)
     nvolatile: int = 0
 
 
@@ -84,7 +84,7 @@ def _clusters(v: CVma, offs: np.ndarray) -> list[tuple[int, int]]:
     starts = np.concatenate(([0], cut))
     ends = np.concatenate((cut, [offs.shape[0]]))
     return [(int(offs[s]), int(offs[e - 1]) - int(offs[s]) + 1)
-            for s, e in zip(starts.tolist(), ends.tolist())]
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
 def tokens_for(cap: Capture, k: Kernel) -> np.ndarray:
@@ -135,7 +135,9 @@ def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | Non
                               prot=prot, hugetlb="ht" in v.vmflags, stack="gd" in v.vmflags,
                               extra_flags=_sim_flags(v.vmflags), addr=v.start + lo * PAGE_SIZE,
                               populate=False)
-                vma = next(x for x in k.tasks[pid].mm.vmas if x.start == addr)
+                mm = k.tasks[pid].mm
+                assert mm is not None  # spawn() gives every task an mm
+                vma = next(x for x in mm.vmas if x.start == addr)
                 vma.pgoff = v.pgoff + lo
                 sel = (offs >= lo) & (offs < lo + npages)
                 idx = v.first + np.flatnonzero(sel)
@@ -152,10 +154,9 @@ def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | Non
                 vol = rel[(cap.pflags[idx] & PF_VOLATILE) != 0]
                 if vol.shape[0]:
                     built.nvolatile += int(vol.shape[0])
-                    cut = np.flatnonzero(np.diff(vol) != 1) + 1
-                    for s, e in zip(np.concatenate(([0], cut)).tolist(),
-                                    np.concatenate((cut, [vol.shape[0]])).tolist()):
-                        built.volatile.append((pid, addr + int(vol[s]) * PAGE_SIZE, e - s))
+                    va = np.uint64(addr) + vol.astype(np.uint64) * np.uint64(PAGE_SIZE)
+                    old = built.volatile.get(pid)
+                    built.volatile[pid] = va if old is None else np.concatenate((old, va))
     # KSM state, process by process in capture (start) order: the order of ksmd's list
     for sp in built.processes:
         _set_ksm_state(k, sp, assume)
@@ -198,9 +199,12 @@ def apply_knobs(k: Kernel, knobs: dict[str, int | str]) -> None:
     unknown = [n for n in knobs if n not in writable and n != "run"]
     if unknown:
         raise BuildError(f"unknown or read-only KSM knob {unknown[0]!r}")
+    advisor = str(knobs.get("advisor_mode", "none")) == "scan-time"
     for name in KNOB_ORDER:
         if name not in knobs or name not in k.version.sysfs_files:
             continue
+        if name == "pages_to_scan" and advisor:
+            continue  # the scan-time advisor owns it (a store is EINVAL meanwhile)
         try:
             sysfs.store(k, name, f"{knobs[name]}\n".encode())
         except KsmError as e:

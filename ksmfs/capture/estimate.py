@@ -119,8 +119,8 @@ def run(
             k.advance(batches * sleep_ms)
         cpu += scanned * KSMD_NS_PER_PAGE / 1e9
         wall += batches * sleep_ms / 1000 + scanned * KSMD_NS_PER_PAGE / 1e9
-        for pid, addr, cnt in built.volatile:
-            k.write(pid, addr, k.unique_tokens(cnt))
+        for pid, addrs in built.volatile.items():
+            k.write_pages(pid, addrs, k.unique_tokens(addrs.shape[0]))
         s = snapshot(built, n, pts)
         res.snapshots.append(s)
         res.seconds.append(wall)

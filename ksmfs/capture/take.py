@@ -14,11 +14,14 @@ import os
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import xxhash
+
+from ksmfs.linux import PAGE_SIZE
 
 from . import procfs
 from .format import (
@@ -33,7 +36,6 @@ from .format import (
     CProcess,
     CVma,
 )
-from .procfs import PAGE_SHIFT, PAGE_SIZE
 
 PAGEMAP_CHUNK = 1 << 18  # pages of pagemap read at once (2 MiB of entries)
 MEM_CHUNK = 4096  # pages of /proc/PID/mem read at once (16 MiB)
@@ -116,11 +118,13 @@ class Looker:
             self.kpf: procfs.KPageFlags | None = procfs.KPageFlags()
         except OSError:
             self.kpf = None  # not root: kinds from pagemap alone (zero page not told apart)
-        self.buf = np.empty((MEM_CHUNK, PAGE_SIZE), dtype=np.uint8)
+        self.bufs = [np.empty((MEM_CHUNK, PAGE_SIZE), dtype=np.uint8) for _ in range(2)]
+        self.reader = ThreadPoolExecutor(max_workers=1)
         self.bytes_done = 0
         self.on_bytes: Callable[[], None] | None = None
 
     def close(self) -> None:
+        self.reader.shutdown()
         if self.kpf is not None:
             self.kpf.close()
 
@@ -186,10 +190,20 @@ class Looker:
         digest = np.zeros(idx.shape[0], dtype=np.uint64)
         keep = np.ones(idx.shape[0], dtype=bool)
         addrs = (idx[anon] + lo).astype(np.uint64) * np.uint64(PAGE_SIZE) + np.uint64(v.start)
-        for s in range(0, anon.shape[0], MEM_CHUNK):
+        # the next slice is read (pread releases the GIL) while this one is hashed
+        starts = list(range(0, anon.shape[0], MEM_CHUNK))
+        pending = None
+        for i, s in enumerate(starts):
+            buf = self.bufs[i % 2]
             a = addrs[s : s + MEM_CHUNK]
-            ok = procfs.read_mem_runs(mem_fd, a, self.buf)
-            d = self.hasher.pages(self.buf, a.shape[0])
+            ok = (pending.result() if pending is not None
+                  else procfs.read_mem_runs(mem_fd, a, buf))
+            pending = None
+            if i + 1 < len(starts):
+                nxt = addrs[starts[i + 1] : starts[i + 1] + MEM_CHUNK]
+                pending = self.reader.submit(procfs.read_mem_runs, mem_fd, nxt,
+                                             self.bufs[(i + 1) % 2])
+            d = self.hasher.pages(buf, a.shape[0])
             digest[anon[s : s + MEM_CHUNK]] = d
             keep[anon[s : s + MEM_CHUNK][~ok]] = False  # gone meanwhile
             self.bytes_done += a.shape[0] * PAGE_SIZE
@@ -221,13 +235,13 @@ def _select(pids: list[int] | None, warn: Callable[[str], None]) -> list[int]:
 
 def _mark_volatile(first: ProcLook, second: ProcLook) -> int:
     """Pages anonymous in both looks whose content hash differs: PF_VOLATILE."""
-    later = {v.start: lv for v, lv in zip(second.info.vmas, second.vmas)}
+    later = {v.start: lv for v, lv in zip(second.info.vmas, second.vmas, strict=True)}
     changed = 0
-    for v, lv in zip(first.info.vmas, first.vmas):
+    for v, lv in zip(first.info.vmas, first.vmas, strict=True):
         other = later.get(v.start)
         if other is None or not lv.offset.shape[0]:
             continue
-        common, i1, i2 = np.intersect1d(lv.offset, other.offset, assume_unique=True,
+        _common, i1, i2 = np.intersect1d(lv.offset, other.offset, assume_unique=True,
                                         return_indices=True)
         both = (lv.kind[i1] == KIND_ANON) & (other.kind[i2] == KIND_ANON)
         diff = both & (lv.digest[i1] != other.digest[i2])
@@ -317,7 +331,7 @@ def _assemble(looks: list[ProcLook], watch: float | None, skipped: list[str]) ->
     for lk in looks:
         cp = CProcess(lk.info.pid, lk.info.comm, lk.info.uid, lk.info.start_time,
                       dict(lk.info.ksm_stat))
-        for v, lv in zip(lk.info.vmas, lk.vmas):
+        for v, lv in zip(lk.info.vmas, lk.vmas, strict=True):
             n = int(lv.offset.shape[0])
             cp.vmas.append(CVma(v.start, v.end, list(v.vmflags), v.name, v.pgoff, first, n))
             first += n
@@ -340,7 +354,7 @@ def _assemble(looks: list[ProcLook], watch: float | None, skipped: list[str]) ->
     share = np.zeros(kind.shape[0], dtype=np.uint32)
     cand = np.flatnonzero(pfn != 0)
     if cand.shape[0]:
-        u, inv, cnt = np.unique(pfn[cand], return_inverse=True, return_counts=True)
+        _u, inv, cnt = np.unique(pfn[cand], return_inverse=True, return_counts=True)
         multi = cnt[inv] > 1
         gid = np.cumsum(cnt > 1)  # group number of each pfn mapped more than once
         share[cand[multi]] = gid[inv[multi]].astype(np.uint32)

@@ -181,8 +181,9 @@ class KsmfsOperations(pyfuse3.Operations):
     """FUSE request handlers for one simulated kernel, derived from ``tree``.
 
     ``on_store(node, data)`` runs after every successful store (the runtime uses it to
-    wake ksmd, like the ``wake_up_interruptible(&ksm_thread_wait)`` in run_store and
-    sleep_millisecs_store).  ``invalidate_entry(parent_inode, name)`` drops a cached
+    let ksmd look at the wake-ups the store recorded in the kernel); ``before_store()``
+    is awaited before every store (the runtime waits for a running ksmd batch, as a
+    store waits for ksm_thread_mutex).  ``invalidate_entry(parent_inode, name)`` drops a cached
     dentry of the kernel; the runtime passes ``pyfuse3.invalidate_entry_async`` so an
     exited pid vanishes from ``/proc`` at once.  ``clock_ns`` is the wall clock used for
     timestamps (a parameter so tests can fix it).
@@ -196,6 +197,7 @@ class KsmfsOperations(pyfuse3.Operations):
         tree: Tree,
         *,
         on_store: StoreHook | None = None,
+        before_store: Callable[[], Awaitable[None]] | None = None,
         invalidate_entry: InvalidateHook | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -205,6 +207,7 @@ class KsmfsOperations(pyfuse3.Operations):
         self.tree = tree
         self.kernel = tree.kernel
         self._on_store = on_store
+        self._before_store = before_store
         self._invalidate_entry = invalidate_entry
         self._clock_ns = clock_ns
         self.mount_time_ns = clock_ns()
@@ -619,6 +622,8 @@ class KsmfsOperations(pyfuse3.Operations):
         if not buf:
             return 0  # kernfs: an empty write returns 0 and never reaches store()
         data = bytes(buf[:WRITE_MAX])
+        if self._before_store is not None:
+            await self._before_store()  # the runtime waits for ksmd's batch (its mutex)
         try:
             # A store runs in the writer's context (`echo 2 > run` unmerges as that
             # process: its trace lines show its comm-pid, not ksmd's).  WRITE requests

@@ -501,6 +501,34 @@ class Kernel:
         mem.pte.a[g0 + idx] = frames
         self.ksm.put_frames(old.astype(np.int32))
 
+    def write_pages(self, pid: int, addrs: np.ndarray, tokens: np.ndarray) -> None:
+        """:meth:`write` of many single pages at scattered addresses (a process that keeps
+        rewriting pages here and there), one VMA lookup for all of them."""
+        mm = self._mm(pid)
+        # user addresses go up to 2^64 ([vsyscall]): unsigned arithmetic throughout
+        addrs = np.asarray(addrs, dtype=np.uint64)
+        tokens = np.asarray(tokens, dtype=np.uint64)
+        if addrs.shape != tokens.shape:
+            raise KsmError(errno.EINVAL, "write_pages: addrs and tokens differ in length")
+        if np.any(addrs % np.uint64(PAGE_SIZE)):
+            raise KsmError(errno.EINVAL, "write_pages: an address is not page aligned")
+        order = np.argsort(addrs, kind="stable")
+        addrs, tokens = addrs[order], tokens[order]
+        starts = np.array([v.start for v in mm.vmas], dtype=np.uint64)
+        ends = np.array([v.end for v in mm.vmas], dtype=np.uint64)
+        vi = np.searchsorted(starts, addrs, side="right") - 1
+        if np.any(vi < 0) or np.any(addrs >= ends[np.maximum(vi, 0)]):
+            raise KsmError(errno.EFAULT, "write_pages: an address is not mapped")
+        for i in np.unique(vi).tolist():
+            v = mm.vmas[i]
+            if not v.flags & VM_WRITE:
+                raise KsmError(errno.EFAULT, f"write_pages: {v.start:#x} is not writable")
+            sel = np.flatnonzero(vi == i)
+            rel = ((addrs[sel] - np.uint64(v.start)) // np.uint64(PAGE_SIZE)).astype(np.int64)
+            cut = np.flatnonzero(np.diff(rel) != 1) + 1
+            for a, b in zip([0, *cut.tolist()], [*cut.tolist(), rel.shape[0]], strict=True):
+                self._write_vma(mm, v, int(rel[a]), tokens[sel[a:b]])
+
     def install_pages(
         self,
         pid: int,
@@ -692,7 +720,7 @@ class Kernel:
         order = np.argsort(mapped, kind="stable")
         hit, mapped = hit[order], mapped[order]
         uniq, start, counts = np.unique(mapped, return_index=True, return_counts=True)
-        for fr, s, c in zip(uniq.tolist(), start.tolist(), counts.tolist()):
+        for fr, s, c in zip(uniq.tolist(), start.tolist(), counts.tolist(), strict=True):
             slot = mem.alloc_swap(int(mem.ftoken.a[fr]), c)
             mem.pte.a[hit[s : s + c]] = PTE_SWAP0 - slot
         self.ksm.put_frames(mapped.astype(np.int32))
@@ -808,7 +836,7 @@ __all__ = [
     "MADV_UNMERGEABLE",
     "PR_GET_MEMORY_MERGE",
     "PR_SET_MEMORY_MERGE",
-    "Kernel",
     "VM_DONTEXPAND",
     "VM_HUGETLB",
+    "Kernel",
 ]

@@ -1,7 +1,7 @@
 """The store functions of /sys/kernel/mm/ksm: written bytes in, the kernel's errno out.
 
 Each function copies its ``*_store`` in mm/ksm.c, parser and error mapping included (spec
-§1.1–1.4, confirmed on the live 6.18 machine). The FUSE adapter and the scenario runner
+§1.1-1.4, confirmed on the live 6.18 machine). The FUSE adapter and the scenario runner
 both call :func:`store`, so a bad value fails the same way everywhere.
 """
 

@@ -457,9 +457,11 @@ class Ksm:
         mem = self.mem
         npages = seg.npages
         processed = 0
+        grow = 1  # windows grow while they yield few pages (smart_scan skips, holes)
         while off < npages and processed < budget:
             want = budget - processed
-            end = min(npages, off + max(2 * want, 256))
+            end = min(npages, off + max(2 * want, 256) * grow)
+            before = processed
             g0 = seg.base + off
             g1 = seg.base + end
             pte = mem.pte.a[g0:g1]
@@ -471,6 +473,8 @@ class Ksm:
                 n, stop = self._scan_dense(mm, g0, g1, kinds, want)
                 processed += n
                 off += stop
+                if 4 * n < stop:
+                    grow = min(grow * 4, 1 << 12)
                 continue
             idx = np.flatnonzero(visit)
             g = g0 + idx
@@ -531,6 +535,8 @@ class Ksm:
                 self._cmp_and_merge_pages(g)
             processed += int(np.count_nonzero(proc))
             off += stop
+            if 4 * (processed - before) < stop:
+                grow = min(grow * 4, 1 << 12)
         return processed, off
 
     def _alloc_rmap_items(self, mm: MM, g: np.ndarray) -> None:

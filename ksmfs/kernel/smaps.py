@@ -52,25 +52,33 @@ def vma_smaps(mem: PhysMem, vma: Vma) -> SmapsCounts:
     present = pte >= 0
     fr = pte[present]
     if fr.shape[0]:
+        # one pass of gathers, then pages counted per (class, mapcount): the PSS sums are
+        # then exact integer sums of count * (PAGE_SIZE << PSS_SHIFT) // mapcount
         kind = mem.fnode.a[fr]
-        mc = np.maximum(mem.fmap.a[fr], 1).astype(np.int64)
-        pss = (PAGE_SIZE << PSS_SHIFT) // mc
-        anon = (kind != FRAME_FILE) & (kind != FRAME_SHMEM)
-        dirty = kind != FRAME_FILE  # written pages; page cache of a private file is clean
-        shared = mc >= 2
+        mc = np.maximum(mem.fmap.a[fr], 1)
+        top = int(mc.max()) + 1
+        # class: 0 anon (incl. KSM), 1 file (clean page cache), 2 shmem
+        cls = (kind == FRAME_FILE).astype(np.int64)
+        cls[kind == FRAME_SHMEM] = 2
+        per = np.bincount(cls * top + mc, minlength=3 * top).reshape(3, top)
+        unit = (PAGE_SIZE << PSS_SHIFT) // np.maximum(np.arange(top, dtype=np.int64), 1)
+        pss_c = [int((per[i] * unit).sum()) for i in range(3)]  # anon, file, shmem
+        one = per[:, 1]  # pages mapped once: private
+        cnt_priv = [int(one[i]) for i in range(3)]
+        cnt_shared = [int(per[i, 2:].sum()) for i in range(3)]
         n = fr.shape[0]
         m.rss = n * PAGE_SIZE
         m.referenced = m.rss
-        m.pss = int(pss.sum())
-        m.pss_dirty = int(pss[dirty].sum())
-        m.pss_anon = int(pss[anon].sum())
-        m.pss_file = int(pss[kind == FRAME_FILE].sum())
-        m.pss_shmem = int(pss[kind == FRAME_SHMEM].sum())
-        m.shared_dirty = int(np.count_nonzero(shared & dirty)) * PAGE_SIZE
-        m.shared_clean = int(np.count_nonzero(shared & ~dirty)) * PAGE_SIZE
-        m.private_dirty = int(np.count_nonzero(~shared & dirty)) * PAGE_SIZE
-        m.private_clean = int(np.count_nonzero(~shared & ~dirty)) * PAGE_SIZE
-        m.anonymous = int(np.count_nonzero(anon)) * PAGE_SIZE
+        m.pss = sum(pss_c)
+        m.pss_dirty = pss_c[0] + pss_c[2]  # written pages; page cache of a private file is clean
+        m.pss_anon = pss_c[0]
+        m.pss_file = pss_c[1]
+        m.pss_shmem = pss_c[2]
+        m.shared_dirty = (cnt_shared[0] + cnt_shared[2]) * PAGE_SIZE
+        m.shared_clean = cnt_shared[1] * PAGE_SIZE
+        m.private_dirty = (cnt_priv[0] + cnt_priv[2]) * PAGE_SIZE
+        m.private_clean = cnt_priv[1] * PAGE_SIZE
+        m.anonymous = (cnt_priv[0] + cnt_shared[0]) * PAGE_SIZE
         m.ksm = int(np.count_nonzero(kind >= 0)) * PAGE_SIZE
         if vma.flags & VM_LOCKED:
             m.locked = m.pss

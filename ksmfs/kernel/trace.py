@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 # Names in the order of include/trace/events/ksm.h; ksm_advisor exists from 6.8.
 KSM_EVENTS = (
@@ -31,7 +32,7 @@ KSM_EVENTS = (
 )
 
 # An event filter: takes (pid, comm, fields) of a record, says whether to keep it.
-EventFilter = Callable[[int, str, dict], bool]
+EventFilter = Callable[[int, str, dict[str, Any]], bool]
 
 
 @dataclass

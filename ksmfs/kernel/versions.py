@@ -9,7 +9,8 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from ksmfs.linux import DEFAULT_VERSION as DEFAULT_VERSION, SUPPORTED_VERSIONS
+from ksmfs.linux import DEFAULT_VERSION as DEFAULT_VERSION
+from ksmfs.linux import SUPPORTED_VERSIONS
 
 from .errors import KsmError
 from .trace import KSM_EVENTS

@@ -13,15 +13,16 @@ import fnmatch
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from ksmfs.kernel.trace import EventFilter, Trigger
-
 from ksmfs.kfs.errors import KsmError, einval
 from ksmfs.kfs.spec import FileSpec
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
+    from ksmfs.kernel.trace import TraceRecord
+    from ksmfs.kernel.versions import KernelProfile
 
 TRACE_SIZE = 0
 RW = 0o640  # tracefs: -rw-r----- [LIVE]
@@ -100,7 +101,7 @@ def format_text(event: str) -> str:
 
 
 # -- %p -------------------------------------------------------------------------------------
-def hash_pointer(value, kind: str = "") -> str:
+def hash_pointer(value: object, kind: str = "") -> str:
     """%p as printed by ptr_to_id() on 64-bit: NULL (None) as 16 zeros, anything else as a
     32-bit hash zero-padded to 16 hex digits.  The kernel uses siphash with a boot-time
     key; a keyed blake2b gives the same shape.  The simulation passes small ids (an mm id,
@@ -118,18 +119,18 @@ def hash_pointer(value, kind: str = "") -> str:
     return f"{int.from_bytes(digest.digest(), 'little'):016x}"
 
 
-def _lu(value) -> int:
+def _lu(value: Any) -> int:
     """%lu: the C unsigned long view of a (possibly negative) Python int."""
     return int(value) & (2**64 - 1)
 
 
-def _d(value) -> int:
+def _d(value: Any) -> int:
     """%d: the C int view (u32 rmap_entries printed with %d wraps like the kernel)."""
     v = int(value) & 0xFFFFFFFF
     return v - (1 << 32) if v >= 1 << 31 else v
 
 
-def event_text(event: str, f: dict) -> str:
+def event_text(event: str, f: dict[str, Any]) -> str:
     """TP_printk() of include/trace/events/ksm.h (the "print fmt" lines above)."""
 
     def p(name: str) -> str:
@@ -165,7 +166,7 @@ def event_text(event: str, f: dict) -> str:
     return " ".join(f"{key}={val}" for key, val in f.items())
 
 
-def render_record(r) -> str:
+def render_record(r: TraceRecord) -> str:
     """One line of `trace` / `trace_pipe` (trace_print_context + print fmt)."""
     ts_ns = getattr(r, "ts_ns", None)
     usecs = int(ts_ns) // 1000 if ts_ns is not None else int(r.ts_ms) * 1000
@@ -469,13 +470,18 @@ def _parse_pred(
             i += 1
         if ch(i) == "\0":
             raise FilterError(errno.EINVAL, "MISSING_QUOTE", pos + i)
-        value = text[at + s0 + 1 : at + i]
+        text_value = text[at + s0 + 1 : at + i]
         i += 1
+        match: Callable[[str], bool]
         if op == "~":
-            match, negate = _glob_pred(value)
+            match, negate = _glob_pred(text_value)
         else:
-            match, negate = (lambda x, v=value: x == v), op == "!="
-        return i, (lambda pid, comm, f: match(comm) != negate)
+            match, negate = (lambda x: x == text_value), op == "!="
+
+        def on_comm(pid: int, comm: str, f: dict[str, Any]) -> bool:
+            return match(comm) != negate
+
+        return i, on_comm
     if c.isdigit() or c == "-":
         if field.string:
             raise FilterError(errno.EINVAL, "EXPECT_STRING", pos + i)
@@ -487,10 +493,10 @@ def _parse_pred(
             i += 1
         if i - s0 >= _NUM_BUF:
             raise FilterError(errno.EINVAL, "OPERAND_TOO_LONG", pos + i)
-        value = _c_int(text[at + s0 : at + i], field.signed)
-        if value is None:
+        number = _c_int(text[at + s0 : at + i], field.signed)
+        if number is None:
             raise FilterError(errno.EINVAL, "ILLEGAL_INTVAL", pos + s0)
-        return i, _numeric_pred(field, op, value)
+        return i, _numeric_pred(field, op, number)
     raise FilterError(errno.EINVAL, "INVALID_VALUE", pos + i)
 
 
@@ -499,26 +505,26 @@ def _numeric_pred(field: _Field, op: str, value: int) -> EventFilter:
     bits = 8 * field.size
     mask = (1 << bits) - 1
 
-    def cast(v: int) -> int:
+    def to_field(v: int) -> int:
         v &= mask
         return v - (1 << bits) if field.signed and v >> (bits - 1) else v
 
-    val = cast(value)
+    val = to_field(value)
     name = field.name
 
-    def get(pid: int, f: dict) -> int:
+    def get(pid: int, f: dict[str, Any]) -> int:
         if name == "common_pid":
-            return cast(pid)
+            return to_field(pid)
         if name in ("CPU", "common_flags", "common_preempt_count"):
             return 0
         if name == "common_type":
-            return cast(f.get("_id", 0))
+            return to_field(f.get("_id", 0))
         v = f.get(name)
-        return cast(int(v) if v is not None else 0)
+        return to_field(int(v) if v is not None else 0)
 
     if op == "&":
         return lambda pid, comm, f: (get(pid, f) & val) != 0
-    compare = {
+    compare: Callable[[int], bool] = {
         "==": lambda a: a == val, "!=": lambda a: a != val, "<": lambda a: a < val,
         "<=": lambda a: a <= val, ">": lambda a: a > val, ">=": lambda a: a >= val,
     }[op]  # fmt: skip
@@ -615,7 +621,7 @@ def _compile(tokens: list[object]) -> EventFilter:
             pos += 1  # ')'
             return inner
         assert callable(tok)
-        return tok  # type: ignore[return-value]
+        return cast(EventFilter, tok)
 
     return expr_or()
 
@@ -785,13 +791,13 @@ def _event_specs(event: str) -> list[FileSpec]:
     return [
         FileSpec("enable", RW, TRACE_SIZE, show_enable, store_enable),
         _filter_specs(event),
-        FileSpec("format", RO, TRACE_SIZE, lambda k, pid=None: fmt, None),
-        FileSpec("id", RO, TRACE_SIZE, lambda k, pid=None: ident, None),
+        FileSpec("format", RO, TRACE_SIZE, lambda k, pid: fmt, None),
+        FileSpec("id", RO, TRACE_SIZE, lambda k, pid: ident, None),
         _trigger_specs(event),
     ]
 
 
-def tree_specs(version) -> list[tuple[tuple[str, ...], list[FileSpec]]]:
+def tree_specs(version: KernelProfile) -> list[tuple[tuple[str, ...], list[FileSpec]]]:
     """(subdirectory of sys/kernel/tracing, rows) pairs, in listing order."""
     top = [
         FileSpec("trace", RW, TRACE_SIZE, show_trace, store_trace, truncate=truncate_trace),

@@ -295,10 +295,11 @@ def _banner(config: MountConfig, sim: Simulation, pid: int, log: Path | None) ->
 # CAP_SYS_ADMIN "mount failed: Operation not permitted", without the device "fuse:
 # device not found").
 def _mount_hint(reason: str) -> str:
-    if "Operation not permitted" in reason or "Permission denied" in reason:
-        if os.geteuid() == 0:
-            return ("; in a container, FUSE needs the capability: run it with "
-                    "--cap-add SYS_ADMIN --device /dev/fuse")
+    if ("Operation not permitted" in reason or "Permission denied" in reason) and (
+        os.geteuid() == 0
+    ):
+        return ("; in a container, FUSE needs the capability: run it with "
+                "--cap-add SYS_ADMIN --device /dev/fuse")
     if "device not found" in reason or "No such device" in reason:
         return "; in a container, pass the device: --device /dev/fuse --cap-add SYS_ADMIN"
     return ""

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ from ksmfs.linux import DEFAULT_VERSION
 if TYPE_CHECKING:
     from ksmfs.fuse.ops import KsmfsOperations
     from ksmfs.kernel import Kernel
+    from ksmfs.kernel.ksm import ScanBatch
     from ksmfs.kfs import Node
 
 log = logging.getLogger(__name__)
@@ -198,15 +200,25 @@ def build_simulation(config: MountConfig) -> Simulation:
 
 # -- ksmd pacing ------------------------------------------------------------------------
 class KsmdPacer:
-    """Runs ``kernel.ksmd_step()`` at the pace ksmd would, ``speed`` times faster.
+    """Runs ksmd's batches at the pace ksmd would, ``speed`` times faster.
 
     The simulated clock follows wall time times ``speed`` (``kernel.advance``), so time
-    also passes while ksmd is idle or asleep.  ksmd sleeps the milliseconds the step
-    returns (``None``: idle until woken).  A store wakes it early the way mm/ksm.c does:
-    writing ``run`` always wakes it (run_store), a changed ``sleep_millisecs`` wakes it
-    (sleep_millisecs_store), and any store wakes an idle ksmd (a new mm registered
-    through a control file: __ksm_enter's wake_up_interruptible).
+    also passes while ksmd is idle or asleep.  After a batch ksmd sleeps
+    ``sleep_millisecs``; when it would not run (run = 0, no mm) it waits to be woken.
+    Who wakes it is the kernel's business (``Ksm.take_wakeups``: run_store and the
+    first __ksm_enter wake the idle wait, sleep_millisecs_store ends a timed sleep if
+    the value changed; run = 1 does not cut a timed sleep short, docs/NOTES.md); the
+    pacer only sleeps and asks.
+
+    A batch runs in slices of a few milliseconds of wall time (``Ksm.scan_slice``, at
+    ksm_do_scan()'s cond_resched() points) and FUSE requests are served between slices,
+    so no reader waits for a whole batch.  Stores wait for the batch to end
+    (``wait_batch``), as they wait for ksm_thread_mutex in mm/ksm.c; the clock does not
+    move inside a batch.
     """
+
+    SLICE_TARGET_S = 0.002  # wall time of one slice the pacer aims at
+    MIN_SLICE_PAGES = 64
 
     def __init__(self, kernel: Kernel, speed: float = 1.0) -> None:
         if not speed > 0 or math.isinf(speed):
@@ -217,15 +229,22 @@ class KsmdPacer:
         self.on_batch: Callable[[], None] | None = None
         self.timeline: Timeline | None = None  # for virtual full scans while ksmd is idle
         self._wake = trio.Event()
-        self._run_written = False
         self._advanced_ms = 0.0
         self.batches = 0
+        self.slices = 0
+        self.slice_pages = 4096  # adapted to SLICE_TARGET_S as slices run
+        self.in_batch = False
+        self._batch_done = trio.Event()
 
     def on_store(self, node: Node, data: bytes) -> None:
-        """``KsmfsOperations`` calls this after every successful store."""
-        if node.path == RUN_PATH:
-            self._run_written = True
+        """``KsmfsOperations`` calls this after every successful store: ksmd looks at
+        the wake-ups the store recorded in the kernel."""
         self._wake.set()
+
+    async def wait_batch(self) -> None:
+        """Return once no batch is running (a store's mutex_lock(&ksm_thread_mutex))."""
+        while self.in_batch:
+            await self._batch_done.wait()
 
     def _sync_clock(self, t0: float) -> None:
         # Simulated ms that should have passed since run() started; the kernel clock
@@ -236,26 +255,51 @@ class KsmdPacer:
             self.kernel.advance(delta)
             self._advanced_ms = target_ms
 
+    async def _run_batch(self, batch: ScanBatch) -> None:
+        k = self.kernel
+        self.in_batch = True
+        try:
+            while True:
+                t = time.perf_counter()
+                done = k.ksm.scan_slice(batch, self.slice_pages)
+                dt = time.perf_counter() - t
+                self.slices += 1
+                if dt > 2 * self.SLICE_TARGET_S:
+                    self.slice_pages = max(self.MIN_SLICE_PAGES, self.slice_pages // 2)
+                elif dt < self.SLICE_TARGET_S / 2:
+                    self.slice_pages = min(1 << 22, self.slice_pages * 2)
+                if done:
+                    return
+                if self.ops is not None:
+                    self.ops.kernel_changed()  # readers see the counters of this moment
+                await trio.lowlevel.checkpoint()  # cond_resched(): serve FUSE requests
+        finally:
+            self.in_batch = False
+            event, self._batch_done = self._batch_done, trio.Event()
+            event.set()
+
     async def run(self) -> None:
         k = self.kernel
         t0 = trio.current_time()
         self._advanced_ms = 0.0
         next_due: int | None = k.now  # ksmd looks at its list right away
-        # The sleep_millisecs that next_due was computed from: a store that changes it
-        # wakes ksmd, even if it landed between the batch and the wait.
+        # The sleep_millisecs the current sleep started with (ksm_iter_wait's condition)
         basis = k.ksm.sleep_millisecs
         while True:
             self._sync_clock(t0)
             if next_due is not None and k.now >= next_due:
-                basis = k.ksm.sleep_millisecs
-                ms = k.ksmd_step()
+                batch = k.ksmd_begin()
+                if batch is not None:
+                    await self._run_batch(batch)
+                # wake-ups while ksmd was not waiting are lost (wake_up on an empty queue)
+                k.ksm.take_wakeups()
                 self.batches += 1
                 if self.on_batch is not None:
                     self.on_batch()  # scenario steps due after a completed full scan
                 if self.ops is not None:
                     self.ops.kernel_changed()
-                next_due = None if ms is None else k.now + int(ms)
-                # One batch at a time: FUSE requests are served between batches.
+                basis = k.ksm.sleep_millisecs
+                next_due = None if batch is None else k.now + int(basis)
                 await trio.lowlevel.checkpoint()
                 continue
             idle_timeline = next_due is None and self.timeline is not None and self.timeline.pending()
@@ -277,9 +321,11 @@ class KsmdPacer:
                 continue
             if self._wake.is_set():
                 self._wake = trio.Event()
-                run_written, self._run_written = self._run_written, False
-                if next_due is None or run_written or k.ksm.sleep_millisecs != basis:
-                    next_due = k.now
+                thread_wakeups, iter_wakeups = k.ksm.take_wakeups()
+                if next_due is None and thread_wakeups:
+                    next_due = k.now  # ksm_thread_wait: ksmd re-checks ksmd_should_run()
+                elif next_due is not None and iter_wakeups and k.ksm.sleep_millisecs != basis:
+                    next_due = k.now  # ksm_iter_wait with a new sleep_millisecs
 
 
 # -- serve ------------------------------------------------------------------------------
@@ -312,7 +358,7 @@ class Server:
         self.stopping = True
         self.ops.close_streams()
         with trio.move_on_after(grace):
-            while self.ops.open_streams:  # noqa: ASYNC110 - released by RELEASE requests
+            while self.ops.open_streams:
                 await trio.sleep(0.01)
         self._terminate()
 
@@ -425,7 +471,8 @@ async def serve(
         pacer.on_batch = sim.timeline.after_batch
         pacer.timeline = sim.timeline
     ops = KsmfsOperations(
-        Tree(kernel), on_store=pacer.on_store, invalidate_entry=_invalidate_entry
+        Tree(kernel), on_store=pacer.on_store, before_store=pacer.wait_batch,
+        invalidate_entry=_invalidate_entry
     )
     pacer.ops = ops
     options = fuse_options(config)

@@ -343,7 +343,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _say("run", f"cannot write {json_path}: {e.strerror}")
             return EXIT_USAGE
         return _fail("run", backend, e)
-    except Exception as e:  # noqa: BLE001 - the backend's reason, as one line
+    except Exception as e:
         return _fail("run", backend, e)
     if json_path not in (None, "-"):
         print(f"wrote {len(snaps)} snapshots (one per line) to {json_path}", file=sys.stderr)
@@ -372,7 +372,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
             runs[backend] = _run_backend(scenario, backend, lambda s: None, progress)
         except (KeyboardInterrupt, ModuleNotFoundError, BrokenPipeError):
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             return _fail("diff", backend, e)
         finally:
             progress.done()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from ksmfs.kernel.versions import WRITABLE_SYSFS_ORDER
 from ksmfs.linux import (  # noqa: F401 - re-exported for the scenario backends
@@ -25,7 +25,6 @@ from ksmfs.linux import (  # noqa: F401 - re-exported for the scenario backends
     PAGE_SIZE,
     PR_SET_MEMORY_MERGE,
 )
-
 
 # The sources of a fill segment (contract table "SOURCE").
 SegmentSource = Literal["zero", "unique", "value", "pool"]
@@ -218,7 +217,7 @@ class Spawn:
     kind: Literal["spawn"] = "spawn"
 
 
-Action = Union[Write, Madvise, Fork, Munmap, MergeAny, Sysfs, Exit, Spawn]
+Action = Write | Madvise | Fork | Munmap | MergeAny | Sysfs | Exit | Spawn
 ACTION_KEYS: tuple[str, ...] = ("write", "madvise", "fork", "munmap", "merge_any", "sysfs",
                                 "exit", "spawn")
 

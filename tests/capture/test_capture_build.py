@@ -45,7 +45,7 @@ def make_capture(merge_any: bool, nproc: int = 3) -> Capture:
         def add(start: int, npages: int, flags: list[str], name: str | None,
                 pages: list[tuple[int, int, int]]) -> None:
             nonlocal first
-            vmas.append(CVma(start, start + npages * 4096, flags, name, 0, first, len(pages)))
+            vmas.append(CVma(start, start + npages * 4096, flags, name, 0, first, len(pages)))  # noqa: B023 - called in this iteration
             for off, kind, c in pages:
                 offs.append(off)
                 kinds.append(kind)
@@ -201,7 +201,7 @@ def test_fork_shared_frames_converge_to_what_many_more_scans_give() -> None:
     a = ref.mmap(parent, 8, addr=BASE)
     ref.write(parent, a, np.arange(30, 38, dtype=np.uint64))
     ref.prctl(parent, PR_SET_MEMORY_MERGE, 1)
-    child = ref.fork(parent)
+    ref.fork(parent)
     other = ref.spawn("other")
     b = ref.mmap(other, 4, addr=BASE)
     ref.write(other, b, np.arange(30, 34, dtype=np.uint64))
@@ -227,3 +227,14 @@ def test_fork_shared_frames_converge_to_what_many_more_scans_give() -> None:
     got = res.final["ksm"]
     assert (got["pages_shared"], got["pages_sharing"]) == want[:2]
     assert got["pages_sharing"] > 0
+
+
+def test_scan_time_advisor_runs_batch_by_batch() -> None:
+    """With advisor_mode scan-time the advisor sets pages_to_scan, so the estimate runs
+    ksmd's real batches; it must reach the same merged state as without the advisor."""
+    cap = make_capture(True)
+    plain = run(build(cap, "as-is", {"pages_to_scan": 5000}))
+    adv = run(build(cap, "as-is", {"advisor_mode": "scan-time", "pages_to_scan": 100}))
+    assert adv.final["ksm"]["pages_sharing"] == \
+        plain.final["ksm"]["pages_sharing"] > 0
+    assert adv.converged

@@ -57,7 +57,7 @@ def pages_at(cap: Capture, addr: int, n: int) -> tuple[np.ndarray, np.ndarray, n
 def test_capture_sees_kinds_equality_and_volatile_pages(
     worker: tuple[subprocess.Popen[bytes], Path, dict[str, int]]
 ) -> None:
-    p, f, at = worker
+    p, _f, at = worker
     cap = capture([p.pid], watch=0.5)
     k, same, _ = pages_at(cap, at["same"], 64)
     assert (k == KIND_ANON).all() and len(set(same.tolist())) == 64 and 0 not in same

@@ -9,11 +9,11 @@ from pathlib import Path
 from e2e_support import mounted, run, wait_until
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "capture"))
-from test_capture_build import make_capture  # noqa: E402
+from test_capture_build import make_capture
 
-from ksmfs.capture.build import build  # noqa: E402
-from ksmfs.capture.estimate import run as run_estimate  # noqa: E402
-from ksmfs.capture.format import load  # noqa: E402
+from ksmfs.capture.build import build
+from ksmfs.capture.estimate import run as run_estimate
+from ksmfs.capture.format import load
 
 
 def test_mount_a_capture(mountpoint: Path, tmp_path: Path) -> None:

@@ -222,7 +222,8 @@ def test_echo_2_unmerges_before_the_write_returns(tmp_path):
             m.control(f"spawn vm{i} pages=256 fill=cycle:256 mergeable")
         assert wait_until(lambda: m.ksm_value("pages_sharing") >= 500, 30)
         r = run(f"echo 2 > {m.ksm}/run && cat {m.ksm}/pages_shared {m.ksm}/pages_sharing "
-                f"{m.ksm}/run && grep -h merging {m.path}/proc/*/ksm_stat")
+                f"{m.ksm}/run && {{ grep -h merging {m.path}/proc/*/ksm_stat 2>/dev/null; true; }}")
+        # (the demo timeline's qemu-vm-3 may exit between the glob and the open)
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         assert lines[:3] == ["0", "0", "2"]

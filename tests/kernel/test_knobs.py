@@ -6,7 +6,6 @@ import errno
 import os
 
 import pytest
-
 from ksm_cases import INVALID_WRITES
 
 from ksmfs.kernel import Kernel, KsmError, knobs

@@ -121,7 +121,7 @@ def test_trace_lines_match_the_real_kernel(paced: PacedKsm, tmp_path: Path, name
                 f"scan {k}: counts differ: real {dict(counts(r))} mount {dict(counts(m))}"
             )
         elif r != m:
-            i = next(i for i, (a, b) in enumerate(zip(r, m)) if a != b)
+            i = next(i for i, (a, b) in enumerate(zip(r, m, strict=False)) if a != b)
             problems.append(f"scan {k}: line {i} differs: real {r[i]} mount {m[i]}")
     seen = {(line[0], line[1]) for scan in real_scans for line in scan}
     missing = expected - seen

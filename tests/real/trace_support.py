@@ -30,12 +30,7 @@ import numpy as np
 import pytest
 
 from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE
-from ksmfs.scenario.realkernel import (
-    Ksmd,
-    KsmSysfs,
-    Pacer,
-    Worker,
-)
+from ksmfs.scenario.realkernel import Ksmd, KsmSysfs, Pacer, Worker
 
 TRACEFS = Path("/sys/kernel/tracing")
 PACE_PAGES = 4294967295
@@ -248,6 +243,7 @@ class MountSide:
         self.comm = comm
         self.pids: dict[str, int] = {}
         self.canon = Canon({os.getpid(): "writer"})
+        self._trigger = 0
 
     def _write(self, path: Path, text: str) -> None:
         outcome = write_file(path, text.encode())
@@ -290,6 +286,11 @@ class MountSide:
 
     def full_scan(self, timeout: float = 60.0) -> None:
         before = (self.ksm / "full_scans").read_text()
+        # The trigger of the real pacer (realkernel.Pacer): run=1 wakes only the untimed
+        # wait (run_store), so a new sleep_millisecs first ends ksmd's timed sleep
+        # (sleep_millisecs_store); three values, so that it differs from the last two.
+        self._trigger = (self._trigger + 1) % 3
+        self.knob("sleep_millisecs", PACE_SLEEP + self._trigger)
         self.knob("run", 1)
         deadline = time.monotonic() + timeout
         while (self.ksm / "full_scans").read_text() == before:

@@ -88,9 +88,10 @@ async def test_idle_ksmd_sleeps_until_a_store_wakes_it(autojump_clock):
         nursery.cancel_scope.cancel()
 
 
-async def test_changed_sleep_millisecs_and_run_writes_wake_ksmd_early(autojump_clock):
-    """A long sleep is cut short by a changed sleep_millisecs or any write to run, not
-    by other stores (sleep_millisecs_store, run_store)."""
+async def test_changed_sleep_millisecs_wakes_ksmd_early(autojump_clock):
+    """A long sleep is cut short by a changed sleep_millisecs (sleep_millisecs_store wakes
+    ksm_iter_wait), not by other stores; run = 1 wakes only an idle ksmd (run_store wakes
+    ksm_thread_wait), so it does not cut a sleep short (docs/NOTES.md, live 6.18)."""
     k = merging_kernel()
     knobs.store(k, "sleep_millisecs", b"100000\n")
     pacer = KsmdPacer(k)
@@ -106,9 +107,10 @@ async def test_changed_sleep_millisecs_and_run_writes_wake_ksmd_early(autojump_c
         pacer.on_store(node(k, "sys", "kernel", "mm", "ksm", "sleep_millisecs"), b"")
         await trio.sleep(1)
         assert pacer.batches == 2
+        knobs.store(k, "run", b"1\n")
         pacer.on_store(node(k, *RUN), b"1\n")
         await trio.sleep(1)
-        assert pacer.batches == 3
+        assert pacer.batches == 2
         nursery.cancel_scope.cancel()
 
 
@@ -226,7 +228,7 @@ async def test_mount_timeline_agrees_with_ksmfs_run(name, autojump_clock):
                 break
         nursery.cancel_scope.cancel()
     assert len(seen) >= scenario.max_full_scans
-    for k, (got, want) in enumerate(zip(seen, expected[1:]), start=1):
+    for k, (got, want) in enumerate(zip(seen, expected[1:], strict=False), start=1):
         assert got == want, f"{name}: snapshot {k} differs"
 
 

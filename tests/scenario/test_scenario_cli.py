@@ -139,7 +139,7 @@ def _fake_real(monkeypatch: pytest.MonkeyPatch, tweak: object = None) -> None:
     may touch): the sim run, optionally altered, so that the diff printing is tested."""
     from ksmfs.scenario.sim import run_sim
 
-    def run_real(scenario, on_snapshot, progress=None):  # noqa: ANN001, ANN202
+    def run_real(scenario, on_snapshot, progress=None):
         snaps = run_sim(scenario, lambda s: None)
         if callable(tweak):
             tweak(snaps)
