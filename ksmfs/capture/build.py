@@ -208,8 +208,9 @@ def apply_knobs(k: Kernel, knobs: dict[str, int | str]) -> None:
         try:
             sysfs.store(k, name, f"{knobs[name]}\n".encode())
         except KsmError as e:
-            raise BuildError(f"{name}={knobs[name]}: refused by the kernel "
-                             f"({errno.errorcode.get(e.errno, e.errno)}: {e})") from None
+            why = e.message.removeprefix(f"{name}: ")  # the store's message names the file
+            raise BuildError(f"{name}={knobs[name]}: refused by the kernel: {why} "
+                             f"({errno.errorcode.get(e.errno, e.errno)})") from None
 
 
 def kernel_for_mount(path: str, assume: str, version: str) -> tuple[Kernel, str]:

@@ -161,23 +161,28 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     knobs: dict[str, Any] = dict(machine if machine is not None else cap.knobs)
     knobs = {n: v for n, v in knobs.items() if n in KNOB_ORDER}
     knobs.update(sets)
+    if args.plot and not Path(args.plot).resolve().parent.is_dir():
+        # checked before the run, as --json is by opening it
+        _err("estimate", f"cannot write {args.plot}: no directory {Path(args.plot).parent}")
+        return EXIT_USAGE
+    try:
+        snaps_out: IO[str] | None = (
+            open(args.json, "w", encoding="utf-8") if args.json else None  # noqa: SIM115 - closed in the finally
+        )
+    except OSError as e:
+        _err("estimate", f"cannot write {args.json}: {e.strerror or e}")
+        return EXIT_USAGE
     bar = Bar("estimate:")
     try:
         bar.text("building the simulated kernel")
         built = build(cap, args.assume, knobs)
-        snaps_out: IO[str] | None = (
-            open(args.json, "w", encoding="utf-8") if args.json else None  # noqa: SIM115 - closed in the finally
-        )
-        try:
-            def on_snapshot(s: dict[str, Any]) -> None:
-                if snaps_out is not None:
-                    snaps_out.write(json.dumps(s) + "\n")
 
-            res = run(built, on_snapshot, max_full_scans=args.max_full_scans,
-                      progress=lambda n: bar.text(f"full scan {n}"))
-        finally:
+        def on_snapshot(s: dict[str, Any]) -> None:
             if snaps_out is not None:
-                snaps_out.close()
+                snaps_out.write(json.dumps(s) + "\n")
+
+        res = run(built, on_snapshot, max_full_scans=args.max_full_scans,
+                  progress=lambda n: bar.text(f"full scan {n}"))
     except BuildError as e:
         bar.done()
         _err("estimate", str(e))
@@ -190,21 +195,19 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         bar.done()
         _err("estimate", f"cannot write {e.filename}: {e.strerror}")
         return EXIT_FAIL
+    finally:
+        if snaps_out is not None:
+            snaps_out.close()
     bar.done()
     which = "this machine's knobs" if machine is not None else "the knobs recorded in the capture"
     header = f"ksmfs estimate: {source}: {_summary(cap)}; {which}" + (
         f", {', '.join(f'{n}={v}' for n, v in sets.items())} set" if sets else "")
     print(report(built, res, args.assume, header))
+    if args.json:
+        print(f"wrote {len(res.snapshots)} snapshots (one per line) to {args.json}", file=sys.stderr)
     if args.plot:
-        try:
-            from ksmfs import plot
+        from ksmfs.scenario.cli import write_plot
 
-            plot.plot_snapshots(res.snapshots, args.plot, title="ksmfs estimate: " + (
-                Path(args.capture).name if args.capture else "live processes"))
-        except ModuleNotFoundError as e:
-            _err("estimate", f"--plot needs the Python module {e.name!r} (pip install 'ksmfs[plot]')")
-            return EXIT_FAIL
-        except Exception as e:
-            _err("estimate", f"--plot {args.plot}: {' '.join(str(e).split())}")
-            return EXIT_FAIL
+        title = "ksmfs estimate: " + (Path(args.capture).name if args.capture else "live processes")
+        return write_plot("estimate", "plot_snapshots", args.plot, res.snapshots, title=title)
     return EXIT_OK
