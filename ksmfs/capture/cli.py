@@ -61,6 +61,17 @@ def _err(cmd: str, msg: str) -> None:
     print(f"ksmfs {cmd}: {msg}", file=sys.stderr)
 
 
+def _unwritable(path: str) -> str | None:
+    """Why ``path`` cannot be written as a new file, checked before the work that fills it
+    (a capture with --watch, an estimate): None when it looks writable."""
+    p = Path(path)
+    if p.is_dir():
+        return f"cannot write {path}: it is a directory"
+    if not p.resolve().parent.is_dir():
+        return f"cannot write {path}: no directory {p.parent}"
+    return None
+
+
 def _take(cmd: str, args: argparse.Namespace) -> Capture | None:
     from .take import capture
 
@@ -103,6 +114,10 @@ def _summary(cap: Capture) -> str:
 
 def cmd_capture(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
+    problem = _unwritable(args.output)
+    if problem is not None:
+        _err("capture", problem)
+        return EXIT_USAGE
     cap = _take("capture", args)
     if cap is None:
         return EXIT_USAGE
@@ -161,9 +176,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     knobs: dict[str, Any] = dict(machine if machine is not None else cap.knobs)
     knobs = {n: v for n, v in knobs.items() if n in KNOB_ORDER}
     knobs.update(sets)
-    if args.plot and not Path(args.plot).resolve().parent.is_dir():
-        # checked before the run, as --json is by opening it
-        _err("estimate", f"cannot write {args.plot}: no directory {Path(args.plot).parent}")
+    problem = _unwritable(args.plot) if args.plot else None
+    if problem is not None:  # checked before the run, as --json is by opening it
+        _err("estimate", problem)
         return EXIT_USAGE
     try:
         snaps_out: IO[str] | None = (

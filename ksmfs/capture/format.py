@@ -106,15 +106,22 @@ class Capture:
             "skipped": self.skipped,
             "processes": [asdict(p) for p in self.processes],
         }
-        tmp = Path(f"{path}.tmp")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-            z.writestr("capture.json", json.dumps(header, indent=1))
-            for name, dtype in ARRAYS.items():
-                b = io.BytesIO()
-                np.lib.format.write_array(b, np.ascontiguousarray(getattr(self, name), dtype=dtype),
-                                          allow_pickle=False)
-                z.writestr(f"{name}.npy", b.getvalue())
-        tmp.replace(path)
+        # written next to the target and renamed over it: a reader never sees half a file,
+        # and a failed write leaves neither the temporary file nor a broken target
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+                z.writestr("capture.json", json.dumps(header, indent=1))
+                for name, dtype in ARRAYS.items():
+                    b = io.BytesIO()
+                    np.lib.format.write_array(
+                        b, np.ascontiguousarray(getattr(self, name), dtype=dtype), allow_pickle=False)
+                    z.writestr(f"{name}.npy", b.getvalue())
+            tmp.replace(target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def load(path: str | Path) -> Capture:

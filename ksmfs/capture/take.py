@@ -293,7 +293,8 @@ def capture(
                     warn(f"skipped process {pid}: {why}")
                 return got
             except OSError as e:
-                why = "exited" if isinstance(e, (ProcessLookupError, FileNotFoundError)) else (
+                # gone: a pid that never ran is as absent as one that exited
+                why = "not running" if isinstance(e, (ProcessLookupError, FileNotFoundError)) else (
                     e.strerror or str(e)).lower()
                 skipped.append(f"{pid}: {why}")
                 warn(f"skipped process {pid}: {why}")

@@ -238,3 +238,11 @@ def test_scan_time_advisor_runs_batch_by_batch() -> None:
     assert adv.final["ksm"]["pages_sharing"] == \
         plain.final["ksm"]["pages_sharing"] > 0
     assert adv.converged
+
+
+def test_a_failed_save_leaves_no_file(tmp_path: Path) -> None:
+    """Saving over a directory fails with OSError and leaves no temporary file beside it."""
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OSError):
+        make_capture(True).save(tmp_path / "d")
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]

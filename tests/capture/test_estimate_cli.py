@@ -106,3 +106,13 @@ def test_bad_options_are_one_line_and_exit_2_before_any_output(
     assert main(["estimate", "--capture", str(path), *args]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and err.startswith("ksmfs estimate: ") and why in err
+
+
+def test_capture_output_checked_before_the_capture(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ksmfs capture -o` a directory or a path in a missing one: one line, exit 2, and no
+    process is looked at (so no root needed to hear it)."""
+    for out, why in ((tmp_path, "it is a directory"), (tmp_path / "no" / "c.kcap", "no directory")):
+        assert main(["capture", str(os.getpid()), "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"ksmfs capture: cannot write {out}: {why}") and err.count("\n") == 1
