@@ -108,7 +108,8 @@ def _take(cmd: str, args: argparse.Namespace) -> Capture | None:
 
 def _summary(cap: Capture) -> str:
     anon = int((cap.kind == KIND_ANON).sum())
-    return (f"{len(cap.processes)} processes, {anon} anonymous pages "
+    n = len(cap.processes)
+    return (f"{n} process{'es' if n != 1 else ''}, {anon} anonymous pages "
             f"({anon * 4096 / GiB:.2f} GiB), {cap.npages} mapped pages")
 
 
@@ -153,6 +154,9 @@ def current_knobs() -> dict[str, int | str] | None:
 def cmd_estimate(args: argparse.Namespace) -> int:
     from .estimate import report, run
 
+    if args.max_full_scans < 1:
+        _err("estimate", f"--max-full-scans must be at least 1, not {args.max_full_scans}")
+        return EXIT_USAGE
     sets = parse_sets(getattr(args, "set", None))
     if isinstance(sets, str):
         _err("estimate", sets)

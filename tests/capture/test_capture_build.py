@@ -246,3 +246,17 @@ def test_a_failed_save_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         make_capture(True).save(tmp_path / "d")
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_contents_that_merge_nowhere_end_as_pages_unshared() -> None:
+    """Nothing merges, so the counters that converge are the ones of the second full scan
+    (the first only records checksums): every rmap_item unshared, none volatile."""
+    cap = make_capture(True)
+    anon = cap.kind == KIND_ANON
+    cap.content[anon] = 5000 + np.arange(int(anon.sum()), dtype=np.uint64)  # all distinct
+    res = run(build(cap, "as-is"))
+    ksm = res.final["ksm"]
+    items = sum(p["ksm_rmap_items"] for p in res.final["processes"].values())
+    assert ksm["pages_shared"] == ksm["pages_sharing"] == 0
+    assert ksm["pages_volatile"] == 0 and ksm["pages_unshared"] == items > 0
+    assert res.converged and res.converged_at == 2
