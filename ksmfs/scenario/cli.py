@@ -51,7 +51,7 @@ def step_label(step: Step) -> str:
     action = step.action
     if isinstance(action, Sysfs):  # a knob write reads best as itself: run=2
         return " ".join(f"{name}={value}" for name, value in action.values)
-    words = [action.kind]
+    words: list[str] = [action.kind]
     for attr in ("process", "vma"):
         if hasattr(action, attr):
             words.append(str(getattr(action, attr)))

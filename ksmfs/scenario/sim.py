@@ -27,14 +27,16 @@ from typing import Any
 from ksmfs.kernel import Kernel
 from ksmfs.kernel import knobs as _knobs
 from ksmfs.kernel.errors import KsmError
-from ksmfs.linux import DEFAULT_VERSION
-from ksmfs.scenario.contents import Contents
-from ksmfs.scenario.driver import MappedPages, Snapshot, drive
-from ksmfs.scenario.model import (
+from ksmfs.linux import (
+    DEFAULT_VERSION,
     MADV_MERGEABLE,
     MADV_UNMERGEABLE,
     PAGE_SIZE,
     PR_SET_MEMORY_MERGE,
+)
+from ksmfs.scenario.contents import Contents
+from ksmfs.scenario.driver import MappedPages, Snapshot, drive
+from ksmfs.scenario.model import (
     Exit,
     Fork,
     Madvise,
