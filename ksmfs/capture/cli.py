@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ksmfs.kernel import KsmError
+from ksmfs.linux import PAGE_SIZE
 
 from .build import KNOB_ORDER, BuildError, build
 from .format import KIND_ANON, Capture, CaptureError, load
@@ -110,7 +111,7 @@ def _summary(cap: Capture) -> str:
     anon = int((cap.kind == KIND_ANON).sum())
     n = len(cap.processes)
     return (f"{n} process{'es' if n != 1 else ''}, {anon} anonymous pages "
-            f"({anon * 4096 / GiB:.2f} GiB), {cap.npages} mapped pages")
+            f"({anon * PAGE_SIZE / GiB:.2f} GiB), {cap.npages} mapped pages")
 
 
 def cmd_capture(args: argparse.Namespace) -> int:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ksmfs.linux import PAGE_SIZE
+
 FORMAT = "ksmfs-capture"
 VERSION = 1
 
@@ -59,7 +61,7 @@ class CVma:
 
     @property
     def npages(self) -> int:
-        return (self.end - self.start) // 4096
+        return (self.end - self.start) // PAGE_SIZE
 
 
 @dataclass
@@ -98,7 +100,7 @@ class Capture:
         header = {
             "format": FORMAT,
             "version": VERSION,
-            "page_size": 4096,
+            "page_size": PAGE_SIZE,
             "kernel_release": self.kernel_release,
             "knobs": self.knobs,
             "thp_enabled": self.thp_enabled,
@@ -134,6 +136,9 @@ def load(path: str | Path) -> Capture:
             if header.get("version") != VERSION:
                 raise CaptureError(f"{path}: capture format version {header.get('version')} "
                                    f"(this ksmfs reads version {VERSION})")
+            if header.get("page_size") != PAGE_SIZE:
+                raise CaptureError(f"{path}: pages of {header.get('page_size')} bytes "
+                                   f"(the simulated kernel has {PAGE_SIZE}-byte pages)")
             arrays = {}
             for name, dtype in ARRAYS.items():
                 a = np.lib.format.read_array(io.BytesIO(z.read(f"{name}.npy")), allow_pickle=False)

@@ -73,6 +73,7 @@ def _damaged(path: Path, tmp_path: Path) -> dict[str, Path]:
     procs = [dict(p, vmas=[dict(v, vmflags=5) for v in p["vmas"]]) for p in header["processes"]]
     return {
         "version 2": rewrite("v2.kcap", json.dumps(dict(header, version=2))),
+        "pages of 65536 bytes": rewrite("64k.kcap", json.dumps(dict(header, page_size=65536))),
         "not a ksmfs capture": rewrite("list.kcap", "[1, 2]"),
         "vmflags": rewrite("vmflags.kcap", json.dumps(dict(header, processes=procs))),
         "processes": rewrite("procs.kcap", json.dumps(dict(header, processes="x"))),
@@ -80,8 +81,8 @@ def _damaged(path: Path, tmp_path: Path) -> dict[str, Path]:
     }
 
 
-@pytest.mark.parametrize("why", ["version 2", "not a ksmfs capture", "vmflags", "processes",
-                                 "not a readable capture file"])
+@pytest.mark.parametrize("why", ["version 2", "pages of 65536 bytes", "not a ksmfs capture",
+                                 "vmflags", "processes", "not a readable capture file"])
 def test_a_bad_capture_file_is_one_line_and_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], why: str) -> None:
     path = tmp_path / "c.kcap"
