@@ -4,8 +4,8 @@ VmFlags), page kinds, contents (as equality classes) and KSM state.
 ``assume="as-is"``: only what is mergeable now (VMAs with ``mg``, merge_any processes).
 ``assume="merge-any"``: as if every process had called prctl(PR_SET_MEMORY_MERGE, 1) now
 (every KSM-compatible VMA of it; a process that already has merge_any keeps its state,
-since the kernel ignores a second prctl — §9: its ``[stack]`` from before exec stays
-without ``mg``).
+since the kernel ignores a second prctl: its ``[stack]`` from before exec stays without
+``mg``, as measured on the live kernel, docs/NOTES.md "Capture and estimate").
 """
 
 from __future__ import annotations
