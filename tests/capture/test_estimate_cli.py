@@ -85,6 +85,7 @@ def _damaged(path: Path, tmp_path: Path) -> dict[str, Path]:
                                  "vmflags", "processes", "not a readable capture file"])
 def test_a_bad_capture_file_is_one_line_and_exit_2(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], why: str) -> None:
+    """A capture file wrong in one way is refused in one line naming the file and why."""
     path = tmp_path / "c.kcap"
     make_capture(merge_any=False).save(path)
     bad = _damaged(path, tmp_path)[why]
@@ -102,6 +103,7 @@ def test_a_bad_capture_file_is_one_line_and_exit_2(
 ])
 def test_bad_options_are_one_line_and_exit_2_before_any_output(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], why: str) -> None:
+    """A bad --set or an unwritable --json/--plot is refused before any report is printed."""
     path = tmp_path / "c.kcap"
     make_capture(merge_any=False).save(path)
     assert main(["estimate", "--capture", str(path), *args]) == 2
