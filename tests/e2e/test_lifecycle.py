@@ -185,7 +185,7 @@ def test_kill_9_leaves_no_stale_mount(mountpoint, starved):
                 _starve(pid, helper)
             os.kill(pid, signal.SIGKILL)
             # The bound only ends a hung test; fusermount3 decides within milliseconds.
-            assert wait_until(lambda: not pid_alive(helper), 60), "fusermount3 still waits"
+            assert wait_until(lambda h=helper: not pid_alive(h), 60), "fusermount3 still waits"
             assert find_mount(str(mountpoint)) is None, f"stale mount after kill {kill}"
             assert os.listdir(mountpoint) == []
         finally:
