@@ -166,6 +166,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         if args.pids or args.all:
             _err("estimate", "give PIDs, --all or --capture FILE, only one of them")
             return EXIT_USAGE
+        if args.watch is not None:
+            _err("estimate", "--watch goes with PIDs or --all (a capture file was watched "
+                             "when it was taken: ksmfs capture --watch)")
+            return EXIT_USAGE
         try:
             cap: Capture | None = load(args.capture)
         except CaptureError as e:

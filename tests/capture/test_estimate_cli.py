@@ -98,6 +98,8 @@ def test_a_bad_capture_file_is_one_line_and_exit_2(
     (["--set", "pages_to_scan=abc"], "pages_to_scan=abc: refused by the kernel: "),
     (["--set", "pages_to_scan"], "--set wants KNOB=VALUE"),
     (["--set", "run=1"], "--set run: not a writable KSM knob"),
+    (["--watch", "5"], "--watch goes with PIDs or --all"),
+    (["--max-full-scans", "0"], "--max-full-scans must be at least 1"),
     (["--json", "/nonexistent-dir/e.jsonl"], "cannot write /nonexistent-dir/e.jsonl"),
     (["--plot", "/nonexistent-dir/e.png"], "cannot write /nonexistent-dir/e.png"),
 ])
