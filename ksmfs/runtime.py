@@ -225,6 +225,7 @@ class KsmdPacer:
 
     SLICE_TARGET_S = 0.001  # wall time of one slice the pacer aims at
     MIN_SLICE_PAGES = 64
+    MAX_SLICE_PAGES = 16384  # a cheap pass must not grow slices that the next pass finds slow
     BURST_GAP_S = 0.0002  # between slices: wait this long for a reader's next request
     BURST_MAX_S = 0.005  # ... but never longer than this in all
 
@@ -275,7 +276,7 @@ class KsmdPacer:
                 if dt > 2 * self.SLICE_TARGET_S:
                     self.slice_pages = max(self.MIN_SLICE_PAGES, self.slice_pages // 2)
                 elif dt < self.SLICE_TARGET_S / 2:
-                    self.slice_pages = min(1 << 22, self.slice_pages * 2)
+                    self.slice_pages = min(self.MAX_SLICE_PAGES, self.slice_pages * 2)
                 if done:
                     return
                 if self.ops is not None:
