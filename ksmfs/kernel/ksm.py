@@ -1906,7 +1906,9 @@ class Ksm:
         busy = False
         hlists: dict[int, list[int]] | None = None
         for tree in self.stable_tree:
-            for e in list(tree.values()):
+            # in content order, the same however the nodes were made (mm/ksm.c takes the
+            # rbtree's root again and again; docs/NOTES.md)
+            for e in [tree[t] for t in sorted(tree)]:
                 members = [e] if e >= 0 else list(self.chains[-e - 1].dups)
                 for n in members:
                     kfn = int(self.node_kfn.a[n])
