@@ -22,11 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ksmfs import __version__
+from ksmfs.linux import DEFAULT_VERSION, SUPPORTED_VERSIONS
 
-# Kernel versions the simulation knows (ksmfs.kernel.versions); listed here only for --help,
-# the kernel itself rejects an unknown one with EINVAL.
-KERNEL_VERSIONS = ("5.15", "6.1", "6.4", "6.6", "6.8", "6.14", "6.18")
-DEFAULT_KERNEL = "6.18"
+# Kernel versions the simulation knows, for --help (ksmfs.linux loads no numpy); the
+# kernel itself rejects an unknown one with EINVAL.
+KERNEL_VERSIONS = SUPPORTED_VERSIONS
+DEFAULT_KERNEL = DEFAULT_VERSION
 
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
@@ -104,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE_OR_NAME",
         help="start the processes of a scenario (a TOML file or a built-in name)",
     )
+    p.add_argument("--capture", metavar="FILE",
+                   help="the processes of a `ksmfs capture` file instead (KSM on)")
+    p.add_argument("--assume", choices=("as-is", "merge-any"), default="as-is",
+                   help="with --capture: what is mergeable (as for ksmfs estimate)")
     p.add_argument(
         "--kernel",
         metavar="VERSION",

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ksmfs.kernel.versions import SYSFS_ATTR_ORDER, WRITABLE_SYSFS
+from ksmfs.linux import PAGE_SIZE
 
-PAGE_SIZE = 4096
 MIB = 1024 * 1024
 
 # Order of the kernel's ksm_attrs[] array (mm/ksm.c), so the view reads like the source;

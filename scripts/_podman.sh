@@ -87,7 +87,7 @@ podman_base_image() {
         2>/dev/null || true
     cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
     printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$rootfs/etc/pip.conf"
-    tar -C "$rootfs" -c . | podman import --change 'CMD ["bash"]' - "$image" >/dev/null
+    tar -C "$rootfs" -c . | podman import -q --change 'CMD ["bash"]' - "$image" >/dev/null
     rm -rf "$rootfs"
     say "base image $image ready in $((SECONDS - t0)) s"
 }

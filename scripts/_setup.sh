@@ -50,8 +50,10 @@ ksmfs_apt_install() {
     # A fresh machine may have no package lists yet; a failed update (offline mirror) is
     # not fatal as long as the install itself works from the lists already there.
     $sudo apt-get update -q || ksmfs_log "apt-get update failed; trying the install anyway"
-    # -q: one line per package (Get/Unpacking/Setting up), no progress bars in logs.
+    # apt's own lines, one per package as it is set up (the Get/Unpacking lines are
+    # dropped: four lines a package would bury the rest); errors still show on stderr.
     $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" \
+        | { grep --line-buffered -E '^(Fetched|Setting up|E:)' || true; } \
         || ksmfs_die "apt-get install ${missing[*]} failed"
     ksmfs_done "$t0"
 }

@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             mine_ksm = str(mount / "sys/kernel/mm/ksm/pages_sharing")
             mine_stat = str(mount / "proc" / pids[-1] / "ksm_stat")
             cold_s, cold_files = scrape(mount)
-            warm_s, warm_files = min(scrape(mount) for _ in range(3))
+            warm_s, _warm_files = min(scrape(mount) for _ in range(3))
             res = {
                 "mount pages_sharing": latency(mine_ksm, args.iterations),
                 "mount proc/PID/ksm_stat": latency(mine_stat, args.iterations),

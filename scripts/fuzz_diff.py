@@ -71,13 +71,14 @@ class Proc:
         return [v for v, m in self.maps.items() if any(m)]
 
 
-def process(rng: random.Random, name: str, pools: dict[str, int]) -> tuple[str, list[tuple[str, int]]]:
+def process(rng: random.Random, name: str, pools: dict[str, int],
+            scale: int = 1) -> tuple[str, list[tuple[str, int]]]:
     lines = ["[[process]]", f'name = "{name}"']
     if rng.random() < 0.2:
         lines.append("merge_any = true")
     vmas = []
     for j in range(rng.randint(1, 3)):
-        pages = rng.choice([1, 3, 16, 64, 200, 300])
+        pages = rng.choice([1, 3, 16, 64, 200, 300]) * scale
         shared = rng.random() < 0.1
         lines += [
             "[[process.vma]]",
@@ -105,8 +106,9 @@ SYSFS_CHANGES = [("run", 2), ("run", 1), ("run", 0), ("use_zero_pages", 1),
                  ("pages_to_scan", 0), ("pages_to_scan", 100)]
 
 
-def scenario(rng: random.Random, i: int) -> str:
-    pools = {f"p{k}": rng.choice([3, 20, 100]) for k in range(rng.randint(0, 2))}
+def scenario(rng: random.Random, i: int, scale: int = 1) -> str:
+    """Round i; ``scale`` multiplies the sizes of VMAs and pools."""
+    pools = {f"p{k}": rng.choice([3, 20, 100]) * scale for k in range(rng.randint(0, 2))}
     max_full_scans = rng.randint(5, 10)
     out = [f'name = "fuzz-{i}"', f"max_full_scans = {max_full_scans}"]
     ksm = {}
@@ -128,7 +130,7 @@ def scenario(rng: random.Random, i: int) -> str:
         out += [f"{k} = {v}" for k, v in pools.items()]
     alive: dict[str, Proc] = {}
     for p in range(rng.randint(1, 4)):
-        text, vmas = process(rng, f"proc{p}", pools)
+        text, vmas = process(rng, f"proc{p}", pools, scale)
         out.append(text)
         alive[f"proc{p}"] = Proc(vmas)
     names = len(alive)
@@ -181,7 +183,7 @@ def scenario(rng: random.Random, i: int) -> str:
         else:
             name = f"late{names}"
             names += 1
-            pages = rng.choice([16, 64])
+            pages = rng.choice([16, 64]) * scale
             out.append(
                 head + f'[step.spawn]\nname = "{name}"\n'
                 f'[[step.spawn.vma]]\nname = "v0"\npages = {pages}\nmergeable = true\nfill = {fill(rng, pages, pools)}'
@@ -197,6 +199,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sim-only", action="store_true",
                     help="generate and run on the sim only (checks the generator; no root)")
+    ap.add_argument("--scale", type=int, default=1,
+                    help="multiply VMA and pool sizes (bigger trees, chains, more forked pages)")
     ap.add_argument("--kernel-batches", action="store_true",
                     help="let the real ksmd scan pages_to_scan pages per batch (run_real's "
                          "kernel_batches) instead of a whole pass per batch")
@@ -209,7 +213,7 @@ def main() -> int:
     t0 = time.monotonic()
     last = args.first + args.rounds
     for i in range(args.first, last):
-        text = scenario(random.Random(f"{args.seed}:{i}"), i)
+        text = scenario(random.Random(f"{args.seed}:{i}"), i, args.scale)
         path = keep / f"fuzz-{args.seed}-{i}.toml"
         path.write_text(text)
         try:
@@ -236,6 +240,7 @@ def main() -> int:
                 print("   ", d.line())
     steps = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
     mode = " (kernel batches)" if args.kernel_batches else ""
+    mode += f" scale {args.scale}" if args.scale != 1 else ""
     print(f"seed {args.seed}{mode} rounds {args.first}..{last - 1}: {bad} of {args.rounds} scenarios "
           f"differ, {broken} not loadable; {cells} cells compared; steps: {steps}; "
           f"{time.monotonic() - t0:.1f} s")

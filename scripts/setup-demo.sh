@@ -22,8 +22,8 @@ mkdir -p "$MNT" 2>/dev/null || true   # fails harmlessly on a stale mount (ENOTC
 
 if [ -r "$KSM/pages_sharing" ] && grep -qs " $MNT fuse" /proc/self/mounts; then
     ksmfs_log "$MNT is already mounted; keeping it"
-    # The same "try" block as the mount's banner (one source: ksmfs.runtime.try_text).
-    "$KSMFS_VENV/bin/python" -c 'import sys; from ksmfs.runtime import try_text; print(try_text(sys.argv[1]))' "$MNT"
+    # The same "try" block as the mount's banner (one source: ksmfs.runtime.mount.try_text).
+    "$KSMFS_VENV/bin/python" -c 'import sys; from ksmfs.runtime.mount import try_text; print(try_text(sys.argv[1]))' "$MNT"
 else
     # `ksmfs mount` clears a stale mount itself, returns once the file system is up and
     # prints what to try.

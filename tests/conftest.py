@@ -11,9 +11,19 @@ real KSM and no long test runs. Two markers are opt-in:
   test). They run only with ``--run-slow``.
 
 ``.ci/run`` passes both flags.
+
+pytest puts the folder of this file (tests/) on sys.path, so every tier imports the one
+table of answers measured on the live kernel, ksm_cases.py, instead of keeping a copy.
+
+Tests marked ``fuse`` (real mounts) skip, with the reason, where this user cannot mount
+FUSE: no /dev/fuse (a container run without ``--device /dev/fuse``), no fusermount3, or a
+/dev/fuse this user may not open (Debian's is 0600 root: FUSE mounts are for root there).
 """
 
 from __future__ import annotations
+
+import os
+import shutil
 
 import pytest
 
@@ -33,7 +43,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         )
 
 
+def fuse_unusable() -> str | None:
+    """Why this user cannot mount a FUSE file system here (None: it can)."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (in a container: --device /dev/fuse)"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 is missing (apt-get install fuse3)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return f"/dev/fuse is not open to this user (uid {os.getuid()})"
+    return None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = fuse_unusable()
+    if reason is not None:
+        skip = pytest.mark.skip(reason=f"fuse: {reason}")
+        for item in items:
+            if "fuse" in item.keywords:
+                item.add_marker(skip)
     for marker, (flag, what) in OPT_IN.items():
         if config.getoption(flag):
             continue

@@ -279,13 +279,3 @@ def test_help_does_not_import_heavy_modules() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "HEAVY []"
-
-
-def test_cli_kernel_versions_match_the_kernel_profiles() -> None:
-    """cli.py keeps its own copy of the version list (so --help stays light); it must
-    equal the kernel's profiles."""
-    from ksmfs import cli
-    from ksmfs.kernel.versions import DEFAULT_VERSION, SUPPORTED
-
-    assert cli.KERNEL_VERSIONS == SUPPORTED
-    assert cli.DEFAULT_KERNEL == DEFAULT_VERSION

@@ -18,11 +18,11 @@ import numpy as np
 from ksmfs.kernel import MADV_MERGEABLE, MADV_UNMERGEABLE, PR_SET_MEMORY_MERGE, Kernel, KsmError
 from ksmfs.kernel import knobs as sysfs
 from ksmfs.kernel.kernel import INSTALL_ANON, INSTALL_FILE, INSTALL_NONE, INSTALL_SWAP
+from ksmfs.linux import DEFAULT_VERSION, PAGE_SIZE
 
 from .format import KIND_ANON, KIND_FILE, KIND_SWAP, PF_VOLATILE, Capture, CProcess, CVma
-from .procfs import INCOMPATIBLE_VMFLAGS, VMFLAG_BITS
+from .procfs import VMFLAG_BITS
 
-PAGE_SIZE = 4096
 # A VMA is rebuilt as one simulated VMA unless its mapped pages are sparse: then each
 # cluster of pages (gaps of more than GAP pages split them) becomes its own VMA, so a
 # process's huge reservations cost nothing. Empty VMAs larger than EMPTY_MAX are left out.
@@ -60,8 +60,8 @@ class SimProcess:
 class Built:
     kernel: Kernel
     processes: list[SimProcess]
-    # volatile pages: (simulated pid, address) runs to rewrite after every full scan
-    volatile: list[tuple[int, int, int]] = field(default_factory=list)
+    # volatile pages: simulated pid -> addresses to rewrite after every full scan
+    volatile: dict[int, np.ndarray] = field(default_factory=dict)
     nvolatile: int = 0
 
 
@@ -84,7 +84,7 @@ def _clusters(v: CVma, offs: np.ndarray) -> list[tuple[int, int]]:
     starts = np.concatenate(([0], cut))
     ends = np.concatenate((cut, [offs.shape[0]]))
     return [(int(offs[s]), int(offs[e - 1]) - int(offs[s]) + 1)
-            for s, e in zip(starts.tolist(), ends.tolist())]
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
 def tokens_for(cap: Capture, k: Kernel) -> np.ndarray:
@@ -110,7 +110,7 @@ def tokens_for(cap: Capture, k: Kernel) -> np.ndarray:
 
 
 def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | None = None,
-          version: str = "6.18") -> Built:
+          version: str = DEFAULT_VERSION) -> Built:
     if assume not in ASSUME:
         raise BuildError(f"--assume must be one of {', '.join(ASSUME)}, not {assume!r}")
     k = Kernel(version=version)
@@ -121,7 +121,8 @@ def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | Non
     built = Built(k, [])
     for cp in cap.processes:
         comm = (cp.comm or "?").replace("/", "_").replace("\n", " ")
-        pid = k.spawn(comm, uid=cp.uid, cmdline=[comm])
+        pid = k.spawn(comm, uid=cp.uid, cmdline=[comm],
+                      pid=cp.pid if 1 < cp.pid < k.pid_max and cp.pid not in k.tasks else None)
         sp = SimProcess(pid, cp)
         built.processes.append(sp)
         for v in cp.vmas:
@@ -134,7 +135,9 @@ def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | Non
                               prot=prot, hugetlb="ht" in v.vmflags, stack="gd" in v.vmflags,
                               extra_flags=_sim_flags(v.vmflags), addr=v.start + lo * PAGE_SIZE,
                               populate=False)
-                vma = next(x for x in k.tasks[pid].mm.vmas if x.start == addr)
+                mm = k.tasks[pid].mm
+                assert mm is not None  # spawn() gives every task an mm
+                vma = next(x for x in mm.vmas if x.start == addr)
                 vma.pgoff = v.pgoff + lo
                 sel = (offs >= lo) & (offs < lo + npages)
                 idx = v.first + np.flatnonzero(sel)
@@ -151,10 +154,9 @@ def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | Non
                 vol = rel[(cap.pflags[idx] & PF_VOLATILE) != 0]
                 if vol.shape[0]:
                     built.nvolatile += int(vol.shape[0])
-                    cut = np.flatnonzero(np.diff(vol) != 1) + 1
-                    for s, e in zip(np.concatenate(([0], cut)).tolist(),
-                                    np.concatenate((cut, [vol.shape[0]])).tolist()):
-                        built.volatile.append((pid, addr + int(vol[s]) * PAGE_SIZE, e - s))
+                    va = np.uint64(addr) + vol.astype(np.uint64) * np.uint64(PAGE_SIZE)
+                    old = built.volatile.get(pid)
+                    built.volatile[pid] = va if old is None else np.concatenate((old, va))
     # KSM state, process by process in capture (start) order: the order of ksmd's list
     for sp in built.processes:
         _set_ksm_state(k, sp, assume)
@@ -197,11 +199,27 @@ def apply_knobs(k: Kernel, knobs: dict[str, int | str]) -> None:
     unknown = [n for n in knobs if n not in writable and n != "run"]
     if unknown:
         raise BuildError(f"unknown or read-only KSM knob {unknown[0]!r}")
+    advisor = str(knobs.get("advisor_mode", "none")) == "scan-time"
     for name in KNOB_ORDER:
         if name not in knobs or name not in k.version.sysfs_files:
             continue
+        if name == "pages_to_scan" and advisor:
+            continue  # the scan-time advisor owns it (a store is EINVAL meanwhile)
         try:
             sysfs.store(k, name, f"{knobs[name]}\n".encode())
         except KsmError as e:
             raise BuildError(f"{name}={knobs[name]}: refused by the kernel "
                              f"({errno.errorcode.get(e.errno, e.errno)}: {e})") from None
+
+
+def kernel_for_mount(path: str, assume: str, version: str) -> tuple[Kernel, str]:
+    """``ksmfs mount --capture FILE``: the captured processes with the capture's knobs and
+    ksmd running (run = 1). Volatile pages hold unique contents (never merged) but are
+    not rewritten while mounted."""
+    from .format import load
+
+    cap = load(path)
+    knobs = {n: v for n, v in cap.knobs.items() if n in KNOB_ORDER}
+    built = build(cap, assume, knobs, version)
+    sysfs.store(built.kernel, "run", b"1\n")
+    return built.kernel, f"capture {path} ({len(cap.processes)} processes, {assume})"

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from ksmfs.kernel import KsmError
+
 from .build import KNOB_ORDER, BuildError, build
 from .format import KIND_ANON, Capture, CaptureError, load
 
@@ -22,10 +24,10 @@ GiB = 1 << 30
 class Bar:
     """A one-line progress bar on stderr, only when stderr is a terminal."""
 
-    def __init__(self, label: str, stream: IO[str] = sys.stderr) -> None:
+    def __init__(self, label: str, stream: IO[str] | None = None) -> None:
         self.label = label
-        self.stream = stream
-        self.on = stream.isatty()
+        self.stream = stream if stream is not None else sys.stderr
+        self.on = self.stream.isatty()
         self.last = 0.0
         self.shown = False
 
@@ -163,7 +165,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     try:
         bar.text("building the simulated kernel")
         built = build(cap, args.assume, knobs)
-        snaps_out: IO[str] | None = open(args.json, "w", encoding="utf-8") if args.json else None
+        snaps_out: IO[str] | None = (
+            open(args.json, "w", encoding="utf-8") if args.json else None  # noqa: SIM115 - closed in the finally
+        )
         try:
             def on_snapshot(s: dict[str, Any]) -> None:
                 if snaps_out is not None:
@@ -178,6 +182,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         bar.done()
         _err("estimate", str(e))
         return EXIT_USAGE
+    except (KsmError, RuntimeError, ValueError) as e:  # a capture the model cannot hold
+        bar.done()
+        _err("estimate", f"the simulated kernel refused the capture: {' '.join(str(e).split())}")
+        return EXIT_FAIL
     except OSError as e:
         bar.done()
         _err("estimate", f"cannot write {e.filename}: {e.strerror}")
@@ -196,7 +204,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         except ModuleNotFoundError as e:
             _err("estimate", f"--plot needs the Python module {e.name!r} (pip install 'ksmfs[plot]')")
             return EXIT_FAIL
-        except Exception as e:  # noqa: BLE001 - plot errors are one user-facing line
+        except Exception as e:
             _err("estimate", f"--plot {args.plot}: {' '.join(str(e).split())}")
             return EXIT_FAIL
     return EXIT_OK

@@ -17,10 +17,10 @@ from typing import Any
 
 from ksmfs.kernel import knobs as sysfs
 from ksmfs.kernel.ksm import KSMD_NS_PER_PAGE
+from ksmfs.linux import PAGE_SIZE
 
 from .build import Built
 
-PAGE_SIZE = 4096
 MiB = 1 << 20
 FAST_PAGES_TO_SCAN = 1 << 30
 MERGE_COUNTERS = ("pages_shared", "pages_sharing", "ksm_zero_pages")
@@ -76,11 +76,14 @@ def run(
     built: Built,
     on_snapshot: Callable[[Snapshot], None] = lambda s: None,
     max_full_scans: int = 100,
-    stable_for: int = 3,
+    stable_for: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> Result:
     """Full scans until the merge counters and every process's ksm_merging_pages have not
-    changed for ``stable_for`` full scans (or ``max_full_scans``)."""
+    changed for ``stable_for`` full scans (or ``max_full_scans``). The first full scan
+    never counts: it only records checksums (a page merges on its second visit at the
+    earliest), and a page whose merge waits on another's (a frame still shared after
+    fork, found in the stable tree a pass later) changes a counter in the next scan."""
     k = built.kernel
     pts = int(k.ksm.pages_to_scan)
     sleep_ms = int(k.ksm.sleep_millisecs)
@@ -116,8 +119,8 @@ def run(
             k.advance(batches * sleep_ms)
         cpu += scanned * KSMD_NS_PER_PAGE / 1e9
         wall += batches * sleep_ms / 1000 + scanned * KSMD_NS_PER_PAGE / 1e9
-        for pid, addr, cnt in built.volatile:
-            k.write(pid, addr, k.unique_tokens(cnt))
+        for pid, addrs in built.volatile.items():
+            k.write_pages(pid, addrs, k.unique_tokens(addrs.shape[0]))
         s = snapshot(built, n, pts)
         res.snapshots.append(s)
         res.seconds.append(wall)
@@ -125,7 +128,7 @@ def run(
         on_snapshot(s)
         if progress is not None:
             progress(n)
-        if _key(s) == _key(res.snapshots[-2]):
+        if n >= 2 and _key(s) == _key(res.snapshots[-2]):
             same += 1
         else:
             same = 0

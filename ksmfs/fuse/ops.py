@@ -1,8 +1,10 @@
 """The pyfuse3 ``Operations`` of a ksmfs mount, generated from the kfs :class:`Tree`.
 
-Nothing here knows a file name: lookup, attributes, permissions, reads and writes all
-come from the ``Node``/``FileSpec`` rows.  The rules this adapter applies to *every* file
-are written down once, each with its reason (fuse-notes.md, spec §1.1):
+Lookup, attributes, permissions, reads and writes all come from the ``Node``/``FileSpec``
+rows of kfs/table.py; the only names known here are the top directories ``proc`` (procfs
+rules for chmod and new names, PROCFS_TOP) and ``ksmfs`` (a refused command is logged as
+a warning).  The rules this adapter applies to *every* file are written down once, each
+with its reason (fuse-notes.md, spec §1.1):
 
 * **Reads** -- ``open`` renders ``show()`` once and every READ slices that snapshot, like
   sysfs' one page per open file and LXCFS' per-fd buffer.  ``FileInfo(direct_io=True,
@@ -15,7 +17,9 @@ are written down once, each with its reason (fuse-notes.md, spec §1.1):
 * **Permissions** -- the mount uses ``default_permissions``, so the kernel checks
   ``st_mode``/``st_uid`` for everyone but root.  Root bypasses those bits, so ``open``
   itself refuses a write-open of a file without a store (and a read-open of a file
-  without show) with EACCES, as kernfs_fop_open does.
+  without show) with EACCES, as kernfs_fop_open does.  /proc/PID rows with a ptrace
+  check (FileSpec.ptrace) get the caller's uid/gid from the request: EACCES at open
+  (smaps, maps, environ) or at every read (io), as the kernel does.
 * **Namespace changes** -- refused with the errno the live 6.18 kernel gives
   (verified on /sys/kernel/mm/ksm and /proc/1): kernfs (sysfs, and our own ``ksmfs/``
   and root directories) has no create/mkdir/... methods, so the VFS answers EACCES for
@@ -57,14 +61,12 @@ import trio
 
 from ksmfs.kernel.errors import KsmError
 from ksmfs.kfs import ROOT, ROOT_INODE, Caller, Node, TraceReader, Tree, read_stream
+from ksmfs.linux import WRITE_MAX
 
 log = logging.getLogger(__name__)
 
 __all__ = ["GENERATION_XATTR", "WRITE_MAX", "KsmfsOperations"]
 
-# kernfs_fop_write_iter copies at most PAGE_SIZE bytes of one write(2) for the store
-# function; the caller sees a short write and retries the rest (spec §1.1, verified).
-WRITE_MAX = 4096
 
 # Top-level directory whose files follow procfs rules rather than kernfs rules
 # (chmod/chown -> EPERM, creating a name -> ENOENT).  Everything else (sys/, ksmfs/, the

@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import errno
 import itertools
+import zlib
 
 import numpy as np
+
+from ksmfs.linux import (
+    MADV_MERGEABLE,
+    MADV_UNMERGEABLE,
+    PR_GET_MEMORY_MERGE,
+    PR_SET_MEMORY_MERGE,
+)
 
 from .clock import SimClock
 from .errors import KsmError
@@ -48,11 +56,6 @@ from .smaps import SmapsCounts, vma_smaps
 from .trace import TraceBuffer
 from .versions import DEFAULT_VERSION, get_profile
 
-MADV_MERGEABLE = 12
-MADV_UNMERGEABLE = 13
-PR_SET_MEMORY_MERGE = 67
-PR_GET_MEMORY_MERGE = 68
-
 # include/linux/threads.h: the default /proc/sys/kernel/pid_max for up to 32 CPUs, its
 # 64-bit upper bound, and the pids below which allocation never wraps (kernel/pid.c).
 PID_MAX_DEFAULT = 0x8000
@@ -67,6 +70,12 @@ INSTALL_NONE = 0
 INSTALL_ANON = 1
 INSTALL_FILE = 2
 INSTALL_SWAP = 3
+
+
+def _file_id(path: str) -> int:
+    """A number for a mapped file's name, the same in every run (its inode number and page
+    contents derive from it; Python's hash() of a str is salted per process)."""
+    return zlib.crc32(path.encode())
 
 
 class Kernel:
@@ -206,12 +215,17 @@ class Kernel:
         gid: int | None = None,
         cmdline: list[str] | None = None,
         ppid: int = 1,
+        pid: int | None = None,
     ) -> int:
         """A new process with an empty address space (as after exec of a tiny static
-        binary: no heap or stack pages that ksmd could see)."""
+        binary: no heap or stack pages that ksmd could see). ``pid`` asks for that pid
+        (a process rebuilt from a capture keeps its pid): EEXIST when it is taken."""
         if not comm or "\n" in comm or "/" in comm:
             raise KsmError(errno.EINVAL, f"bad process name {comm!r}")
-        pid = self._alloc_pid()
+        if pid is None:
+            pid = self._alloc_pid()
+        elif not 1 < pid < self.pid_max or pid in self.tasks:
+            raise KsmError(errno.EEXIST, f"pid {pid} is taken or not below pid_max")
         t = Task(pid, comm[:15], uid, uid if gid is None else gid, ppid, cmdline or [comm], self.now)
         t.mm = self._new_mm(pid)
         self.tasks[pid] = t
@@ -254,20 +268,6 @@ class Kernel:
         if pmm.registered:
             self.ksm.ksm_enter(cmm, child.pid, child.comm)
         return child.pid
-
-    def exec(self, pid: int, comm: str | None = None, cmdline: list[str] | None = None) -> None:
-        """execve(): a new mm; MMF_VM_MERGE_ANY survives and registers it (ksm_execve)."""
-        t = self.task(pid)
-        old = self._mm(pid)
-        merge_any = old.merge_any
-        self._exit_mm(t)
-        t.mm = self._new_mm(pid)
-        if comm:
-            t.comm = comm[:15]
-        t.cmdline = cmdline or [t.comm]
-        if merge_any:
-            t.mm.merge_any = True
-            self.ksm.ksm_enter(t.mm, pid, t.comm)
 
     def exit(self, pid: int) -> None:
         t = self.task(pid)
@@ -354,7 +354,7 @@ class Kernel:
         base = self._reserve(mm, npages)
         vma = Vma(addr, npages, flags, base, name if name is not None else file, kind=kind)
         if file is not None:
-            vma.dev, vma.inode = (0xFE, 0x00), 1000 + (hash(file) & 0xFFFFF)
+            vma.dev, vma.inode = (0xFE, 0x00), 1000 + (_file_id(file) & 0xFFFFF)
         # 6.16+ ksm_vma_flags(): under MERGE_ANY a new compatible VMA is born mergeable and
         # the mm is (re-)registered
         if mm.merge_any and vma.ksm_compatible:
@@ -365,7 +365,7 @@ class Kernel:
         mm.vmas.sort(key=lambda v: v.start)
         if file is not None and populate:
             # page cache pages of the file are mapped (read) but stay clean and not anon
-            tokens = np.arange(npages, dtype=np.uint64) + np.uint64((hash(file) & 0xFFFF) << 32) + np.uint64(1)
+            tokens = np.arange(npages, dtype=np.uint64) + np.uint64((_file_id(file) & 0xFFFF) << 32) + np.uint64(1)
             frames = self.mem.alloc_frames(tokens, FRAME_FILE)
             self.mem.pte.a[base : base + npages] = frames
         return addr
@@ -500,6 +500,34 @@ class Kernel:
         idx = np.flatnonzero(new)
         mem.pte.a[g0 + idx] = frames
         self.ksm.put_frames(old.astype(np.int32))
+
+    def write_pages(self, pid: int, addrs: np.ndarray, tokens: np.ndarray) -> None:
+        """:meth:`write` of many single pages at scattered addresses (a process that keeps
+        rewriting pages here and there), one VMA lookup for all of them."""
+        mm = self._mm(pid)
+        # user addresses go up to 2^64 ([vsyscall]): unsigned arithmetic throughout
+        addrs = np.asarray(addrs, dtype=np.uint64)
+        tokens = np.asarray(tokens, dtype=np.uint64)
+        if addrs.shape != tokens.shape:
+            raise KsmError(errno.EINVAL, "write_pages: addrs and tokens differ in length")
+        if np.any(addrs % np.uint64(PAGE_SIZE)):
+            raise KsmError(errno.EINVAL, "write_pages: an address is not page aligned")
+        order = np.argsort(addrs, kind="stable")
+        addrs, tokens = addrs[order], tokens[order]
+        starts = np.array([v.start for v in mm.vmas], dtype=np.uint64)
+        ends = np.array([v.end for v in mm.vmas], dtype=np.uint64)
+        vi = np.searchsorted(starts, addrs, side="right") - 1
+        if np.any(vi < 0) or np.any(addrs >= ends[np.maximum(vi, 0)]):
+            raise KsmError(errno.EFAULT, "write_pages: an address is not mapped")
+        for i in np.unique(vi).tolist():
+            v = mm.vmas[i]
+            if not v.flags & VM_WRITE:
+                raise KsmError(errno.EFAULT, f"write_pages: {v.start:#x} is not writable")
+            sel = np.flatnonzero(vi == i)
+            rel = ((addrs[sel] - np.uint64(v.start)) // np.uint64(PAGE_SIZE)).astype(np.int64)
+            cut = np.flatnonzero(np.diff(rel) != 1) + 1
+            for a, b in zip([0, *cut.tolist()], [*cut.tolist(), rel.shape[0]], strict=True):
+                self._write_vma(mm, v, int(rel[a]), tokens[sel[a:b]])
 
     def install_pages(
         self,
@@ -692,7 +720,7 @@ class Kernel:
         order = np.argsort(mapped, kind="stable")
         hit, mapped = hit[order], mapped[order]
         uniq, start, counts = np.unique(mapped, return_index=True, return_counts=True)
-        for fr, s, c in zip(uniq.tolist(), start.tolist(), counts.tolist()):
+        for fr, s, c in zip(uniq.tolist(), start.tolist(), counts.tolist(), strict=True):
             slot = mem.alloc_swap(int(mem.ftoken.a[fr]), c)
             mem.pte.a[hit[s : s + c]] = PTE_SWAP0 - slot
         self.ksm.put_frames(mapped.astype(np.int32))
@@ -808,7 +836,7 @@ __all__ = [
     "MADV_UNMERGEABLE",
     "PR_GET_MEMORY_MERGE",
     "PR_SET_MEMORY_MERGE",
-    "Kernel",
     "VM_DONTEXPAND",
     "VM_HUGETLB",
+    "Kernel",
 ]

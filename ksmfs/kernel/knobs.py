@@ -1,7 +1,7 @@
 """The store functions of /sys/kernel/mm/ksm: written bytes in, the kernel's errno out.
 
 Each function copies its ``*_store`` in mm/ksm.c, parser and error mapping included (spec
-§1.1–1.4, confirmed on the live 6.18 machine). The FUSE adapter and the scenario runner
+§1.1-1.4, confirmed on the live 6.18 machine). The FUSE adapter and the scenario runner
 both call :func:`store`, so a bad value fails the same way everywhere.
 """
 
@@ -11,13 +11,14 @@ import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ksmfs.linux import WRITE_MAX
+
 from .errors import KsmError
 from .versions import WRITABLE_SYSFS
 
 if TYPE_CHECKING:
     from .kernel import Kernel
 
-SYSFS_WRITE_MAX = 4096  # sysfs hands at most one page to ->store()
 U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
 S32_MAX = (1 << 31) - 1
@@ -221,7 +222,7 @@ def store(k: Kernel, name: str, data: bytes) -> int:
         raise KsmError(errno.EACCES, f"{name} is read-only")
     if not data:
         return 0
-    count = min(len(data), SYSFS_WRITE_MAX)
+    count = min(len(data), WRITE_MAX)
     buf = data[:count].split(b"\0", 1)[0]
     try:
         fn(k, buf)
@@ -230,12 +231,3 @@ def store(k: Kernel, name: str, data: bytes) -> int:
         raise
     return count
 
-
-def show(k: Kernel, name: str) -> bytes:
-    """The ``*_show`` functions: what ``cat /sys/kernel/mm/ksm/name`` prints."""
-    if name not in k.version.sysfs_files:
-        raise KsmError(errno.ENOENT, f"{name}: no such file in /sys/kernel/mm/ksm of {k.version.name}")
-    if name == "advisor_mode":
-        return b"[none] scan-time\n" if k.ksm.advisor_mode == "none" else b"none [scan-time]\n"
-    value = k.ksm.stats()[name]
-    return f"{value}\n".encode()

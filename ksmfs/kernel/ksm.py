@@ -284,7 +284,9 @@ class Ksm:
         return bool(self.run & KSM_RUN_MERGE) and bool(self.mm_list)
 
     # ------------------------------------------------------------------ tracing helpers
-    def _emit(self, event: str, pid: int | None = None, comm: str = "ksmd", **fields: object) -> None:
+    def _emit(
+        self, event: str, pid: int | None = None, comm: str = "ksmd", **fields: object
+    ) -> None:
         """Record an event in ``pid``'s context; by default in the context the kernel runs
         in now: the writer of a store (trace.current, e.g. run_store's unmerge) or ksmd."""
         if self.trace.want(event):
@@ -1505,8 +1507,11 @@ class Ksm:
             kpfn = int(self.node_kfn.a[n])
         if self.trace.want("ksm_remove_rmap_item") and ln > 1:
             items = hlist if hlist is not None else self._hlists([n]).get(n, [])
-            for gi in items[:-1]:
-                self._emit("ksm_remove_rmap_item", pfn=kpfn, rmap_item=gi, mm=self._mmid(gi))
+            named = items[:-1]
+            if named:
+                mms = self._mm_by_gpid(np.asarray(named, dtype=np.int64)).tolist()
+                for gi, mi in zip(named, mms):
+                    self._emit("ksm_remove_rmap_item", pfn=kpfn, rmap_item=gi, mm=mi)
         self._emit("ksm_remove_ksm_page", pfn=kpfn)
         kfn = int(self.node_kfn.a[n])
         if kfn >= 0 and self.mem.fnode.a[kfn] == n:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PAGE_SIZE = 4096
+from ksmfs.linux import PAGE_SIZE as PAGE_SIZE
+
 PAGE_SHIFT = 12
 
 # VM_* flags (include/linux/mm.h, 64-bit); VM_MERGEABLE is bit 31.
@@ -57,7 +58,7 @@ class GrowArray:
     """A numpy array that doubles its capacity; untouched capacity costs no RSS because
     numpy's zeroed allocations are lazily committed by the OS."""
 
-    __slots__ = ("a", "n", "fill")
+    __slots__ = ("a", "fill", "n")
 
     def __init__(self, dtype: type | np.dtype, fill: int = 0, capacity: int = 1024) -> None:
         self.fill = fill
@@ -122,15 +123,17 @@ class PhysMem:
         """Pre-size for a workload of ``pages`` pages (benchmarks, big scenarios)."""
         for arr in (self.pte, self.iflags, self.ags, self.ival):
             arr.reserve(arr.n + pages)
-        for arr in (self.ftoken, self.fmap, self.fnode, self.fnid):
-            if arr is not None:
-                arr.reserve(arr.n + pages)
+        frame_arrays: tuple[GrowArray | None, ...] = (self.ftoken, self.fmap, self.fnode, self.fnid)
+        for farr in frame_arrays:
+            if farr is not None:
+                farr.reserve(farr.n + pages)
 
     # -- frames ---------------------------------------------------------------------------
     def nid_of(self, frames: np.ndarray) -> np.ndarray:
         if self.fnid is None:
             return np.zeros(frames.shape[0], dtype=np.uint8)
-        return self.fnid.a[frames]
+        nids: np.ndarray = self.fnid.a[frames]
+        return nids
 
     def _take_free(self, n: int) -> np.ndarray:
         """Up to n free frames, found by scanning fnode from a moving hint. Keeping no free

@@ -111,7 +111,7 @@ class TokenIndex:
         live = (self.keys != EMPTY) & (self.keys != TOMB)
         ks, vs = self.keys[live], self.vals[live]
         self._alloc(bits)
-        for t, v in zip(ks.tolist(), vs.tolist()):
+        for t, v in zip(ks.tolist(), vs.tolist(), strict=True):
             self.set(t, v)
 
     def lookup(self, ts: np.ndarray) -> np.ndarray:
@@ -158,10 +158,10 @@ class StableTree(dict):  # type: ignore[type-arg]
     def add_many(self, ts: np.ndarray, vs: np.ndarray, pos: np.ndarray) -> None:
         """add() of many new keys (none in the tree yet), in the order given."""
         tl = ts.tolist()
-        dict.update(self, zip(tl, vs.tolist()))
+        dict.update(self, zip(tl, vs.tolist(), strict=True))
         self.index.set_many(ts, vs)
         if self.defer is not None:
-            self.defer.extend(zip(pos.tolist(), tl))
+            self.defer.extend(zip(pos.tolist(), tl, strict=True))
         else:
             for t in tl:
                 self.rb.insert(t)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 # Names in the order of include/trace/events/ksm.h; ksm_advisor exists from 6.8.
 KSM_EVENTS = (
@@ -31,7 +32,7 @@ KSM_EVENTS = (
 )
 
 # An event filter: takes (pid, comm, fields) of a record, says whether to keep it.
-EventFilter = Callable[[int, str, dict], bool]
+EventFilter = Callable[[int, str, dict[str, Any]], bool]
 
 
 @dataclass
@@ -41,8 +42,7 @@ class Trigger:
     ``command``: traceon, traceoff, stacktrace, enable_event or disable_event; ``target``:
     the event an enable_event/disable_event trigger switches; ``count``: how many more
     times it may act (-1: unlimited); ``condition``: the ``if FILTER`` part, evaluated on
-    the record (None: the trigger acts before the record is written, as the kernel calls
-    unconditional triggers from trace_trigger_soft_disabled())."""
+    the record (None: always).  Every trigger acts after its event's record is written."""
 
     command: str
     count: int = -1
@@ -103,22 +103,22 @@ class TraceBuffer:
 
     def emit(self, ts_ns: int, pid: int, comm: str, event: str, **fields: int | str | None) -> None:
         triggers = self.triggers.get(event)
-        if triggers:
-            for t in triggers:
-                if t.condition is None:
-                    self._fire(t)
         if self.tracing_on and event in self.enabled:
             keep = self.filters.get(event)
             if keep is None or keep(pid, comm, fields):
                 self._seq += 1
                 self.records.append(TraceRecord(self._seq, ts_ns, pid, comm, event, fields))
                 if len(self.records) > self.limit:
-                    drop = len(self.records) - self.limit
+                    # like the ring buffer, which overwrites a whole page of events at a
+                    # time, drop a block (1/16 of the ring): one list shift per block
+                    drop = max(len(self.records) - self.limit, self.limit // 16)
                     del self.records[:drop]
                     self.overrun += drop
+        # triggers act after the record is written [live 6.18: the ksm_start_scan line of
+        # an unconditional traceoff trigger is in the buffer]
         if triggers:
             for t in triggers:
-                if t.condition is not None and t.condition(pid, comm, fields):
+                if t.condition is None or t.condition(pid, comm, fields):
                     self._fire(t)
 
     def _fire(self, t: Trigger) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
+from ksmfs.linux import DEFAULT_VERSION as DEFAULT_VERSION
+from ksmfs.linux import SUPPORTED_VERSIONS
+
 from .errors import KsmError
 from .trace import KSM_EVENTS
 
@@ -61,8 +64,7 @@ WRITABLE_SYSFS = frozenset(WRITABLE_SYSFS_ORDER)
 # Every attribute any supported release has, in ksm_attrs[] order.
 SYSFS_ATTR_ORDER: tuple[str, ...] = tuple(name for name, _ in _ALL_SYSFS)
 
-SUPPORTED = ("5.15", "6.1", "6.4", "6.6", "6.8", "6.14", "6.18")
-DEFAULT_VERSION = "6.18"
+SUPPORTED = SUPPORTED_VERSIONS
 
 
 @dataclass(frozen=True)

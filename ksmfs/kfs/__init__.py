@@ -15,12 +15,12 @@ from ksmfs.kfs.tracefs import TraceReader, read_stream
 from ksmfs.kfs.tree import PID_BASE, ROOT_INODE, Node, Tree
 
 __all__ = [
-    "ROOT",
-    "Caller",
     "DIR_MODE",
     "PID_BASE",
     "PID_DIR_MODE",
+    "ROOT",
     "ROOT_INODE",
+    "Caller",
     "FileSpec",
     "Node",
     "RenderContext",

@@ -21,14 +21,13 @@ import numpy as np
 from ksmfs.kfs.errors import KsmError, einval
 from ksmfs.kfs.smaps import vma_header
 from ksmfs.kfs.spec import FileSpec, RenderContext
+from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE, PAGE_SIZE, PR_SET_MEMORY_MERGE
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
+    from ksmfs.kernel.mm import Task, Vma
+    from ksmfs.kernel.versions import KernelProfile
 
-PAGE_SIZE = 4096
-MADV_MERGEABLE = 12
-MADV_UNMERGEABLE = 13
-PR_SET_MEMORY_MERGE = 67
 
 README = """\
 ksmfs control directory
@@ -85,7 +84,7 @@ def _int(text: str, what: str, *, minimum: int = 0) -> int:
     return value
 
 
-def _task(k: Kernel, text: str):
+def _task(k: Kernel, text: str) -> tuple[int, Task]:
     pid = _int(text, "PID", minimum=1)
     task = k.tasks.get(pid)
     if task is None:
@@ -93,7 +92,7 @@ def _task(k: Kernel, text: str):
     return pid, task
 
 
-def _vma(k: Kernel, task, text: str):
+def _vma(k: Kernel, task: Task, text: str) -> Vma:
     if task.mm is None:
         raise einval(f"pid {task.pid} has no address space")
     vmas = task.mm.vmas
@@ -109,7 +108,7 @@ def _vma(k: Kernel, task, text: str):
     return vmas[index]
 
 
-def _range(vma, first_text: str | None, count_text: str | None) -> tuple[int, int]:
+def _range(vma: Vma, first_text: str | None, count_text: str | None) -> tuple[int, int]:
     """(addr, npages) of pages FIRST..FIRST+COUNT-1 of the VMA (all of it by default)."""
     if first_text is None:
         return vma.start, vma.npages
@@ -142,7 +141,7 @@ def tokens(k: Kernel, source: str, count: int) -> np.ndarray:
     raise einval(f"unknown SOURCE {source!r} (zero, unique, value:K, cycle:K)")
 
 
-def _options(words: list[str], flags: set[str], keys: set[str]) -> tuple[set[str], dict]:
+def _options(words: list[str], flags: set[str], keys: set[str]) -> tuple[set[str], dict[str, str]]:
     seen: set[str] = set()
     values: dict[str, str] = {}
     for word in words:
@@ -164,7 +163,7 @@ def _nargs(cmd: str, args: list[str], low: int, high: int, usage: str) -> None:
 
 
 # -- commands --------------------------------------------------------------------------------
-def _map_and_fill(k: Kernel, pid: int, npages: int, flags: set[str], opts: dict) -> str:
+def _map_and_fill(k: Kernel, pid: int, npages: int, flags: set[str], opts: dict[str, str]) -> str:
     addr = k.mmap(pid, npages, shared="shared" in flags, name=opts.get("name"))
     source = opts.get("fill", "zero")
     k.write(pid, addr, tokens(k, source, npages))
@@ -374,7 +373,7 @@ def _store_action(verb: str, ctx: RenderContext) -> Callable[[Kernel, int | None
     return store
 
 
-def file_specs(version, ctx: RenderContext) -> list[FileSpec]:
+def file_specs(version: KernelProfile, ctx: RenderContext) -> list[FileSpec]:
     """README, control, last, processes and one write-only file per command; the
     stores keep the last result in ``ctx`` for ksmfs/last."""
     specs = [

@@ -11,16 +11,19 @@ from __future__ import annotations
 import errno
 import re
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ksmfs.kernel.mm import VM_EXEC
 from ksmfs.kfs import smaps as _smaps
 from ksmfs.kfs.errors import KsmError
-from ksmfs.kfs.spec import Caller, FileSpec, RenderContext
+from ksmfs.kfs.spec import Caller, FileSpec, RenderContext, ShowFn, StoreFn
+from ksmfs.linux import PAGE_SIZE
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
+    from ksmfs.kernel.mm import MM, Task
+    from ksmfs.kernel.versions import KernelProfile
 
-PAGE_SIZE = 4096
 USER_HZ = 100  # clock ticks of /proc/<pid>/stat and /proc/stat (sysconf(_SC_CLK_TCK))
 NR_CPUS = 2  # the reference machine has 2 CPUs (spec §0.2)
 PROC_SIZE = 0  # procfs files report st_size 0
@@ -142,30 +145,7 @@ def show_version(k: Kernel, pid: int | None = None) -> bytes:
 
 
 # /proc/vmstat names in the live 6.18 order (up to the KSM counters and the swap ones).
-VMSTAT_NAMES = (
-    "nr_free_pages nr_free_pages_blocks nr_zone_inactive_anon nr_zone_active_anon "
-    "nr_zone_inactive_file nr_zone_active_file nr_zone_unevictable nr_zone_write_pending "
-    "nr_mlock nr_zspages nr_free_cma numa_hit numa_miss numa_foreign numa_interleave "
-    "numa_local numa_other nr_inactive_anon nr_active_anon nr_inactive_file nr_active_file "
-    "nr_unevictable nr_slab_reclaimable nr_slab_unreclaimable nr_isolated_anon "
-    "nr_isolated_file workingset_nodes workingset_refault_anon workingset_refault_file "
-    "workingset_activate_anon workingset_activate_file workingset_restore_anon "
-    "workingset_restore_file workingset_nodereclaim nr_anon_pages nr_mapped nr_file_pages "
-    "nr_dirty nr_writeback nr_shmem nr_shmem_hugepages nr_shmem_pmdmapped nr_file_hugepages "
-    "nr_file_pmdmapped nr_anon_transparent_hugepages nr_vmscan_write nr_vmscan_immediate_reclaim "
-    "nr_dirtied nr_written nr_throttled_written nr_kernel_misc_reclaimable "
-    "nr_foll_pin_acquired nr_foll_pin_released nr_kernel_stack nr_page_table_pages "
-    "nr_sec_page_table_pages nr_swapcached pgpromote_success pgpromote_candidate "
-    "nr_hugetlb nr_dirty_threshold nr_dirty_background_threshold "
-    "pgpgin pgpgout pswpin pswpout pgalloc_dma pgalloc_dma32 pgalloc_normal pgalloc_movable "
-    "pgfree pgactivate pgdeactivate pglazyfree pgfault pgmajfault pglazyfreed pgrefill "
-    "pgreuse pgsteal_kswapd pgsteal_direct pgscan_kswapd pgscan_direct pgscan_direct_throttle "
-    "pgscan_anon pgscan_file pgsteal_anon pgsteal_file pginodesteal slabs_scanned "
-    "kswapd_inodesteal kswapd_low_wmark_hit_quickly kswapd_high_wmark_hit_quickly "
-    "pageoutrun pgrotated drop_pagecache drop_slab oom_kill "
-    "thp_fault_alloc thp_fault_fallback thp_split_page thp_zero_page_alloc "
-    "swap_ra swap_ra_hit ksm_swpin_copy cow_ksm zswpin zswpout"
-).split()
+VMSTAT_NAMES = ["nr_free_pages", "nr_free_pages_blocks", "nr_zone_inactive_anon", "nr_zone_active_anon", "nr_zone_inactive_file", "nr_zone_active_file", "nr_zone_unevictable", "nr_zone_write_pending", "nr_mlock", "nr_zspages", "nr_free_cma", "numa_hit", "numa_miss", "numa_foreign", "numa_interleave", "numa_local", "numa_other", "nr_inactive_anon", "nr_active_anon", "nr_inactive_file", "nr_active_file", "nr_unevictable", "nr_slab_reclaimable", "nr_slab_unreclaimable", "nr_isolated_anon", "nr_isolated_file", "workingset_nodes", "workingset_refault_anon", "workingset_refault_file", "workingset_activate_anon", "workingset_activate_file", "workingset_restore_anon", "workingset_restore_file", "workingset_nodereclaim", "nr_anon_pages", "nr_mapped", "nr_file_pages", "nr_dirty", "nr_writeback", "nr_shmem", "nr_shmem_hugepages", "nr_shmem_pmdmapped", "nr_file_hugepages", "nr_file_pmdmapped", "nr_anon_transparent_hugepages", "nr_vmscan_write", "nr_vmscan_immediate_reclaim", "nr_dirtied", "nr_written", "nr_throttled_written", "nr_kernel_misc_reclaimable", "nr_foll_pin_acquired", "nr_foll_pin_released", "nr_kernel_stack", "nr_page_table_pages", "nr_sec_page_table_pages", "nr_swapcached", "pgpromote_success", "pgpromote_candidate", "nr_hugetlb", "nr_dirty_threshold", "nr_dirty_background_threshold", "pgpgin", "pgpgout", "pswpin", "pswpout", "pgalloc_dma", "pgalloc_dma32", "pgalloc_normal", "pgalloc_movable", "pgfree", "pgactivate", "pgdeactivate", "pglazyfree", "pgfault", "pgmajfault", "pglazyfreed", "pgrefill", "pgreuse", "pgsteal_kswapd", "pgsteal_direct", "pgscan_kswapd", "pgscan_direct", "pgscan_direct_throttle", "pgscan_anon", "pgscan_file", "pgsteal_anon", "pgsteal_file", "pginodesteal", "slabs_scanned", "kswapd_inodesteal", "kswapd_low_wmark_hit_quickly", "kswapd_high_wmark_hit_quickly", "pageoutrun", "pgrotated", "drop_pagecache", "drop_slab", "oom_kill", "thp_fault_alloc", "thp_fault_fallback", "thp_split_page", "thp_zero_page_alloc", "swap_ra", "swap_ra_hit", "ksm_swpin_copy", "cow_ksm", "zswpin", "zswpout"]
 
 
 def show_vmstat(k: Kernel, pid: int | None = None) -> bytes:
@@ -195,7 +175,7 @@ def show_loadavg(k: Kernel, pid: int | None = None) -> bytes:
     return f"0.00 0.00 0.00 {running}/{len(k.tasks)} {k.last_pid}\n".encode()
 
 
-def global_specs(version, ctx: RenderContext) -> list[FileSpec]:
+def global_specs(version: KernelProfile, ctx: RenderContext) -> list[FileSpec]:
     return [
         FileSpec("loadavg", 0o444, PROC_SIZE, show_loadavg, None),
         FileSpec("meminfo", 0o444, PROC_SIZE, show_meminfo, None),
@@ -252,7 +232,7 @@ def store_pid_max(k: Kernel, pid: int | None, data: bytes) -> int:
     return consumed
 
 
-def sysctl_kernel_specs(version) -> list[FileSpec]:
+def sysctl_kernel_specs(version: KernelProfile) -> list[FileSpec]:
     """/proc/sys/kernel: only pid_max (0644 root, as on the live machine)."""
     return [FileSpec("pid_max", 0o644, PROC_SIZE, show_pid_max, store_pid_max)]
 
@@ -272,11 +252,10 @@ STATE_NAMES = {
 PF_KTHREAD = 0x00200000
 PF_RANDOMIZE = 0x00400000
 PF_NOFREEZE = 0x00008000
-PF_FORKNOEXEC = 0x00000040
 
 
-def _task(k: Kernel, pid: int):
-    task = k.tasks.get(pid)
+def _task(k: Kernel, pid: int | None) -> Task:
+    task = None if pid is None else k.tasks.get(pid)
     if task is None:
         # The task exited between lookup and read: like /proc, "No such process".
         raise KsmError(errno.ESRCH, f"no such process {pid}")
@@ -291,16 +270,16 @@ def _rss(mem: dict[str, int]) -> int:
     return mem["rss_anon"] + mem["rss_file"] + mem["rss_shmem"]
 
 
-def _code_range(task) -> tuple[int, int]:
+def _code_range(mm: MM) -> tuple[int, int]:
     # mm->start_code/end_code: the first executable file mapping, if there is one.
-    for v in task.mm.vmas:
-        if int(v.flags) & _smaps.VM_EXEC and (v.name or "").startswith("/"):
+    for v in mm.vmas:
+        if int(v.flags) & VM_EXEC and (v.name or "").startswith("/"):
             return v.start, v.end
     return 0, 0
 
 
-def _stack_start(task) -> int:
-    for v in task.mm.vmas:
+def _stack_start(mm: MM) -> int:
+    for v in mm.vmas:
         if v.name == "[stack]":
             return v.end - 4096
     return 0
@@ -338,10 +317,10 @@ def show_pid_stat(k: Kernel, pid: int | None, *, permitted: bool = True) -> byte
     vsize = rss = 0
     start_code = end_code = start_stack = 0
     if mm is not None:
-        mem = _mem(k, pid)
+        mem = _mem(k, task.pid)
         vsize, rss = mem["total_vm"] * PAGE_SIZE, _rss(mem)
-        start_code, end_code = _code_range(task) if permitted else (1, 1)
-        start_stack = _stack_start(task) if permitted else 0
+        start_code, end_code = _code_range(mm) if permitted else (1, 1)
+        start_stack = _stack_start(mm) if permitted else 0
     fields = [
         pid,  # (1) pid
         f"({task.comm})",  # (2) comm
@@ -378,16 +357,16 @@ def show_pid_statm(k: Kernel, pid: int | None) -> bytes:
     task = _task(k, pid)
     if task.mm is None:
         return b"0 0 0 0 0 0 0\n"
-    mem = _mem(k, pid)
+    mem = _mem(k, task.pid)
     shared = mem["rss_file"] + mem["rss_shmem"]
     data = mem["data_vm"] + mem["stack_vm"]
     return f"{mem['total_vm']} {_rss(mem)} {shared} 0 0 {data} 0\n".encode()
 
 
-def _pte_kb(task) -> int:
+def _pte_kb(mm: MM) -> int:
     # mm_pgtables_bytes(): one 4 KiB PTE page per 2 MiB of address space touched.
-    pmds = set()
-    for v in task.mm.vmas:
+    pmds: set[int] = set()
+    for v in mm.vmas:
         pmds.update(range(v.start >> 21, ((v.end - 1) >> 21) + 1))
     return 4 * len(pmds)
 
@@ -418,7 +397,7 @@ def show_pid_status(k: Kernel, pid: int | None) -> bytes:
         f"Kthread:\t{1 if kthread else 0}",
     ]
     if task.mm is not None:
-        mem = _mem(k, pid)
+        mem = _mem(k, task.pid)
         kb = PAGE_SIZE // 1024
 
         def vm(label: str, pages: int) -> str:
@@ -439,7 +418,7 @@ def show_pid_status(k: Kernel, pid: int | None) -> bytes:
             vm("VmStk:", mem["stack_vm"]),
             vm("VmExe:", 0),  # no start_code/end_code in the simulation: exec_vm is "lib"
             vm("VmLib:", mem["exec_vm"]),
-            f"VmPTE:\t{_pte_kb(task):>8} kB",
+            f"VmPTE:\t{_pte_kb(task.mm):>8} kB",
             vm("VmSwap:", mem["swap"]),
             f"HugetlbPages:\t{0:>8} kB",
             "CoreDumping:\t0",
@@ -498,13 +477,11 @@ def store_pid_comm(k: Kernel, pid: int | None, data: bytes) -> int:
 
 
 def show_pid_maps(k: Kernel, pid: int | None) -> bytes:
-    _task(k, pid)
-    return _smaps.render_maps(k, pid)
+    return _smaps.render_maps(k, _task(k, pid).pid)
 
 
 def show_pid_smaps(k: Kernel, pid: int | None) -> bytes:
-    _task(k, pid)
-    return _smaps.render_smaps(k, pid)
+    return _smaps.render_smaps(k, _task(k, pid).pid)
 
 
 def show_pid_smaps_rollup(k: Kernel, pid: int | None) -> bytes:
@@ -512,7 +489,7 @@ def show_pid_smaps_rollup(k: Kernel, pid: int | None) -> bytes:
     if task.mm is None:
         # proc_maps_open/smaps_rollup_open: no mm -> ESRCH [LIVE: cat /proc/2/smaps_rollup]
         raise KsmError(errno.ESRCH, f"pid {pid} has no mm")
-    return _smaps.render_smaps_rollup(k, pid)
+    return _smaps.render_smaps_rollup(k, task.pid)
 
 
 def show_pid_ksm_merging_pages(k: Kernel, pid: int | None) -> bytes:
@@ -523,7 +500,7 @@ def show_pid_ksm_merging_pages(k: Kernel, pid: int | None) -> bytes:
     return b"%d\n" % int(task.mm.ksm_merging_pages)
 
 
-def _yes_no(value) -> str:
+def _yes_no(value: object) -> str:
     if isinstance(value, str):
         return value
     return "yes" if value else "no"
@@ -531,8 +508,7 @@ def _yes_no(value) -> str:
 
 def show_pid_ksm_stat(k: Kernel, pid: int | None) -> bytes:
     """proc_pid_ksm_stat(): the version's lines; the last two use "name: yes/no"."""
-    _task(k, pid)
-    stat = k.ksm_stat(pid)
+    stat = k.ksm_stat(_task(k, pid).pid)
     if stat is None:
         return b""
     out = []
@@ -637,11 +613,13 @@ def show_pid_environ(k: Kernel, pid: int | None) -> bytes:
     return b""
 
 
-def pid_specs(version) -> list[FileSpec]:
+def pid_specs(version: KernelProfile) -> list[FileSpec]:
     """The files of /proc/<pid>/ and /proc/<pid>/task/<tid>/ (the same ones here: a
     simulated task has one thread), in tgid_base_stuff order; all owned by the task."""
 
-    def row(name: str, mode: int, show, store=None, **kw) -> FileSpec:
+    def row(
+        name: str, mode: int, show: ShowFn, store: StoreFn | None = None, **kw: Any
+    ) -> FileSpec:
         return FileSpec(name, mode, PROC_SIZE, show, store, owner="task", **kw)
 
     rows = [

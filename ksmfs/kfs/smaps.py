@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ksmfs.kernel.mm import FRAME_FILE, VM_EXEC, VM_HUGETLB, VM_MAYSHARE, VM_READ, VM_WRITE
+from ksmfs.kernel.mm import FRAME_FILE, VM_EXEC, VM_HUGETLB, VM_MAYSHARE, VM_READ, VM_WRITE, Vma
+from ksmfs.kernel.smaps import SmapsCounts
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
@@ -39,9 +40,9 @@ def version_tuple(name: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-def vma_name(vma) -> str | None:
+def vma_name(vma: Vma) -> str | None:
     """The name column: a file path or a [bracketed] name as is, else ``[anon:<name>]``."""
-    name = getattr(vma, "name", None)
+    name: str | None = vma.name
     if not name:
         return None
     if name.startswith(("/", "[")):
@@ -49,7 +50,7 @@ def vma_name(vma) -> str | None:
     return f"[anon:{name}]"
 
 
-def _is_file(vma) -> bool:
+def _is_file(vma: Vma) -> bool:
     return (
         getattr(vma, "kind", None) == FRAME_FILE
         or bool(getattr(vma, "inode", 0))
@@ -62,7 +63,7 @@ def vm_flags_line(flags: int) -> str:
     return "VmFlags: " + "".join(f"{m} " for bit, m in VM_MNEMONICS.items() if flags >> bit & 1)
 
 
-def header_line(start: int, end: int, flags: int, offset: int, dev, inode: int,
+def header_line(start: int, end: int, flags: int, offset: int, dev: tuple[int, int] | None, inode: int,
                 name: str | None) -> str:
     """show_vma_header_prefix() + seq_pad + name, without the newline."""
     perms = (
@@ -78,7 +79,7 @@ def header_line(start: int, end: int, flags: int, offset: int, dev, inode: int,
     return line
 
 
-def vma_header(vma) -> str:
+def vma_header(vma: Vma) -> str:
     # Anonymous VMAs print offset 0 and 00:00 0 whatever vm_pgoff holds.
     is_file = _is_file(vma)
     offset = (int(getattr(vma, "pgoff", 0) or 0) << PAGE_SHIFT) if is_file else 0
@@ -96,7 +97,7 @@ def _pss_kb(label: str, value: int) -> str:
     return _kb(label, int(value) >> PSS_SHIFT)
 
 
-def smap_fields(c, *, rollup: bool, has_ksm: bool, has_pss_dirty: bool = True) -> str:
+def smap_fields(c: SmapsCounts, *, rollup: bool, has_ksm: bool, has_pss_dirty: bool = True) -> str:
     """__show_smap(): the field lines shared by smaps and smaps_rollup."""
     out = [_kb("Rss:", c.rss), _pss_kb("Pss:", c.pss)]
     if has_pss_dirty:
@@ -137,7 +138,7 @@ def _features(k: Kernel) -> tuple[bool, bool]:
     return bool(v.has_smaps_ksm), version_tuple(v.name) >= (6, 0)  # Pss_Dirty: 6.0
 
 
-def render_smap_block(vma, counts, *, has_ksm: bool, has_pss_dirty: bool = True,
+def render_smap_block(vma: Vma, counts: SmapsCounts, *, has_ksm: bool, has_pss_dirty: bool = True,
                       protection_key: bool = SHOW_PROTECTION_KEY) -> str:
     """One VMA of /proc/<pid>/smaps (show_smap)."""
     page_kb = 2048 if int(vma.flags) & VM_HUGETLB else 4
@@ -156,7 +157,7 @@ def render_smap_block(vma, counts, *, has_ksm: bool, has_pss_dirty: bool = True,
     return "".join(out)
 
 
-def _thp_eligible(vma) -> bool:
+def _thp_eligible(vma: Vma) -> bool:
     # transparent_hugepage=madvise (spec §0.2): only VM_HUGEPAGE anon VMAs of >= 2 MiB.
     VM_HUGEPAGE = 0x20000000
     flags = int(vma.flags)
@@ -194,9 +195,7 @@ def render_smaps_rollup(k: Kernel, pid: int) -> bytes:
     return (head + "\n" + body).encode()
 
 
-def _zero_counts(k: Kernel):
-    from ksmfs.kernel.smaps import SmapsCounts
-
+def _zero_counts(k: Kernel) -> SmapsCounts:
     return SmapsCounts()
 
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ksmfs.kernel.versions import WRITABLE_SYSFS
-from ksmfs.kfs.spec import FileSpec
+from ksmfs.kfs.spec import FileSpec, ShowFn, StoreFn
+from ksmfs.linux import WRITE_MAX
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
+    from ksmfs.kernel.versions import KernelProfile
 
 # Attributes made with __ATTR_RW (mode 0644); every other one is __ATTR_RO (0444).
 WRITABLE = WRITABLE_SYSFS
 SYSFS_SIZE = 4096  # kernfs reports PAGE_SIZE as st_size for every attribute [LIVE]
-WRITE_MAX = 4096  # kernfs hands at most PAGE_SIZE bytes of a write to the store function
 
 
 # Printed with %u (unsigned int variables in mm/ksm.c); the rest are %lu unless signed.
@@ -61,7 +62,7 @@ def show_value(k: Kernel, name: str) -> bytes:
     )
 
 
-def _show(name: str):
+def _show(name: str) -> ShowFn:
     def show(k: Kernel, pid: int | None) -> bytes:
         return show_value(k, name)
 
@@ -69,7 +70,7 @@ def _show(name: str):
     return show
 
 
-def _store(name: str):
+def _store(name: str) -> StoreFn:
     def store(k: Kernel, pid: int | None, data: bytes) -> int:
         if not data:  # kernfs: a zero-length write never reaches the store function
             return 0
@@ -81,7 +82,7 @@ def _store(name: str):
     return store
 
 
-def file_specs(version) -> list[FileSpec]:
+def file_specs(version: KernelProfile) -> list[FileSpec]:
     """Rows in the kernel's attribute-array order (version.sysfs_files)."""
     out = []
     for name in version.sysfs_files:

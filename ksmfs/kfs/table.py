@@ -50,7 +50,7 @@ def _files(directory: tuple[str, ...], specs: list[FileSpec]) -> list[Row]:
 
 def _tracing(version: KernelProfile) -> list[Row]:
     out = [_dir(*TRACING, mode=0o555)]
-    seen = {TRACING}
+    seen: set[tuple[str, ...]] = {TRACING}
     for sub, specs in tracefs.tree_specs(version):
         for i in range(1, len(sub) + 1):  # events, events/ksm, events/ksm/<event>
             if (*TRACING, *sub[:i]) not in seen:

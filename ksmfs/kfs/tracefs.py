@@ -13,15 +13,16 @@ import fnmatch
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-from ksmfs.kernel.trace import Trigger
-
+from ksmfs.kernel.trace import EventFilter, Trigger
 from ksmfs.kfs.errors import KsmError, einval
 from ksmfs.kfs.spec import FileSpec
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
+    from ksmfs.kernel.trace import TraceRecord
+    from ksmfs.kernel.versions import KernelProfile
 
 TRACE_SIZE = 0
 RW = 0o640  # tracefs: -rw-r----- [LIVE]
@@ -100,7 +101,7 @@ def format_text(event: str) -> str:
 
 
 # -- %p -------------------------------------------------------------------------------------
-def hash_pointer(value, kind: str = "") -> str:
+def hash_pointer(value: object, kind: str = "") -> str:
     """%p as printed by ptr_to_id() on 64-bit: NULL (None) as 16 zeros, anything else as a
     32-bit hash zero-padded to 16 hex digits.  The kernel uses siphash with a boot-time
     key; a keyed blake2b gives the same shape.  The simulation passes small ids (an mm id,
@@ -118,18 +119,18 @@ def hash_pointer(value, kind: str = "") -> str:
     return f"{int.from_bytes(digest.digest(), 'little'):016x}"
 
 
-def _lu(value) -> int:
+def _lu(value: Any) -> int:
     """%lu: the C unsigned long view of a (possibly negative) Python int."""
     return int(value) & (2**64 - 1)
 
 
-def _d(value) -> int:
+def _d(value: Any) -> int:
     """%d: the C int view (u32 rmap_entries printed with %d wraps like the kernel)."""
     v = int(value) & 0xFFFFFFFF
     return v - (1 << 32) if v >= 1 << 31 else v
 
 
-def event_text(event: str, f: dict) -> str:
+def event_text(event: str, f: dict[str, Any]) -> str:
     """TP_printk() of include/trace/events/ksm.h (the "print fmt" lines above)."""
 
     def p(name: str) -> str:
@@ -165,7 +166,7 @@ def event_text(event: str, f: dict) -> str:
     return " ".join(f"{key}={val}" for key, val in f.items())
 
 
-def render_record(r) -> str:
+def render_record(r: TraceRecord) -> str:
     """One line of `trace` / `trace_pipe` (trace_print_context + print fmt)."""
     ts_ns = getattr(r, "ts_ns", None)
     usecs = int(ts_ns) // 1000 if ts_ns is not None else int(r.ts_ms) * 1000
@@ -275,9 +276,18 @@ def _events(k: Kernel) -> list[str]:
     return [e for e in k.version.trace_events if e in EVENT_IDS]
 
 
+def _soft_mode(k: Kernel, event: str) -> bool:
+    """EVENT_FILE_FL_SOFT_MODE: an event with triggers, or the target of an
+    enable_event/disable_event trigger, keeps its tracepoint on while not enabled."""
+    if event in k.trace.triggers:
+        return True
+    return any(t.target == event for ts in k.trace.triggers.values() for t in ts)
+
+
 def show_system_enable(k: Kernel, pid: int | None = None) -> bytes:
-    """system_enable_read(): 0 none, 1 all, X mixed."""
-    states = {e in k.trace.enabled for e in _events(k)}
+    """system_enable_read(): 0 none, 1 all, X mixed -- of EVENT_FILE_FL_ENABLED, which
+    soft mode sets too [live: one trigger on ksm_start_scan makes it X]."""
+    states = {e in k.trace.enabled or _soft_mode(k, e) for e in _events(k)}
     if states == {True}:
         return b"1\n"
     if states == {False} or not states:
@@ -309,7 +319,7 @@ def store_system_enable(k: Kernel, pid: int | None, data: bytes) -> int:
 # The parser follows predicate_parse() / parse_pred() step by step, because the error text
 # the filter file shows afterwards points with a caret at the position the kernel reached.
 FILT_ERRORS = {
-    "INVALID_OP": "Illegal operation for field type",
+    "INVALID_OP": "Invalid operator",
     "TOO_MANY_OPEN": "Too many '('",
     "TOO_MANY_CLOSE": "Too few '('",
     "MISSING_QUOTE": "Missing matching quote",
@@ -420,7 +430,9 @@ def _glob_pred(pattern: str) -> tuple[Callable[[str], bool], bool]:
     return (lambda s: s == body), negate
 
 
-def _parse_pred(text: str, at: int, pos: int, fields: dict[str, _Field]):
+def _parse_pred(
+    text: str, at: int, pos: int, fields: dict[str, _Field]
+) -> tuple[int, EventFilter]:
     """parse_pred() on text[at:]; returns (chars consumed, predicate function)."""
     n = len(text)
 
@@ -458,13 +470,18 @@ def _parse_pred(text: str, at: int, pos: int, fields: dict[str, _Field]):
             i += 1
         if ch(i) == "\0":
             raise FilterError(errno.EINVAL, "MISSING_QUOTE", pos + i)
-        value = text[at + s0 + 1 : at + i]
+        text_value = text[at + s0 + 1 : at + i]
         i += 1
+        match: Callable[[str], bool]
         if op == "~":
-            match, negate = _glob_pred(value)
+            match, negate = _glob_pred(text_value)
         else:
-            match, negate = (lambda x, v=value: x == v), op == "!="
-        return i, (lambda pid, comm, f: match(comm) != negate)
+            match, negate = (lambda x: x == text_value), op == "!="
+
+        def on_comm(pid: int, comm: str, f: dict[str, Any]) -> bool:
+            return match(comm) != negate
+
+        return i, on_comm
     if c.isdigit() or c == "-":
         if field.string:
             raise FilterError(errno.EINVAL, "EXPECT_STRING", pos + i)
@@ -476,45 +493,45 @@ def _parse_pred(text: str, at: int, pos: int, fields: dict[str, _Field]):
             i += 1
         if i - s0 >= _NUM_BUF:
             raise FilterError(errno.EINVAL, "OPERAND_TOO_LONG", pos + i)
-        value = _c_int(text[at + s0 : at + i], field.signed)
-        if value is None:
+        number = _c_int(text[at + s0 : at + i], field.signed)
+        if number is None:
             raise FilterError(errno.EINVAL, "ILLEGAL_INTVAL", pos + s0)
-        return i, _numeric_pred(field, op, value)
+        return i, _numeric_pred(field, op, number)
     raise FilterError(errno.EINVAL, "INVALID_VALUE", pos + i)
 
 
-def _numeric_pred(field: _Field, op: str, value: int) -> Callable[[int, str, dict], bool]:
+def _numeric_pred(field: _Field, op: str, value: int) -> EventFilter:
     """filter_pred_<OP>_<type>(): both sides cast to the field's C type."""
     bits = 8 * field.size
     mask = (1 << bits) - 1
 
-    def cast(v: int) -> int:
+    def to_field(v: int) -> int:
         v &= mask
         return v - (1 << bits) if field.signed and v >> (bits - 1) else v
 
-    val = cast(value)
+    val = to_field(value)
     name = field.name
 
-    def get(pid: int, f: dict) -> int:
+    def get(pid: int, f: dict[str, Any]) -> int:
         if name == "common_pid":
-            return cast(pid)
+            return to_field(pid)
         if name in ("CPU", "common_flags", "common_preempt_count"):
             return 0
         if name == "common_type":
-            return cast(f.get("_id", 0))
+            return to_field(f.get("_id", 0))
         v = f.get(name)
-        return cast(int(v) if v is not None else 0)
+        return to_field(int(v) if v is not None else 0)
 
     if op == "&":
         return lambda pid, comm, f: (get(pid, f) & val) != 0
-    compare = {
+    compare: Callable[[int], bool] = {
         "==": lambda a: a == val, "!=": lambda a: a != val, "<": lambda a: a < val,
         "<=": lambda a: a <= val, ">": lambda a: a > val, ">=": lambda a: a >= val,
     }[op]  # fmt: skip
     return lambda pid, comm, f: compare(get(pid, f))
 
 
-def parse_filter(event: str, text: str) -> Callable[[int, str, dict], bool]:
+def parse_filter(event: str, text: str) -> EventFilter:
     """predicate_parse(): the filter string (already stripped) of ``event`` as a function
     of (pid, comm, fields); raises FilterError.  '&&' binds tighter than '||'."""
     if not text:
@@ -557,23 +574,24 @@ def parse_filter(event: str, text: str) -> Callable[[int, str, dict], bool]:
             if c != ")":
                 raise FilterError(errno.EPERM, "TOO_MANY_PREDS", nxt)
             if depth == 0:
-                raise FilterError(errno.EPERM, "TOO_MANY_CLOSE", ptr)
+                raise FilterError(errno.EPERM, "TOO_MANY_CLOSE", nxt)
             depth -= 1
             out.append(")")
         if c == "\0":
             break
     if depth:
-        raise FilterError(errno.EPERM, "TOO_MANY_OPEN", ptr)
+        # live 6.18: ENOENT, the caret at the start
+        raise FilterError(errno.ENOENT, "TOO_MANY_OPEN", 0)
     if not any(callable(t) for t in out):
         raise FilterError(errno.EINVAL)
     return _compile(out)
 
 
-def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
+def _compile(tokens: list[object]) -> EventFilter:
     """The token list as one function (precedence: ! over && over ||)."""
     pos = 0
 
-    def expr_or():
+    def expr_or() -> EventFilter:
         nonlocal pos
         terms = [expr_and()]
         while pos < len(tokens) and tokens[pos] == "||":
@@ -582,7 +600,7 @@ def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
                 terms.append(expr_and())
         return terms[0] if len(terms) == 1 else (lambda p, c, f: any(t(p, c, f) for t in terms))
 
-    def expr_and():
+    def expr_and() -> EventFilter:
         nonlocal pos
         terms = [unary()]
         while pos < len(tokens) and tokens[pos] == "&&":
@@ -591,7 +609,7 @@ def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
                 terms.append(unary())
         return terms[0] if len(terms) == 1 else (lambda p, c, f: all(t(p, c, f) for t in terms))
 
-    def unary():
+    def unary() -> EventFilter:
         nonlocal pos
         tok = tokens[pos]
         pos += 1
@@ -602,7 +620,8 @@ def _compile(tokens: list[object]) -> Callable[[int, str, dict], bool]:
             inner = expr_or()
             pos += 1  # ')'
             return inner
-        return tok
+        assert callable(tok)
+        return cast(EventFilter, tok)
 
     return expr_or()
 
@@ -663,7 +682,8 @@ def _filter_specs(event: str) -> FileSpec:
         try:
             _apply_filter(k, event, _filter_arg(data))
         except FilterError as e:
-            raise KsmError(e.errno, f"events/ksm/{event}/filter: {e.text(_filter_arg(data))!r}") from None
+            shown = e.text(_filter_arg(data))
+            raise KsmError(e.errno, f"events/ksm/{event}/filter: {shown!r}") from None
         return len(data)
 
     return FileSpec("filter", RW, TRACE_SIZE, show, store)
@@ -737,10 +757,13 @@ def _trigger_specs(event: str) -> FileSpec:
         remove, trig = _parse_trigger(k, event, text)
         current = k.trace.triggers.get(event, [])
         if remove:
-            left = [t for t in current if not (t.command == trig.command and t.target == trig.target)]
+            left = [t for t in current
+                    if not (t.command == trig.command and t.target == trig.target)]
         else:
             if any(_same_kind(t, trig) for t in current):
-                raise KsmError(errno.EEXIST, f"events/ksm/{event}/trigger: {trig.command} is already set")
+                raise KsmError(
+                    errno.EEXIST, f"events/ksm/{event}/trigger: {trig.command} is already set"
+                )
             left = [trig, *current]
         if left:
             k.trace.triggers[event] = left
@@ -753,7 +776,9 @@ def _trigger_specs(event: str) -> FileSpec:
 
 def _event_specs(event: str) -> list[FileSpec]:
     def show_enable(k: Kernel, pid: int | None = None) -> bytes:
-        return b"1\n" if event in k.trace.enabled else b"0\n"
+        # event_enable_read(): "1" when recording, "*" appended in soft mode
+        text = "1" if event in k.trace.enabled else "0"
+        return (text + ("*" if _soft_mode(k, event) else "") + "\n").encode()
 
     def store_enable(k: Kernel, pid: int | None, data: bytes) -> int:
         if not data:
@@ -766,13 +791,13 @@ def _event_specs(event: str) -> list[FileSpec]:
     return [
         FileSpec("enable", RW, TRACE_SIZE, show_enable, store_enable),
         _filter_specs(event),
-        FileSpec("format", RO, TRACE_SIZE, lambda k, pid=None: fmt, None),
-        FileSpec("id", RO, TRACE_SIZE, lambda k, pid=None: ident, None),
+        FileSpec("format", RO, TRACE_SIZE, lambda k, pid: fmt, None),
+        FileSpec("id", RO, TRACE_SIZE, lambda k, pid: ident, None),
         _trigger_specs(event),
     ]
 
 
-def tree_specs(version) -> list[tuple[tuple[str, ...], list[FileSpec]]]:
+def tree_specs(version: KernelProfile) -> list[tuple[tuple[str, ...], list[FileSpec]]]:
     """(subdirectory of sys/kernel/tracing, rows) pairs, in listing order."""
     top = [
         FileSpec("trace", RW, TRACE_SIZE, show_trace, store_trace, truncate=truncate_trace),

@@ -12,10 +12,9 @@ Inode numbers are *derived*, never allocated, so the adapter keeps no inode tabl
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-
-import errno
 
 from ksmfs.kernel import KsmError
 from ksmfs.kfs import table
@@ -120,11 +119,6 @@ class Tree:
             self._pid_children[rel] = []
         self._pid_rows.append(row)
 
-    @property
-    def pid_specs(self) -> tuple[FileSpec, ...]:
-        """The files directly in proc/<pid>/, in listing order."""
-        return tuple(r.spec for r in self._pid_rows if len(r.path) == 3 and r.spec is not None)
-
     # -- per-pid nodes ------------------------------------------------------------------
     @staticmethod
     def pid_dir_inode(pid: int) -> int:
@@ -213,20 +207,27 @@ class Tree:
         ptrace access (proc_mem_open).  The mode bits are the VFS's business (FUSE
         default_permissions), not checked here."""
         spec = node.spec
-        if spec is not None and spec.ptrace == "open" and node.pid is not None:
-            if not ptrace_may_access(self.kernel, node.pid, caller):
-                raise KsmError(errno.EACCES, f"/{'/'.join(node.path)}: ptrace access denied")
+        if (
+            spec is not None
+            and spec.ptrace == "open"
+            and node.pid is not None
+            and not ptrace_may_access(self.kernel, node.pid, caller)
+        ):
+            raise KsmError(errno.EACCES, f"/{'/'.join(node.path)}: ptrace access denied")
 
     def render(self, node: Node, caller: Caller = ROOT) -> bytes:
         """The content ``caller`` reads from file ``node`` (after :meth:`check_open`)."""
         spec = node.spec
         if spec is None or spec.show is None:
             raise KsmError(errno.EACCES, f"/{'/'.join(node.path)} cannot be read")
-        if node.pid is not None and (spec.ptrace == "read" or spec.show_unpermitted):
-            if not ptrace_may_access(self.kernel, node.pid, caller):
-                if spec.show_unpermitted is not None:
-                    return spec.show_unpermitted(self.kernel, node.pid)
-                raise KsmError(errno.EACCES, f"/{'/'.join(node.path)}: ptrace access denied")
+        if (
+            node.pid is not None
+            and (spec.ptrace == "read" or spec.show_unpermitted)
+            and not ptrace_may_access(self.kernel, node.pid, caller)
+        ):
+            if spec.show_unpermitted is not None:
+                return spec.show_unpermitted(self.kernel, node.pid)
+            raise KsmError(errno.EACCES, f"/{'/'.join(node.path)}: ptrace access denied")
         return spec.show(self.kernel, node.pid)
 
     def owner(self, node: Node) -> tuple[int, int]:

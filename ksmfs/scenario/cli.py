@@ -18,19 +18,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
+from ksmfs.linux import DEFAULT_VERSION
+from ksmfs.scenario.driver import steps_due
 from ksmfs.scenario.loader import ScenarioError, list_builtin, load_scenario
-from ksmfs.scenario.model import (
-    Exit,
-    Fork,
-    Madvise,
-    MergeAny,
-    Munmap,
-    Scenario,
-    Spawn,
-    Step,
-    Sysfs,
-    Write,
-)
+from ksmfs.scenario.model import Fork, Madvise, MergeAny, Scenario, Spawn, Step, Sysfs, Write
 
 EXIT_OK = 0
 EXIT_FAIL = 1  # the run failed, or `diff` found differences
@@ -56,36 +47,38 @@ def _say(command: str, message: str) -> None:
 
 def step_label(step: Step) -> str:
     """A step as a short phrase for the table and the plots: ``write vm-0 ram 0+100 unique``,
-    ``run=2``, ``exit vm-1``, ``spawn late-0 late-1``."""
-    a = step.action
-    if isinstance(a, Sysfs):  # a knob write reads best as itself: run=2
-        return " ".join(f"{k}={v}" for k, v in a.values)
-    if isinstance(a, Write):
-        return f"write {a.process} {a.vma} {a.first}+{a.count} {a.segment.spec}"
-    if isinstance(a, Madvise):
-        rng = "" if a.first == 0 and a.count is None else f" {a.first}+{a.count or 'end'}"
-        return f"madvise {a.process} {a.vma}{rng} {a.advice}"
-    if isinstance(a, Munmap):
-        return f"munmap {a.process} {a.vma} {a.first}+{a.count}"
-    if isinstance(a, Fork):
-        return f"fork {a.process} {a.child.name}"
-    if isinstance(a, MergeAny):
-        return f"merge_any {a.process} {'on' if a.enable else 'off'}"
-    if isinstance(a, Exit):
-        return f"exit {a.process}"
-    if isinstance(a, Spawn):
-        return "spawn " + " ".join(p.name for p in a.processes)
-    return a.kind
+    ``run=2``, ``exit vm-1``, ``fork web-0 web-0-child``, ``spawn late-0 late-1``."""
+    action = step.action
+    if isinstance(action, Sysfs):  # a knob write reads best as itself: run=2
+        return " ".join(f"{name}={value}" for name, value in action.values)
+    words = [action.kind]
+    for attr in ("process", "vma"):
+        if hasattr(action, attr):
+            words.append(str(getattr(action, attr)))
+    count = getattr(action, "count", None)
+    if count is not None:
+        words.append(f"{getattr(action, 'first', 0)}+{count}")
+    if isinstance(action, Write):
+        words.append(action.segment.spec)
+    elif isinstance(action, Madvise):
+        words.append(action.advice)
+    elif isinstance(action, MergeAny):
+        words.append("on" if action.enable else "off")
+    elif isinstance(action, Fork):
+        words.append(action.child.name)
+    elif isinstance(action, Spawn):
+        words.extend(p.name for p in action.processes)
+    return " ".join(words)
 
 
 def steps_by_scan(scenario: Scenario) -> dict[int, list[str]]:
-    """Labels of the steps that run after each full scan's snapshot (none after the last:
-    no snapshot could show them)."""
+    """Labels of the steps that run after each full scan's snapshot (the driver's
+    steps_due: none from the last snapshot on, no snapshot could show them)."""
     out: dict[int, list[str]] = {}
-    for step in scenario.steps:
-        k = step.after_full_scans
-        if k < scenario.max_full_scans:
-            out.setdefault(k, []).append(step_label(step))
+    for k in range(scenario.max_full_scans):
+        labels = [step_label(step) for step in steps_due(scenario, k)]
+        if labels:
+            out[k] = labels
     return out
 
 
@@ -163,7 +156,10 @@ class RunTable:
         cells = [str(k), *(f"{ksm[name]:,}" for name in self.columns)]
         if "general_profit" in ksm:
             cells.append(f"{ksm['general_profit'] / MIB:.2f}")
-        cells.append("; ".join(self.steps.get(k, [])))
+        steps = self.steps.get(k, [])
+        if len(steps) > 3:  # eight forks after one scan: the first ones and a count
+            steps = [*steps[:2], f"+{len(steps) - 2} more"]
+        cells.append("; ".join(steps))
         self.table.add_row(*cells)
         if k < self.scenario.max_full_scans:
             self.spinner.update(text=f"full scan {k + 1} of {self.scenario.max_full_scans}")
@@ -338,7 +334,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     table = sys.stdout.isatty() and json_path != "-"
     snaps: list[Snapshot] = []
     try:
-        with _output(json_path, table, scenario, backend, kernel or "6.18") as (on_snap, prog):
+        with _output(json_path, table, scenario, backend, kernel or DEFAULT_VERSION) as (on_snap, prog):
             snaps = _run_backend(scenario, backend, on_snap, prog, kernel)
     except (KeyboardInterrupt, ModuleNotFoundError, BrokenPipeError):
         raise
@@ -347,7 +343,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _say("run", f"cannot write {json_path}: {e.strerror}")
             return EXIT_USAGE
         return _fail("run", backend, e)
-    except Exception as e:  # noqa: BLE001 - the backend's reason, as one line
+    except Exception as e:
         return _fail("run", backend, e)
     if json_path not in (None, "-"):
         print(f"wrote {len(snaps)} snapshots (one per line) to {json_path}", file=sys.stderr)
@@ -376,7 +372,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
             runs[backend] = _run_backend(scenario, backend, lambda s: None, progress)
         except (KeyboardInterrupt, ModuleNotFoundError, BrokenPipeError):
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             return _fail("diff", backend, e)
         finally:
             progress.done()

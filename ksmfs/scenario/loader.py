@@ -140,7 +140,7 @@ class _Locator:
         self.arrays: dict[Path_, int] = {}
         try:
             self._document()
-        except Exception:  # noqa: BLE001 - best effort; messages still name the key
+        except Exception:
             pass
 
     def line(self, path: Path_) -> int | None:

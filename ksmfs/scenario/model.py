@@ -16,11 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from ksmfs.kernel.versions import WRITABLE_SYSFS_ORDER
-
-PAGE_SIZE = 4096
+from ksmfs.linux import (  # noqa: F401 - re-exported for the scenario backends
+    MADV_MERGEABLE,
+    MADV_UNMERGEABLE,
+    PAGE_SIZE,
+    PR_SET_MEMORY_MERGE,
+)
 
 # The sources of a fill segment (contract table "SOURCE").
 SegmentSource = Literal["zero", "unique", "value", "pool"]
@@ -55,9 +59,6 @@ KSM_STAT_FIELDS: tuple[str, ...] = (
     "ksm_mergeable",
 )
 
-MADV_MERGEABLE = 12
-MADV_UNMERGEABLE = 13
-PR_SET_MEMORY_MERGE = 67
 
 
 def page_runs(mapped: Sequence[bool] | None, first: int, count: int) -> list[tuple[int, int]]:
@@ -216,7 +217,7 @@ class Spawn:
     kind: Literal["spawn"] = "spawn"
 
 
-Action = Union[Write, Madvise, Fork, Munmap, MergeAny, Sysfs, Exit, Spawn]
+Action = Write | Madvise | Fork | Munmap | MergeAny | Sysfs | Exit | Spawn
 ACTION_KEYS: tuple[str, ...] = ("write", "madvise", "fork", "munmap", "merge_any", "sysfs",
                                 "exit", "spawn")
 

@@ -1,9 +1,12 @@
 """The real backend: a scenario run on this machine's kernel (/sys/kernel/mm/ksm).
 
 ``run_real(scenario, on_snapshot, progress=None)`` implements the contract
-(docs/scenario-format.md) with one C worker process per scenario process
-(worker/ksmworker.c) and ksmd paced one full pass at a time (realkernel.Pacer), so that
-every snapshot is read between two ksmd batches at the end of a full scan.
+(docs/scenario-format.md, version 2) through the one driver (driver.py) with
+:class:`RealBackend`: one C worker process per scenario process (worker/ksmworker.c; a
+``fork`` step forks the worker, and the child is a worker of its own), and ksmd paced
+one full pass at a time (realkernel.Pacer), so that every snapshot is read between two
+ksmd batches at the end of a full scan.  Full scans are virtual, without a batch, while
+the scenario's run is not 1 or its pages_to_scan is 0.
 
 Everything it changes in /sys/kernel/mm/ksm is saved first and put back (run=2, wait for
 pages_shared 0, run=0, the saved values) when the run ends, fails, or gets SIGINT/SIGTERM.
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE
 from ksmfs.scenario.contents import Contents
 from ksmfs.scenario.driver import MappedPages, Snapshot, drive
 from ksmfs.scenario.model import (
@@ -41,8 +45,6 @@ from ksmfs.scenario.model import (
     report_refusal,
 )
 from ksmfs.scenario.realkernel import (
-    MADV_MERGEABLE,
-    MADV_UNMERGEABLE,
     STATE_PATH,
     KnobError,
     Ksmd,

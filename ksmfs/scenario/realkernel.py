@@ -36,11 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-PAGE_SIZE = 4096
+from ksmfs.linux import PAGE_SIZE
+
 KSM_DIR = Path("/sys/kernel/mm/ksm")
 
-MADV_MERGEABLE = 12
-MADV_UNMERGEABLE = 13
 
 # Pacing values (see Pacer).  pages_to_scan is an unsigned int (kstrtouint): UINT_MAX makes
 # one batch always reach the end of the pass, where ksm_do_scan returns.  The sleep values

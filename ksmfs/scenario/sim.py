@@ -27,6 +27,7 @@ from typing import Any
 from ksmfs.kernel import Kernel
 from ksmfs.kernel import knobs as _knobs
 from ksmfs.kernel.errors import KsmError
+from ksmfs.linux import DEFAULT_VERSION
 from ksmfs.scenario.contents import Contents
 from ksmfs.scenario.driver import MappedPages, Snapshot, drive
 from ksmfs.scenario.model import (
@@ -105,7 +106,7 @@ def ksmd_would_run(k: Kernel) -> bool:
 class SimBackend:
     """A scenario on a fresh simulated kernel (see the module docstring)."""
 
-    def __init__(self, scenario: Scenario, version: str = "6.18") -> None:
+    def __init__(self, scenario: Scenario, version: str = DEFAULT_VERSION) -> None:
         self.scenario = scenario
         with _call(f"kernel {version}"):
             self.kernel = Kernel(version=version)
@@ -242,6 +243,6 @@ def snapshot(k: Kernel, processes: dict[str, SimProcess], full_scans: int) -> Sn
 
 def run_sim(scenario: Scenario, on_snapshot: Callable[[Snapshot], None],
             progress: Callable[[str], None] | None = None,
-            kernel_version: str = "6.18") -> list[Snapshot]:
+            kernel_version: str = DEFAULT_VERSION) -> list[Snapshot]:
     """Run ``scenario`` on a fresh simulated kernel; return (and stream) its snapshots."""
     return drive(scenario, SimBackend(scenario, kernel_version), on_snapshot, progress)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-
 from pathlib import Path
 
 import pytest
@@ -137,7 +136,9 @@ def test_kill_9_leaves_no_stale_mount(mountpoint):
     pid = read_server_pid(str(mountpoint))
     try:
         os.kill(pid, signal.SIGKILL)
-        assert wait_until(lambda: find_mount(str(mountpoint)) is None, 10), "stale mount"
+        # fusermount3 notices the death on its own schedule: wait for it (a busy machine
+        # may take seconds), the bound only ends a hung test.
+        assert wait_until(lambda: find_mount(str(mountpoint)) is None, 60), "stale mount"
         assert os.listdir(mountpoint) == []
     finally:
         if find_mount(str(mountpoint)) is not None:

@@ -61,7 +61,7 @@ async def test_ksmd_sleep_is_cut_short_by_sleep_millisecs_not_by_run(server):
     assert server.ksmd.batches == before
     await sh(f"echo 20 > {ksm}/sleep_millisecs")
     with trio.fail_after(5):
-        while server.ksmd.batches == before:  # noqa: ASYNC110 - polling a counter
+        while server.ksmd.batches == before:
             await trio.sleep(0.01)
 
 

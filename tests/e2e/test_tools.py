@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from e2e_support import fuse_test, mounted, run, wait_until
+from e2e_support import IDLE_SCENARIO, fuse_test, mounted, run, wait_until
 
 pytestmark = [*fuse_test, pytest.mark.timeout(180)]
 
@@ -134,8 +134,12 @@ PSUTIL_PROBE = textwrap.dedent(
 
 def test_psutil_lists_the_simulated_processes_and_their_memory(tmp_path):
     """psutil with PROCFS_PATH=MOUNT/proc: pids, names, memory_full_info, memory_maps."""
-    with mounted(tmp_path / "mnt", "--speed", "5") as m:
-        pid = m.control("spawn tester uid=1000 pages=64 fill=unique mergeable").split()[1]
+    # The idle scenario: the demo's timeline ends and starts processes, which would race
+    # with the two listings compared below.
+    toml = tmp_path / "idle.toml"
+    toml.write_text(IDLE_SCENARIO)
+    with mounted(tmp_path / "mnt", "--scenario", str(toml), "--speed", "5") as m:
+        pid = m.control("spawn tester uid=1000 pages=64 fill=cycle:16 mergeable").split()[1]
         assert wait_until(lambda: m.ksm_value("pages_sharing") > 0, 30)
         r = run([sys.executable, "-c", PSUTIL_PROBE, str(m.path / "proc")])
         assert r.returncode == 0, r.stderr

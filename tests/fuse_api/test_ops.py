@@ -327,6 +327,34 @@ async def test_run_2_unmerges_before_the_write_returns(ops, kernel):
     assert await read_all(ops, await ino(ops, *KSM, "pages_sharing")) == b"0\n"
 
 
+async def test_a_store_runs_in_the_writers_context(ops, kernel):
+    """run_store()'s unmerge is traced as the process that wrote run (FUSE context pid of
+    the open; its comm read from /proc), not as ksmd."""
+    image = np.arange(1, 9, dtype=np.uint64)
+    for i in range(2):
+        pid = kernel.spawn(f"vm{i}")
+        addr = kernel.mmap(pid, 8)
+        kernel.write(pid, addr, image)
+        kernel.madvise(pid, addr, 8, 12)
+    kernel.trace.enabled = {"ksm_remove_ksm_page", "ksm_start_scan"}
+    run = await ino(ops, *KSM, "run")
+    await write_once(ops, run, b"1\n")
+    for _ in range(3):
+        kernel.ksm_do_scan(1000)
+    assert {r.comm for r in kernel.trace.records} == {"ksmd"}
+    kernel.trace.clear()
+    fi = await ops.open(run, os.O_WRONLY, Ctx(pid=os.getpid()))
+    try:
+        await ops.write(fi.fh, 0, b"2\n")
+    finally:
+        await ops.release(fi.fh)
+    with open("/proc/self/comm") as f:
+        me = f.read().strip()
+    assert len(kernel.trace.records) == 8
+    assert {(r.pid, r.comm) for r in kernel.trace.records} == {(os.getpid(), me)}
+    assert kernel.trace.current is None
+
+
 async def test_control_file_errors_are_logged_once(ops, caplog):
     """A refused control command fails with its errno and leaves one warning line."""
     control = await ino(ops, "ksmfs", "control")

@@ -94,3 +94,42 @@ def test_extra_flags_make_the_vma_incompatible_and_refusals() -> None:
     with pytest.raises(KsmError) as e:
         k.install_pages(pid, addr, np.full(4, 9, dtype=np.uint8), np.zeros(4, dtype=np.uint64))
     assert e.value.errno == errno.EINVAL
+
+
+def test_spawn_with_a_given_pid() -> None:
+    k = Kernel()
+    assert k.spawn("a", pid=100) == 100
+    with pytest.raises(KsmError) as e:
+        k.spawn("b", pid=100)
+    assert e.value.errno == errno.EEXIST
+    assert k.spawn("c") == 101  # automatic pids step over taken ones
+    assert k.fork(100) == 102
+
+
+def test_write_pages_equals_write_page_by_page() -> None:
+    ks = []
+    for scattered in (False, True):
+        k = Kernel()
+        pid = k.spawn("p")
+        a = k.mmap(pid, 8)
+        b = k.mmap(pid, 4)
+        k.write(pid, a, np.arange(1, 9, dtype=np.uint64))
+        k.write(pid, b, [5, 6, 7, 8])
+        k.madvise(pid, a, 8, MADV_MERGEABLE)
+        k.madvise(pid, b, 4, MADV_MERGEABLE)
+        k.ksm_do_scan(100)
+        addrs = [b + 4096, a + 3 * 4096, a + 4 * 4096, a]
+        toks = np.array([21, 22, 23, 24], dtype=np.uint64)
+        if scattered:
+            k.write_pages(pid, np.array(addrs), toks)
+        else:
+            for ad, t in zip(addrs, toks.tolist(), strict=True):
+                k.write(pid, ad, [t])
+        ks.append((k.read(pid, a, 8).tolist(), k.read(pid, b, 4).tolist(), scans(k, 3)))
+    assert ks[0] == ks[1]
+    k = Kernel()
+    pid = k.spawn("p")
+    a = k.mmap(pid, 2)
+    with pytest.raises(KsmError) as e:
+        k.write_pages(pid, np.array([a + 8192]), np.array([1], dtype=np.uint64))
+    assert e.value.errno == errno.EFAULT

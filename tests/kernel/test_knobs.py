@@ -6,10 +6,10 @@ import errno
 import os
 
 import pytest
+from ksm_cases import INVALID_WRITES
 
 from ksmfs.kernel import Kernel, KsmError, knobs
 
-UINT_FILES = ("pages_to_scan", "sleep_millisecs", "stable_node_chains_prune_millisecs")
 REAL = "/sys/kernel/mm/ksm"
 
 
@@ -20,13 +20,12 @@ def err_of(k: Kernel, name: str, data: bytes) -> int | str:
         return e.errno
 
 
-@pytest.mark.parametrize("name", UINT_FILES + ("run",))
-@pytest.mark.parametrize(
-    "data", [b"abc", b"-1", b"\n", b" 5", b"5 ", b"\t5", b"5\r\n", b"5\n\n", b"0x10", b"1e2", b"5abc", b"-0", b"4294967296"]
-)
-def test_uint_files_reject_with_einval(name: str, data: bytes) -> None:
-    """kstrtouint files map every parse error (overflow too) to EINVAL."""
-    assert err_of(Kernel(), name, data) == errno.EINVAL
+@pytest.mark.parametrize(("name", "data", "code"), INVALID_WRITES)
+def test_refused_writes_give_the_live_errno(name: str, data: bytes, code: int) -> None:
+    """Every refused write of the live kernel's table (tests/ksm_cases.py), through the
+    store function the mount calls (after kernfs' 4096-byte cut)."""
+    expected = "OK(0)" if code == 0 else code
+    assert err_of(Kernel(), name, data[:4096]) == expected
 
 
 def test_empty_write_changes_nothing() -> None:
@@ -41,29 +40,17 @@ def test_empty_write_changes_nothing() -> None:
 @pytest.mark.parametrize(
     ("name", "data", "expected"),
     [
-        ("max_page_sharing", b"2147483648", errno.ERANGE),
-        ("max_page_sharing", b"99999999999", errno.ERANGE),
-        ("max_page_sharing", b"1", errno.EINVAL),
-        ("max_page_sharing", b"-1", errno.EINVAL),
         ("max_page_sharing", b"+256", "OK(4)"),
-        ("merge_across_nodes", b"18446744073709551616", errno.ERANGE),
-        ("merge_across_nodes", b"2", errno.EINVAL),
         ("merge_across_nodes", b"1\n", "OK(2)"),
-        ("advisor_max_cpu", b"18446744073709551616", errno.EINVAL),
-        ("advisor_target_scan_time", b"0", errno.EINVAL),
-        ("run", b"3", errno.EINVAL),
         ("run", b"+0\n", "OK(3)"),
         ("run", b"00", "OK(2)"),
         ("pages_to_scan", b"0100", "OK(4)"),
-        ("advisor_mode", b"NONE", errno.EINVAL),
-        ("advisor_mode", b"none\n\n", errno.EINVAL),
-        ("advisor_mode", b"[none]", errno.EINVAL),
         ("advisor_mode", b"none\n", "OK(5)"),
         ("pages_shared", b"5", errno.EACCES),
     ],
 )
-def test_errno_matrix(name: str, data: bytes, expected: int | str) -> None:
-    """The live kernel's errno matrix (spec §1.4)."""
+def test_accepted_writes_and_a_read_only_file(name: str, data: bytes, expected: int | str) -> None:
+    """Writes the live kernel accepts (bytes consumed), and a file without a store."""
     assert err_of(Kernel(), name, data) == expected
 
 
@@ -77,12 +64,6 @@ def test_kstrtobool_accepts(data: bytes, value: int) -> None:
     k = Kernel()
     knobs.store(k, "use_zero_pages", data)
     assert k.ksm.use_zero_pages == value
-
-
-@pytest.mark.parametrize("data", [b"2", b"\n", b"abc", b"-1", b"o", b"ox", b"x", b" 0"])
-def test_kstrtobool_rejects(data: bytes) -> None:
-    """Everything else is EINVAL."""
-    assert err_of(Kernel(), "smart_scan", data) == errno.EINVAL
 
 
 def test_first_4096_bytes_and_nul() -> None:
@@ -99,11 +80,11 @@ def test_advisor_mode_round_trip() -> None:
     k = Kernel()
     knobs.store(k, "pages_to_scan", b"777")
     knobs.store(k, "advisor_mode", b"scan-time\n")
-    assert knobs.show(k, "advisor_mode") == b"none [scan-time]\n"
+    assert k.ksm.advisor_mode == "scan-time"
     assert k.ksm.pages_to_scan == 500
     assert err_of(k, "pages_to_scan", b"100") == errno.EINVAL
     knobs.store(k, "advisor_mode", b"none\n")
-    assert knobs.show(k, "advisor_mode") == b"[none] scan-time\n"
+    assert k.ksm.advisor_mode == "none"
     assert k.ksm.pages_to_scan == 100
 
 
@@ -111,7 +92,7 @@ def test_advisor_max_cpu_truncated_to_32_bits() -> None:
     """4294967366 is stored as 70 (unsigned int)."""
     k = Kernel()
     assert knobs.store(k, "advisor_max_cpu", b"4294967366") == 10
-    assert knobs.show(k, "advisor_max_cpu") == b"70\n"
+    assert k.ksm.advisor_max_cpu == 70
 
 
 def test_ebusy_only_when_value_changes_while_shared() -> None:
@@ -130,16 +111,6 @@ def test_ebusy_only_when_value_changes_while_shared() -> None:
     assert err_of(k, "merge_across_nodes", b"0") == errno.EBUSY
     knobs.store(k, "run", b"2")
     assert err_of(k, "max_page_sharing", b"10") == "OK(2)"
-
-
-def test_defaults_match_a_fresh_kernel() -> None:
-    """The defaults of a freshly booted 6.18 (spec §1.4)."""
-    k = Kernel()
-    shown = {n: knobs.show(k, n).decode().strip() for n in k.version.sysfs_files}
-    assert shown["advisor_mode"] == "[none] scan-time"
-    assert shown["pages_to_scan"] == "100" and shown["sleep_millisecs"] == "20"
-    assert shown["max_page_sharing"] == "256" and shown["smart_scan"] == "1"
-    assert shown["stable_node_chains_prune_millisecs"] == "2000"
 
 
 @pytest.mark.skipif(not os.path.isdir(REAL), reason="no /sys/kernel/mm/ksm on this machine")

@@ -12,7 +12,8 @@ import os
 from dataclasses import astuple
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ksmfs.kernel import MADV_MERGEABLE, MADV_UNMERGEABLE, Kernel, KsmError, knobs
 from ksmfs.kernel.trace import KSM_EVENTS
@@ -61,7 +62,7 @@ class Driver:
 
     def __init__(self, exact: bool, nr_nodes: int) -> None:
         self.k = Kernel(exact=exact, nr_nodes=nr_nodes)
-        self.k.trace.enabled = set(e for e in KSM_EVENTS if e in self.k.version.trace_events)
+        self.k.trace.enabled = {e for e in KSM_EVENTS if e in self.k.version.trace_events}
         knobs.store(self.k, "run", b"1")
 
     def _pid(self, i: int) -> int | None:
@@ -156,7 +157,7 @@ def first_difference(a: dict, b: dict) -> str:
         if a.get(key) != b.get(key):
             if key == "trace":
                 ta, tb = a["trace"], b["trace"]
-                for i, (x, y) in enumerate(zip(ta, tb)):
+                for i, (x, y) in enumerate(zip(ta, tb, strict=False)):
                     if x != y:
                         return f"trace record {i}: exact {x} vector {y}"
                 return f"trace lengths: exact {len(ta)} vector {len(tb)}"

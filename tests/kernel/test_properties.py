@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ksmfs.kernel import MADV_MERGEABLE, MADV_UNMERGEABLE, Kernel, knobs
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_oracle import Driver, first_difference, op, scan, setup, snapshot
 
 from ksmfs.kernel import MADV_MERGEABLE, Kernel, KsmError, knobs
 from ksmfs.kfs.table import PID
 from ksmfs.kfs.tree import Tree
-
-from test_oracle import Driver, first_difference, op, scan, setup, snapshot
 
 EXAMPLES = int(os.environ.get("KSMFS_ORACLE_EXAMPLES", "25"))
 

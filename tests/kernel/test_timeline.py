@@ -34,7 +34,7 @@ def proc(k: Kernel, comm: str, tokens: list[int], mergeable: bool = True) -> tup
 def test_spec_3_9_timeline() -> None:
     """Two processes with X, Y and X', Z (Z always changing) follow spec §3.9 pass by pass."""
     k = Kernel()
-    a, va = proc(k, "A", [11, 12])
+    a, _va = proc(k, "A", [11, 12])
     b, vb = proc(k, "B", [11, 13])
     knobs.store(k, "run", b"1\n")
     expected = {
@@ -152,7 +152,7 @@ def test_run2_unmerges_and_resets_full_scans() -> None:
 def test_unmergeable_breaks_now_counts_later() -> None:
     """MADV_UNMERGEABLE copies the KSM pages at once; the items go in the next scan."""
     k = Kernel()
-    a, va = proc(k, "A", [5, 5])
+    _a, _va = proc(k, "A", [5, 5])
     b, vb = proc(k, "B", [5, 5])
     knobs.store(k, "run", b"1")
     full_scan(k)
@@ -188,7 +188,7 @@ def test_use_zero_pages() -> None:
 def test_fork_child_attaches_on_first_visit() -> None:
     """A forked child's inherited KSM pages join on its first visit (no checksum round)."""
     k = Kernel()
-    a, va = proc(k, "A", [5, 5])
+    a, _va = proc(k, "A", [5, 5])
     knobs.store(k, "run", b"1")
     full_scan(k)
     full_scan(k)
@@ -204,7 +204,7 @@ def test_fork_child_attaches_on_first_visit() -> None:
 def test_exit_is_counted_when_ksmd_passes() -> None:
     """An exiting mm's items are removed at the start of the next scan (spec §8.10)."""
     k = Kernel()
-    a, _ = proc(k, "A", [5, 6])
+    _a, _ = proc(k, "A", [5, 6])
     b, _ = proc(k, "B", [5, 6])
     knobs.store(k, "run", b"1")
     full_scan(k)
@@ -336,8 +336,8 @@ def test_trace_events_of_a_pair_merge() -> None:
     first (no ksm_page: it becomes the KSM page), then the tree page joining it."""
     k = Kernel()
     k.trace.enabled = {"ksm_start_scan", "ksm_stop_scan", "ksm_merge_with_ksm_page", "ksm_enter"}
-    a, va = proc(k, "A", [11, 12])
-    b, vb = proc(k, "B", [11, 13])
+    a, _va = proc(k, "A", [11, 12])
+    b, _vb = proc(k, "B", [11, 13])
     knobs.store(k, "run", b"1")
     full_scan(k)
     full_scan(k)

@@ -53,5 +53,5 @@ def materialize(tree: Tree, root: Path, top: tuple[str, ...] = ()) -> None:
         elif node.spec.show is not None:
             try:
                 target.write_bytes(node.spec.show(tree.kernel, node.pid))
-            except Exception:  # noqa: BLE001 - e.g. ESRCH of smaps_rollup without mm
+            except Exception:
                 pass

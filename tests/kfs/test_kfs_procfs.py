@@ -42,11 +42,7 @@ ProtectionKey:         0
 VmFlags: rd wr mr mw me ac mg 
 """  # noqa: W291 - the trailing spaces are the kernel's
 
-ROLLUP_FIELDS = (
-    "Rss Pss Pss_Dirty Pss_Anon Pss_File Pss_Shmem Shared_Clean Shared_Dirty Private_Clean "
-    "Private_Dirty Referenced Anonymous KSM LazyFree AnonHugePages ShmemPmdMapped "
-    "FilePmdMapped Shared_Hugetlb Private_Hugetlb Swap SwapPss Locked"
-).split()
+ROLLUP_FIELDS = ["Rss", "Pss", "Pss_Dirty", "Pss_Anon", "Pss_File", "Pss_Shmem", "Shared_Clean", "Shared_Dirty", "Private_Clean", "Private_Dirty", "Referenced", "Anonymous", "KSM", "LazyFree", "AnonHugePages", "ShmemPmdMapped", "FilePmdMapped", "Shared_Hugetlb", "Private_Hugetlb", "Swap", "SwapPss", "Locked"]
 
 
 def _addr_range(text: str) -> str:
@@ -219,7 +215,7 @@ def test_meminfo_layout(kernel, pids):
     lines = text.splitlines()
     assert lines[0].startswith("MemTotal:") and lines[1].startswith("MemFree:")
     for line in lines:
-        label, value = line.split(":", 1)
+        _label, value = line.split(":", 1)
         if line.endswith(" kB") and len(value.split()[0]) <= 8:
             assert len(line) == 27, line  # 16-column label, %8lu, " kB"
     total = kernel.mem_stats()["mem_total"] * 4
@@ -307,5 +303,5 @@ def test_ptrace_rule_open_read_and_masked_fields(kernel, pids):
         tree.check_open(node(other, name), stranger)
         assert tree.render(node(other, name), stranger) == tree.render(node(other, name), owner)
     full, masked = (tree.render(node(other, "stat"), who).split() for who in (owner, stranger))
-    assert [i + 1 for i, (a, b) in enumerate(zip(full, masked)) if a != b] == [26, 27, 35]
+    assert [i + 1 for i, (a, b) in enumerate(zip(full, masked, strict=True)) if a != b] == [26, 27, 35]
     assert masked[25:27] == [b"1", b"1"] and masked[34] == b"0"

@@ -166,3 +166,106 @@ def test_trace_pipe_consumes():
 def test_no_events_before_6_4():
     tree = Tree(make_kernel("6.1"))
     assert tree.listdir(("sys", "kernel", "tracing")) == ["trace", "trace_pipe", "tracing_on"]
+
+
+def _header_counts(tree) -> tuple[int, int]:
+    first = read(tree, T + "trace").splitlines()[2]
+    assert first.startswith("# entries-in-buffer/entries-written: ") and first.endswith("#P:2")
+    entries, written = first.split(": ")[1].split()[0].split("/")
+    return int(entries), int(written)
+
+
+def test_entries_written_counts_what_the_full_ring_dropped():
+    """entries-written = records in the ring + overrun: a consuming read lowers both
+    numbers, truncation resets both (measured on the live 6.18 ring, see trace.py)."""
+    k = make_kernel("6.18")
+    tree = Tree(k)
+    k.trace.limit = 10
+    write(tree, EV + "ksm_start_scan/enable", b"1\n")
+    for seq in range(25):
+        k.trace.emit(seq, 47, "ksmd", "ksm_start_scan", seq=seq, rmap_entries=0)
+    assert _header_counts(tree) == (10, 25)
+    assert [r.fields["seq"] for r in k.trace.records] == list(range(15, 25))
+    assert read_stream(k, TraceReader(), max_bytes=200).count(b"\n") == 2
+    assert _header_counts(tree) == (8, 23)
+    write(tree, T + "tracing_on", b"0\n")
+    k.trace.emit(99, 47, "ksmd", "ksm_start_scan", seq=99, rmap_entries=0)
+    assert _header_counts(tree) == (8, 23)  # nothing is written while tracing is off
+    tree.lookup(("sys", "kernel", "tracing", "trace")).spec.truncate(k, None)
+    assert _header_counts(tree) == (0, 0)
+
+
+def test_a_filter_keeps_only_matching_records():
+    k = make_kernel("6.18")
+    tree = _scan_with_events(k)
+    write(tree, EV + "ksm_start_scan/filter", b"seq >= 4 && comm ~ \"ks*\"\n")
+    assert read(tree, EV + "ksm_start_scan/filter") == 'seq >= 4 && comm ~ "ks*"\n'
+    k.trace.clear()
+    for _ in range(6):
+        k.ksm_do_scan(100)
+    seqs = [r.fields["seq"] for r in k.trace.records if r.event == "ksm_start_scan"]
+    stops = [r.fields["seq"] for r in k.trace.records if r.event == "ksm_stop_scan"]
+    assert seqs and min(seqs) >= 4 and len(stops) > len(seqs)
+    write(tree, EV + "ksm_start_scan/filter", b"0\n")
+    assert read(tree, EV + "ksm_start_scan/filter") == "none\n"
+    k.trace.clear()
+    k.ksm_do_scan(100)
+    assert any(r.event == "ksm_start_scan" for r in k.trace.records)
+
+
+def test_a_refused_filter_shows_its_error_and_filters_nothing():
+    k = make_kernel("6.18")
+    tree = _scan_with_events(k)
+    with pytest.raises(KsmError) as err:
+        write(tree, EV + "ksm_start_scan/filter", b"nosuch == 1\n")
+    assert err.value.errno == errno.EINVAL
+    assert read(tree, EV + "ksm_start_scan/filter") == (
+        "nosuch == 1\n       ^\nparse_error: Field not found\n\n"
+    )
+    k.trace.clear()
+    k.ksm_do_scan(100)
+    assert any(r.event == "ksm_start_scan" for r in k.trace.records)
+
+
+def test_the_system_filter_sets_every_event_that_has_the_fields():
+    tree = Tree(make_kernel("6.18"))
+    before = read(tree, EV + "filter")
+    assert write(tree, EV + "filter", b"pfn > 1\n") == 8
+    assert read(tree, EV + "filter") == before
+    assert read(tree, EV + "ksm_remove_ksm_page/filter") == "pfn > 1\n"
+    assert read(tree, EV + "ksm_start_scan/filter").endswith(
+        "^\nparse_error: Couldn't find or set field in one of a subsystem's events\n\n"
+    )
+    write(tree, EV + "filter", b"0\n")
+    assert read(tree, EV + "ksm_remove_ksm_page/filter") == "none\n"
+
+
+def test_triggers_list_act_and_go():
+    k = make_kernel("6.18")
+    tree = _scan_with_events(k)
+    trig = EV + "ksm_stop_scan/trigger"
+    assert read(tree, trig).startswith("# Available triggers:\n")
+    write(tree, trig, b"traceoff if seq > 4\n")
+    write(tree, EV + "ksm_start_scan/trigger", b"disable_event:ksm:ksm_enter:1\n")
+    with pytest.raises(KsmError) as err:
+        write(tree, trig, b"traceon\n")  # traceon and traceoff are one trigger type
+    assert err.value.errno == errno.EEXIST
+    assert read(tree, trig) == "traceoff:unlimited if seq > 4\n"
+    assert read(tree, EV + "ksm_enter/enable") == "1*\n"  # soft mode: a trigger's target
+    k.trace.clear()
+    for _ in range(5):
+        k.ksm_do_scan(100)
+    stops = [r.fields["seq"] for r in k.trace.records if r.event == "ksm_stop_scan"]
+    assert stops[-1] == 5 and read(tree, T + "tracing_on") == "0\n"
+    assert "ksm_enter" not in k.trace.enabled
+    assert read(tree, EV + "ksm_start_scan/trigger") == (
+        "disable_event:ksm:ksm_enter:count=0\n"
+    )
+    write(tree, trig, b"!traceoff\n")
+    write(tree, EV + "ksm_start_scan/trigger", b"!disable_event:ksm:ksm_enter\n")
+    assert read(tree, trig).startswith("# Available triggers:\n")
+    assert read(tree, EV + "ksm_enter/enable") == "0\n"
+    for bad in (b"0\n", b"\n", b"bogus\n", b"traceoff:xx\n", b"enable_event:ksm:nosuch\n"):
+        with pytest.raises(KsmError) as err:
+            write(tree, trig, bad)
+        assert err.value.errno == errno.EINVAL

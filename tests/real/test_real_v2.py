@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ksmfs.linux import MADV_MERGEABLE
 from ksmfs.scenario.diff import allowed_fields, compare
 from ksmfs.scenario.loader import load_scenario
 from ksmfs.scenario.real import run_real
-from ksmfs.scenario.realkernel import MADV_MERGEABLE, KsmSysfs, read_smaps_ksm_kb
+from ksmfs.scenario.realkernel import KsmSysfs, read_smaps_ksm_kb
 from ksmfs.scenario.sim import run_sim
 
 from .conftest import PacedKsm

@@ -139,7 +139,7 @@ def _fake_real(monkeypatch: pytest.MonkeyPatch, tweak: object = None) -> None:
     may touch): the sim run, optionally altered, so that the diff printing is tested."""
     from ksmfs.scenario.sim import run_sim
 
-    def run_real(scenario, on_snapshot, progress=None):  # noqa: ANN001, ANN202
+    def run_real(scenario, on_snapshot, progress=None):
         snaps = run_sim(scenario, lambda s: None)
         if callable(tweak):
             tweak(snaps)
@@ -147,6 +147,8 @@ def _fake_real(monkeypatch: pytest.MonkeyPatch, tweak: object = None) -> None:
             on_snapshot(s)
         return snaps
 
+    # The stand-in is available wherever the test runs (the real kernel is not touched).
+    monkeypatch.setattr("ksmfs.scenario.cli.real_kernel_problem", lambda: None)
     mod = types.ModuleType("ksmfs.scenario.real")
     mod.run_real = run_real  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "ksmfs.scenario.real", mod)
@@ -208,3 +210,23 @@ def test_progress_shows_on_a_terminal(tmp_path: Path) -> None:
     assert "full scan 0/6" in text and "full scan 6/6" in text
     assert "\r" in text  # one line rewritten, not a scroll of lines
     assert len(out.read_text().splitlines()) == 7
+
+
+def test_step_labels_name_every_v2_action() -> None:
+    """The table's and the plots' step labels: one short phrase per action, v2 included;
+    none after the last full scan."""
+    from ksmfs.scenario.cli import steps_by_scan
+    from ksmfs.scenario.loader import load_scenario
+
+    scenario = load_scenario(Path(__file__).with_name("v2-steps.toml"))
+    assert steps_by_scan(scenario) == {
+        2: ["munmap a-0 r 2+3", "madvise a-1 r 6+2 unmergeable"],
+        3: ["fork a-1 child"],
+        4: ["munmap child other 0+3"],
+        5: ["pages_to_scan=0"],
+        6: ["write child r 0+8 unique"],
+        7: ["pages_to_scan=1000"],
+    }
+    labels = steps_by_scan(load_scenario("prefork-web-server"))
+    assert labels[1][0] == "fork master worker-0" and labels[5] == [
+        "exit worker-3", "fork master worker-8"]

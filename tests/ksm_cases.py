@@ -1,5 +1,7 @@
 """Writes to /sys/kernel/mm/ksm that the live 6.18 kernel refuses (spec §1.4), with the
-errno it answers.  Every case here FAILS on the real kernel (or is an empty write, which
+errno it answers, and the defaults of a fresh kernel: the one table the kernel tier
+(knobs.store), the kfs tier (the sysfs rows) and the e2e tier (a mount next to the real
+/sys) all check.  Every case here FAILS on the real kernel (or is an empty write, which
 returns 0 and calls no store), so running them against the machine's real KSM changes
 nothing: that is why the table holds no valid value, not even the current one (another
 session may be changing the real KSM, which would make a "same value" write a change).
