@@ -39,6 +39,7 @@ from .mm import (
 )
 from .tokenindex import MISSING, UNKNOWN, StableTree
 from .trace import TraceBuffer
+from .versions import KernelProfile
 
 # rmap_item flag bits kept in PhysMem.iflags (the kernel keeps them in rmap_item->address)
 HAS_ITEM = 0x1
@@ -149,7 +150,7 @@ class Ksm:
         advance_ns: Callable[[int], None],
         mm_by_gpid: Callable[[np.ndarray], np.ndarray],
         mms: dict[int, MM],
-        profile: object,
+        profile: KernelProfile,
         exact: bool = False,
     ) -> None:
         self.mem = mem
@@ -171,7 +172,7 @@ class Ksm:
         self.use_zero_pages = 0
         self.max_page_sharing = 256
         self.stable_node_chains_prune_millisecs = 2000
-        self.smart_scan = 1 if getattr(profile, "has_smart_scan", True) else 0
+        self.smart_scan = 1 if profile.has_smart_scan else 0
         self.advisor_mode = "none"
         self.advisor_max_cpu = 70
         self.advisor_min_pages_to_scan = 500
@@ -248,7 +249,7 @@ class Ksm:
 
     @property
     def general_profit(self) -> int:
-        zero = self.ksm_zero_pages if getattr(self.profile, "profit_counts_zero_pages", True) else 0
+        zero = self.ksm_zero_pages if self.profile.profit_counts_zero_pages else 0
         return (self.pages_sharing + zero) * PAGE_SIZE - self.ksm_rmap_items * RMAP_ITEM_SIZE
 
     def stats(self) -> dict[str, int]:
@@ -434,7 +435,7 @@ class Ksm:
             # MMF_VM_MERGE_ANY so ksm_vma_flags() can register the mm again)
             del self.mm_list[self.cursor]
             mm.registered = False
-            if mm.exiting or not getattr(self.profile, "keeps_merge_any_on_drop", True):
+            if mm.exiting or not self.profile.keeps_merge_any_on_drop:
                 mm.merge_any = False
         else:
             self.cursor += 1
