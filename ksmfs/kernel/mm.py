@@ -66,9 +66,9 @@ class GrowArray:
         self.n = 0
 
     def _new(self, dtype: np.dtype, cap: int) -> np.ndarray:
-        if self.fill == 0:
-            return np.zeros(cap, dtype=dtype)
-        return np.full(cap, self.fill, dtype=dtype)
+        # zeros, even for another fill value: slots get their fill in extend(), so the
+        # capacity not yet used stays uncommitted (np.full would touch every page of it)
+        return np.zeros(cap, dtype=dtype)
 
     def reserve(self, total: int) -> None:
         if total > self.a.shape[0]:
@@ -82,6 +82,8 @@ class GrowArray:
         start = self.n
         self.reserve(start + count)
         self.n = start + count
+        if self.fill:
+            self.a[start : start + count] = self.fill
         return start
 
 
