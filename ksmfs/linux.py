@@ -25,3 +25,23 @@ WRITE_MAX = PAGE_SIZE
 # the one used when none is named.
 SUPPORTED_VERSIONS = ("5.15", "6.1", "6.4", "6.6", "6.8", "6.14", "6.18")
 DEFAULT_VERSION = "6.18"
+
+# Every writable file of /sys/kernel/mm/ksm but `run`, in an order in which any set of
+# values can be stored: advisor_mode first (switching it to none resets pages_to_scan in
+# advisor_mode_store(), and while it is scan-time a pages_to_scan store is EINVAL), then
+# max_page_sharing and merge_across_nodes (EBUSY once anything is shared). The real
+# backend restores the machine's knobs in this order; an estimate writes a capture's.
+KNOB_STORE_ORDER: tuple[str, ...] = (
+    "advisor_mode",
+    "max_page_sharing",
+    "merge_across_nodes",
+    "pages_to_scan",
+    "sleep_millisecs",
+    "use_zero_pages",
+    "smart_scan",
+    "stable_node_chains_prune_millisecs",
+    "advisor_max_cpu",
+    "advisor_min_pages_to_scan",
+    "advisor_max_pages_to_scan",
+    "advisor_target_scan_time",
+)

@@ -11,7 +11,7 @@ and sleep_millisecs 0 (every knob restored afterwards), and the ratio is printed
 
     python scripts/bench_scan.py                 # 1M, 16M, 64M + the real ksmd
     python scripts/bench_scan.py --sizes 1M --no-real
-    flock /tmp/ksm-team.lock python scripts/bench_scan.py --scenarios
+    python scripts/bench_scan.py --scenarios    # as root: it also runs the real ksmd
         # `ksmfs run` of scripts/scenarios/scale-{1m,16m}.toml (wall time, peak RSS, worst
         # batch) against the real ksmd's CPU time on scale-1m (x16 for 16M pages)
 """

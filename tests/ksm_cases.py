@@ -3,8 +3,8 @@ errno it answers, and the defaults of a fresh kernel: the one table the kernel t
 (knobs.store), the kfs tier (the sysfs rows) and the e2e tier (a mount next to the real
 /sys) all check.  Every case here FAILS on the real kernel (or is an empty write, which
 returns 0 and calls no store), so running them against the machine's real KSM changes
-nothing: that is why the table holds no valid value, not even the current one (another
-session may be changing the real KSM, which would make a "same value" write a change).
+nothing: that is why the table holds no valid value, not even the current one (someone
+else may be changing the real KSM, which would make a "same value" write a change).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ VmFlags), page kinds, contents (as equality classes) and KSM state.
 ``assume="as-is"``: only what is mergeable now (VMAs with ``mg``, merge_any processes).
 ``assume="merge-any"``: as if every process had called prctl(PR_SET_MEMORY_MERGE, 1) now
 (every KSM-compatible VMA of it; a process that already has merge_any keeps its state,
-since the kernel ignores a second prctl — §9: its ``[stack]`` from before exec stays
-without ``mg``).
+since the kernel ignores a second prctl: its ``[stack]`` from before exec stays without
+``mg``, as measured on the live kernel, docs/NOTES.md "Capture and estimate").
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from ksmfs.kernel import MADV_MERGEABLE, MADV_UNMERGEABLE, PR_SET_MEMORY_MERGE, Kernel, KsmError
 from ksmfs.kernel import knobs as sysfs
 from ksmfs.kernel.kernel import INSTALL_ANON, INSTALL_FILE, INSTALL_NONE, INSTALL_SWAP
-from ksmfs.linux import DEFAULT_VERSION, PAGE_SIZE
+from ksmfs.linux import DEFAULT_VERSION, KNOB_STORE_ORDER, PAGE_SIZE
 
 from .format import KIND_ANON, KIND_FILE, KIND_SWAP, PF_VOLATILE, Capture, CProcess, CVma
 from .procfs import VMFLAG_BITS
@@ -29,14 +29,8 @@ from .procfs import VMFLAG_BITS
 GAP = 512
 EMPTY_MAX = 1 << 16
 
-# Knobs written to the simulated sysfs, in an order the kernel accepts (max_page_sharing
-# and merge_across_nodes while nothing is shared; advisor_mode before pages_to_scan).
-KNOB_ORDER = (
-    "max_page_sharing", "merge_across_nodes", "use_zero_pages", "smart_scan",
-    "stable_node_chains_prune_millisecs", "advisor_mode", "advisor_max_cpu",
-    "advisor_min_pages_to_scan", "advisor_max_pages_to_scan", "advisor_target_scan_time",
-    "sleep_millisecs", "pages_to_scan",
-)
+# Knobs written to the simulated sysfs, in an order the kernel accepts (see ksmfs.linux).
+KNOB_ORDER = KNOB_STORE_ORDER
 ASSUME = ("as-is", "merge-any")
 
 _KIND_MAP = np.zeros(256, dtype=np.uint8)
@@ -208,8 +202,9 @@ def apply_knobs(k: Kernel, knobs: dict[str, int | str]) -> None:
         try:
             sysfs.store(k, name, f"{knobs[name]}\n".encode())
         except KsmError as e:
-            raise BuildError(f"{name}={knobs[name]}: refused by the kernel "
-                             f"({errno.errorcode.get(e.errno, e.errno)}: {e})") from None
+            why = e.message.removeprefix(f"{name}: ")  # the store's message names the file
+            raise BuildError(f"{name}={knobs[name]}: refused by the kernel: {why} "
+                             f"({errno.errorcode.get(e.errno, e.errno)})") from None
 
 
 def kernel_for_mount(path: str, assume: str, version: str) -> tuple[Kernel, str]:

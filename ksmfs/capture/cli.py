@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ksmfs.kernel import KsmError
+from ksmfs.linux import PAGE_SIZE
 
 from .build import KNOB_ORDER, BuildError, build
 from .format import KIND_ANON, Capture, CaptureError, load
@@ -61,6 +62,17 @@ def _err(cmd: str, msg: str) -> None:
     print(f"ksmfs {cmd}: {msg}", file=sys.stderr)
 
 
+def _unwritable(path: str) -> str | None:
+    """Why ``path`` cannot be written as a new file, checked before the work that fills it
+    (a capture with --watch, an estimate): None when it looks writable."""
+    p = Path(path)
+    if p.is_dir():
+        return f"cannot write {path}: it is a directory"
+    if not p.resolve().parent.is_dir():
+        return f"cannot write {path}: no directory {p.parent}"
+    return None
+
+
 def _take(cmd: str, args: argparse.Namespace) -> Capture | None:
     from .take import capture
 
@@ -97,12 +109,17 @@ def _take(cmd: str, args: argparse.Namespace) -> Capture | None:
 
 def _summary(cap: Capture) -> str:
     anon = int((cap.kind == KIND_ANON).sum())
-    return (f"{len(cap.processes)} processes, {anon} anonymous pages "
-            f"({anon * 4096 / GiB:.2f} GiB), {cap.npages} mapped pages")
+    n = len(cap.processes)
+    return (f"{n} process{'es' if n != 1 else ''}, {anon} anonymous pages "
+            f"({anon * PAGE_SIZE / GiB:.2f} GiB), {cap.npages} mapped pages")
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
+    problem = _unwritable(args.output)
+    if problem is not None:
+        _err("capture", problem)
+        return EXIT_USAGE
     cap = _take("capture", args)
     if cap is None:
         return EXIT_USAGE
@@ -138,6 +155,9 @@ def current_knobs() -> dict[str, int | str] | None:
 def cmd_estimate(args: argparse.Namespace) -> int:
     from .estimate import report, run
 
+    if args.max_full_scans < 1:
+        _err("estimate", f"--max-full-scans must be at least 1, not {args.max_full_scans}")
+        return EXIT_USAGE
     sets = parse_sets(getattr(args, "set", None))
     if isinstance(sets, str):
         _err("estimate", sets)
@@ -161,23 +181,28 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     knobs: dict[str, Any] = dict(machine if machine is not None else cap.knobs)
     knobs = {n: v for n, v in knobs.items() if n in KNOB_ORDER}
     knobs.update(sets)
+    problem = _unwritable(args.plot) if args.plot else None
+    if problem is not None:  # checked before the run, as --json is by opening it
+        _err("estimate", problem)
+        return EXIT_USAGE
+    try:
+        snaps_out: IO[str] | None = (
+            open(args.json, "w", encoding="utf-8") if args.json else None  # noqa: SIM115 - closed in the finally
+        )
+    except OSError as e:
+        _err("estimate", f"cannot write {args.json}: {e.strerror or e}")
+        return EXIT_USAGE
     bar = Bar("estimate:")
     try:
         bar.text("building the simulated kernel")
         built = build(cap, args.assume, knobs)
-        snaps_out: IO[str] | None = (
-            open(args.json, "w", encoding="utf-8") if args.json else None  # noqa: SIM115 - closed in the finally
-        )
-        try:
-            def on_snapshot(s: dict[str, Any]) -> None:
-                if snaps_out is not None:
-                    snaps_out.write(json.dumps(s) + "\n")
 
-            res = run(built, on_snapshot, max_full_scans=args.max_full_scans,
-                      progress=lambda n: bar.text(f"full scan {n}"))
-        finally:
+        def on_snapshot(s: dict[str, Any]) -> None:
             if snaps_out is not None:
-                snaps_out.close()
+                snaps_out.write(json.dumps(s) + "\n")
+
+        res = run(built, on_snapshot, max_full_scans=args.max_full_scans,
+                  progress=lambda n: bar.text(f"full scan {n}"))
     except BuildError as e:
         bar.done()
         _err("estimate", str(e))
@@ -190,21 +215,19 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         bar.done()
         _err("estimate", f"cannot write {e.filename}: {e.strerror}")
         return EXIT_FAIL
+    finally:
+        if snaps_out is not None:
+            snaps_out.close()
     bar.done()
     which = "this machine's knobs" if machine is not None else "the knobs recorded in the capture"
     header = f"ksmfs estimate: {source}: {_summary(cap)}; {which}" + (
         f", {', '.join(f'{n}={v}' for n, v in sets.items())} set" if sets else "")
     print(report(built, res, args.assume, header))
+    if args.json:
+        print(f"wrote {len(res.snapshots)} snapshots (one per line) to {args.json}", file=sys.stderr)
     if args.plot:
-        try:
-            from ksmfs import plot
+        from ksmfs.scenario.cli import write_plot
 
-            plot.plot_snapshots(res.snapshots, args.plot, title="ksmfs estimate: " + (
-                Path(args.capture).name if args.capture else "live processes"))
-        except ModuleNotFoundError as e:
-            _err("estimate", f"--plot needs the Python module {e.name!r} (pip install 'ksmfs[plot]')")
-            return EXIT_FAIL
-        except Exception as e:
-            _err("estimate", f"--plot {args.plot}: {' '.join(str(e).split())}")
-            return EXIT_FAIL
+        title = "ksmfs estimate: " + (Path(args.capture).name if args.capture else "live processes")
+        return write_plot("estimate", "plot_snapshots", args.plot, res.snapshots, title=title)
     return EXIT_OK

@@ -2,10 +2,10 @@
 which pages are equal.
 
 Per process: its VMAs (smaps, with VmFlags), its KSM state (ksm_stat), and per mapped
-page its kind (pagemap + kpageflags) and, for anonymous pages, a keyed BLAKE3 hash of the
-content read from /proc/PID/mem (XXH3 with a random seed that lives only in this process).
-The file gets dense content ids (0 = all-zero page), never a hash: it tells only which
-pages are equal.
+page its kind (pagemap + kpageflags) and, for anonymous pages, a 64-bit XXH3 hash of the
+content read from /proc/PID/mem, seeded with a random value that lives only in this
+process. The file gets dense content ids (0 = all-zero page), never a hash: it tells only
+which pages are equal.
 """
 
 from __future__ import annotations
@@ -293,7 +293,8 @@ def capture(
                     warn(f"skipped process {pid}: {why}")
                 return got
             except OSError as e:
-                why = "exited" if isinstance(e, (ProcessLookupError, FileNotFoundError)) else (
+                # gone: a pid that never ran is as absent as one that exited
+                why = "not running" if isinstance(e, (ProcessLookupError, FileNotFoundError)) else (
                     e.strerror or str(e)).lower()
                 skipped.append(f"{pid}: {why}")
                 warn(f"skipped process {pid}: {why}")

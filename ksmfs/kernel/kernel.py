@@ -303,7 +303,6 @@ class Kernel:
         name: str | None = None,
         prot: str = "rw",
         stack: bool = False,
-        special: bool = False,
         extra_flags: int = 0,
         addr: int | None = None,
         populate: bool = True,
@@ -343,8 +342,6 @@ class Kernel:
             flags |= VM_HUGETLB
         if stack:
             flags |= VM_GROWSDOWN
-        if special:
-            flags |= VM_DONTEXPAND
         flags |= extra_flags & ~VM_MERGEABLE  # VM_MERGEABLE only through madvise/prctl
         if addr is None:
             addr = mm.next_addr

@@ -179,6 +179,18 @@ def _fusermount() -> str | None:
     return shutil.which("fusermount3") or shutil.which("fusermount")
 
 
+def is_dead_fuse_mount(mountpoint: str) -> bool:
+    """True when the server of the FUSE mount at ``mountpoint`` is gone: stat fails
+    with ENOTCONN (ECONNABORTED for a request caught by the kernel's fuse_abort_conn).
+    Only call it for a mount whose ksmfs server is known dead: on a live one the stat
+    is a request that server must answer."""
+    try:
+        os.stat(mountpoint)
+    except OSError as e:
+        return e.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    return False
+
+
 def clear_stale_mount(mountpoint: str) -> str | None:
     """Lazily unmount a dead FUSE mount at ``mountpoint``; returns an error line or None."""
     tool = _fusermount()
@@ -518,6 +530,16 @@ def cmd_umount(args: argparse.Namespace, *, timeout: float = 10.0) -> int:
     if not entry.fstype.startswith("fuse"):
         say(f"{mountpoint}: not a ksmfs mount ({entry.fstype})")
         return EXIT_USAGE
+    if pid is None and is_dead_fuse_mount(mountpoint):
+        # Its server died (kill -9) and fusermount3's auto_unmount did not remove it: a
+        # dead mount serves nobody, so it goes lazily even while a file is still open.
+        problem = clear_stale_mount(mountpoint)
+        if problem is not None:
+            say(f"{mountpoint}: stale mount (its server is gone): {problem}")
+            return EXIT_FAIL
+        say(f"{mountpoint}: its server was gone (stale mount); unmounted it")
+        pid_file(mountpoint).unlink(missing_ok=True)
+        return EXIT_OK
     tool = _fusermount()
     if tool is None:
         say("fusermount3 is not installed")

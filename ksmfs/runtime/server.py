@@ -419,6 +419,59 @@ def _invalidate_entry(parent_inode: int, name: str) -> None:
     pyfuse3.invalidate_entry_async(parent_inode, os.fsencode(name), ignore_enoent=True)
 
 
+def _fd_targets() -> dict[int, str]:
+    """Every open fd of this process and what it points to (``/proc/self/fd``)."""
+    out: dict[int, str] = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            out[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            pass  # the fd listdir() itself used, closed by now
+    return out
+
+
+def _socket_fds() -> set[str]:
+    """The sockets open now, by inode (``socket:[N]``): an fd number may be reused."""
+    return {t for t in _fd_targets().values() if t.startswith("socket:")}
+
+
+def _commfd_below_fuse(reserved: int, sockets_before: set[str], *, expected: bool) -> None:
+    """Give the auto_unmount socket to fusermount3 a lower fd number than /dev/fuse.
+
+    With ``auto_unmount`` libfuse keeps its end of a socketpair open for the life of
+    the process and never touches it again (lib/mount.c ``fuse_mount_fusermount``, the
+    same from 3.14 to 3.18), so its number may change.  fusermount3 waits for EOF on
+    the other end, then unmounts only if open(mountpoint) fails with ENOTCONN
+    (util/fusermount.c ``should_auto_unmount``, fuse3 3.14).  When the server dies the
+    kernel closes its fds in ascending order (``close_files``) but releases them in the
+    reverse order (each final ``fput`` queues a task_work; ``task_work_run`` runs the
+    last queued first).  libfuse's socket has a higher number than /dev/fuse, so it
+    was released first: fusermount3 woke, and when it reached open() before the dying
+    server had released /dev/fuse, its request was queued on the still-connected mount
+    and then ended by ``fuse_abort_conn`` with ECONNABORTED; fusermount3 exited without
+    unmounting (7 stale mounts in 40 `kill -9` on a busy 2-CPU machine).  Below
+    /dev/fuse the socket is released after it: the connection is gone
+    (``fc->connected == 0``) before fusermount3 wakes, open() fails with ENOTCONN and
+    fusermount3 unmounts."""
+    try:
+        targets = _fd_targets()
+        fuse = [fd for fd, t in targets.items() if t == "/dev/fuse"]
+        comm = [fd for fd, t in targets.items()
+                if t.startswith("socket:") and t not in sockets_before]
+        if len(fuse) == 1 and len(comm) == 1 and reserved < fuse[0]:
+            os.dup2(comm[0], reserved, inheritable=False)
+            os.close(comm[0])
+            log.debug("fusermount3 socket moved from fd %d to %d (/dev/fuse: fd %d)",
+                      comm[0], reserved, fuse[0])
+            return
+    except OSError as e:
+        targets = {-1: str(e)}
+    os.close(reserved)
+    if expected:
+        log.warning("fusermount3 socket not moved below /dev/fuse (fds %s): after a kill -9 "
+                    "the mount may stay behind (ksmfs umount clears it)", targets)
+
+
 async def serve(
     config: MountConfig,
     *,
@@ -449,7 +502,16 @@ async def serve(
     pacer.ops = ops
     options = fuse_options(config)
     log.info("mounting at %s with options %s", config.mountpoint, ",".join(sorted(options)))
-    pyfuse3.init(ops, config.mountpoint, options)
+    # An fd number taken before the mount, so it is lower than the /dev/fuse fd that
+    # pyfuse3.init() opens: the fusermount3 socket moves there (see _commfd_below_fuse).
+    reserved = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    sockets = _socket_fds()
+    try:
+        pyfuse3.init(ops, config.mountpoint, options)
+    except BaseException:
+        os.close(reserved)
+        raise
+    _commfd_below_fuse(reserved, sockets, expected="auto_unmount" in options)
     server = Server(config.mountpoint, kernel, ops, pacer)
     try:
         async with trio.open_nursery() as nursery:

@@ -51,7 +51,7 @@ def step_label(step: Step) -> str:
     action = step.action
     if isinstance(action, Sysfs):  # a knob write reads best as itself: run=2
         return " ".join(f"{name}={value}" for name, value in action.values)
-    words = [action.kind]
+    words: list[str] = [action.kind]
     for attr in ("process", "vma"):
         if hasattr(action, attr):
             words.append(str(getattr(action, attr)))
@@ -253,7 +253,7 @@ def _fail(command: str, backend: str, e: BaseException) -> int:
     return EXIT_FAIL
 
 
-def _write_plot(command: str, kind: str, path: str, *data: Any, title: str,
+def write_plot(command: str, kind: str, path: str, *data: Any, title: str,
                 steps: dict[int, list[str]] | None = None) -> int:
     try:
         from ksmfs import plot
@@ -349,7 +349,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"wrote {len(snaps)} snapshots (one per line) to {json_path}", file=sys.stderr)
     plot_path = getattr(args, "plot", None)
     if plot_path:
-        return _write_plot("run", "plot_snapshots", plot_path, snaps,
+        return write_plot("run", "plot_snapshots", plot_path, snaps,
                            title=f"{scenario.name} ({backend})", steps=steps_by_scan(scenario))
     return EXIT_OK
 
@@ -383,7 +383,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     rc = EXIT_OK if result.equal else EXIT_FAIL
     plot_path = getattr(args, "plot", None)
     if plot_path:
-        prc = _write_plot("diff", "plot_diff", plot_path, runs["sim"], runs["real"],
+        prc = write_plot("diff", "plot_diff", plot_path, runs["sim"], runs["real"],
                           title=scenario.name, steps=steps_by_scan(scenario))
         rc = rc or prc
     return rc

@@ -21,7 +21,8 @@ import random
 
 import numpy as np
 
-from ksmfs.scenario.model import PAGE_SIZE, ProcessSpec, Scenario, Segment, VmaSpec
+from ksmfs.linux import PAGE_SIZE
+from ksmfs.scenario.model import ProcessSpec, Scenario, Segment, VmaSpec
 
 _M64 = (1 << 64) - 1
 _M63 = (1 << 63) - 1

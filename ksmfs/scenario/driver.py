@@ -100,9 +100,6 @@ class MappedPages:
     def pages(self, vma: str) -> int:
         return len(self.maps[vma])
 
-    def any_mapped(self, vma: str) -> bool:
-        return any(self.maps[vma])
-
     def all_mapped(self, vma: str, first: int, count: int) -> bool:
         m = self.maps[vma]
         return first + count <= len(m) and all(m[first:first + count])

@@ -19,12 +19,6 @@ from pathlib import Path
 from typing import Literal
 
 from ksmfs.kernel.versions import WRITABLE_SYSFS_ORDER
-from ksmfs.linux import (  # noqa: F401 - re-exported for the scenario backends
-    MADV_MERGEABLE,
-    MADV_UNMERGEABLE,
-    PAGE_SIZE,
-    PR_SET_MEMORY_MERGE,
-)
 
 # The sources of a fill segment (contract table "SOURCE").
 SegmentSource = Literal["zero", "unique", "value", "pool"]

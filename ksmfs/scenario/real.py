@@ -26,11 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE
+from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE, PAGE_SIZE
 from ksmfs.scenario.contents import Contents
 from ksmfs.scenario.driver import MappedPages, Snapshot, drive
 from ksmfs.scenario.model import (
-    PAGE_SIZE,
     Exit,
     Fork,
     Madvise,

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ksmfs.linux import PAGE_SIZE
+from ksmfs.linux import KNOB_STORE_ORDER, PAGE_SIZE
 
 KSM_DIR = Path("/sys/kernel/mm/ksm")
 
@@ -50,24 +50,8 @@ KSM_DIR = Path("/sys/kernel/mm/ksm")
 PACE_PAGES_TO_SCAN = 4294967295
 PACE_SLEEP_MILLISECS = (1_000_000_000, 1_000_000_001, 1_000_000_002)
 
-# Writable files, in the order they are put back by KsmSysfs.restore().  advisor_mode goes
-# first: switching it to none resets pages_to_scan (mm/ksm.c advisor_mode_store), and while
-# it is scan-time pages_to_scan refuses every write (EINVAL).  max_page_sharing and
-# merge_across_nodes only accept a different value while pages_shared == 0 (EBUSY).
-RESTORE_ORDER: tuple[str, ...] = (
-    "advisor_mode",
-    "max_page_sharing",
-    "merge_across_nodes",
-    "pages_to_scan",
-    "sleep_millisecs",
-    "use_zero_pages",
-    "smart_scan",
-    "stable_node_chains_prune_millisecs",
-    "advisor_max_cpu",
-    "advisor_min_pages_to_scan",
-    "advisor_max_pages_to_scan",
-    "advisor_target_scan_time",
-)
+# Writable files, in the order KsmSysfs.restore() puts them back (why: ksmfs.linux).
+RESTORE_ORDER = KNOB_STORE_ORDER
 
 LOCK_PATH = Path("/tmp/ksmfs-realkernel.lock")
 # The knobs saved by the run in progress; left behind only by a run that was SIGKILLed.

@@ -27,14 +27,16 @@ from typing import Any
 from ksmfs.kernel import Kernel
 from ksmfs.kernel import knobs as _knobs
 from ksmfs.kernel.errors import KsmError
-from ksmfs.linux import DEFAULT_VERSION
-from ksmfs.scenario.contents import Contents
-from ksmfs.scenario.driver import MappedPages, Snapshot, drive
-from ksmfs.scenario.model import (
+from ksmfs.linux import (
+    DEFAULT_VERSION,
     MADV_MERGEABLE,
     MADV_UNMERGEABLE,
     PAGE_SIZE,
     PR_SET_MEMORY_MERGE,
+)
+from ksmfs.scenario.contents import Contents
+from ksmfs.scenario.driver import MappedPages, Snapshot, drive
+from ksmfs.scenario.model import (
     Exit,
     Fork,
     Madvise,
@@ -208,9 +210,10 @@ class SimBackend:
         return proc
 
 
-def _ksm_file_values(k: Kernel) -> dict[str, int]:
-    # Only the files this kernel version has (an older release lacks general_profit, ...).
-    present = set(getattr(k.version, "sysfs_files", ()) or k.ksm.stats())
+def ksm_file_values(k: Kernel) -> dict[str, int]:
+    """Every numeric file of /sys/kernel/mm/ksm this kernel version has (an older release
+    lacks general_profit, ...): the ``ksm`` object of a snapshot."""
+    present = set(k.version.sysfs_files)
     return {name: int(v) for name, v in k.ksm.stats().items() if name in present}
 
 
@@ -222,11 +225,10 @@ def snapshot(k: Kernel, processes: dict[str, SimProcess], full_scans: int) -> Sn
     for name, proc in processes.items():
         stat = k.ksm_stat(proc.pid) or {}
         # Only the ksm_stat lines this release prints (none before 6.1, one on 6.1 ...).
-        lines = getattr(k.version, "ksm_stat_lines", None)
-        fields = list(stat) if lines is None else [f for f in lines if f in stat]
+        fields = [f for f in k.version.ksm_stat_lines if f in stat]
         entry: dict[str, Any] = {f: (stat[f] if isinstance(stat[f], str) else int(stat[f]))
                                  for f in fields}
-        if not getattr(k.version, "has_smaps_ksm", True):
+        if not k.version.has_smaps_ksm:
             procs[name] = entry  # no KSM: line in smaps before 6.6
             continue
         smaps = k.smaps(proc.pid)
@@ -238,7 +240,7 @@ def snapshot(k: Kernel, processes: dict[str, SimProcess], full_scans: int) -> Sn
             kb[vname] = sum(int(c.ksm) for v, c in smaps if start <= v.start < end) >> 10
         entry["smaps_ksm_kb"] = kb
         procs[name] = entry
-    return {"full_scans": full_scans, "ksm": _ksm_file_values(k), "processes": procs}
+    return {"full_scans": full_scans, "ksm": ksm_file_values(k), "processes": procs}
 
 
 def run_sim(scenario: Scenario, on_snapshot: Callable[[Snapshot], None],

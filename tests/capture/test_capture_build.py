@@ -158,7 +158,7 @@ def test_knobs_and_refusals(tmp_path: Path) -> None:
     built = build(cap, "as-is", {"max_page_sharing": 2, "use_zero_pages": 1})
     res = run(built)
     assert res.final["ksm"]["max_page_sharing"] == 2
-    assert res.final["ksm"]["ksm_zero_pages"] == 12
+    assert res.final["ksm"]["ksm_zero_pages"] == 3 * 4  # 4 zero pages in each of 3 processes
     with pytest.raises(BuildError, match="max_page_sharing=1"):
         build(cap, "as-is", {"max_page_sharing": 1})
     with pytest.raises(BuildError, match="unknown or read-only"):
@@ -238,3 +238,25 @@ def test_scan_time_advisor_runs_batch_by_batch() -> None:
     assert adv.final["ksm"]["pages_sharing"] == \
         plain.final["ksm"]["pages_sharing"] > 0
     assert adv.converged
+
+
+def test_a_failed_save_leaves_no_file(tmp_path: Path) -> None:
+    """Saving over a directory fails with OSError and leaves no temporary file beside it."""
+    (tmp_path / "d").mkdir()
+    with pytest.raises(OSError):
+        make_capture(True).save(tmp_path / "d")
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_contents_that_merge_nowhere_end_as_pages_unshared() -> None:
+    """Nothing merges, so the counters that converge are the ones of the second full scan
+    (the first only records checksums): every rmap_item unshared, none volatile."""
+    cap = make_capture(True)
+    anon = cap.kind == KIND_ANON
+    cap.content[anon] = 5000 + np.arange(int(anon.sum()), dtype=np.uint64)  # all distinct
+    res = run(build(cap, "as-is"))
+    ksm = res.final["ksm"]
+    items = sum(p["ksm_rmap_items"] for p in res.final["processes"].values())
+    assert ksm["pages_shared"] == ksm["pages_sharing"] == 0
+    assert ksm["pages_volatile"] == 0 and ksm["pages_unshared"] == items > 0
+    assert res.converged and res.converged_at == 2

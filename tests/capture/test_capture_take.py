@@ -85,9 +85,9 @@ def test_file_holds_no_content_and_reports_skipped(
     out = tmp_path / "c.kcap"
     assert main(["capture", str(p.pid), str(gone.pid), "-o", str(out)]) == 0
     err = capsys.readouterr().err
-    assert f"skipped process {gone.pid}: exited" in err and len(err.splitlines()) == 1
+    assert f"skipped process {gone.pid}: not running" in err and len(err.splitlines()) == 1
     cap = load(out)
-    assert [q.pid for q in cap.processes] == [p.pid] and cap.skipped == [f"{gone.pid}: exited"]
+    assert [q.pid for q in cap.processes] == [p.pid] and cap.skipped == [f"{gone.pid}: not running"]
     # the contents: 8-byte pieces of the file's pages (held by the worker's COW'd pages and
     # its page cache) and of random --same data never appear in the capture file
     import zipfile

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,6 +158,20 @@ class Mount:
             os.write(fd, value.encode())
         finally:
             os.close(fd)
+
+
+@contextlib.contextmanager
+def public_dir(prefix: str = "ksmfs-e2e-") -> Iterator[Path]:
+    """A directory under /tmp that other users can traverse (pytest's tmp dirs are 0700);
+    a mount left at its ``mnt`` is unmounted and the directory removed afterwards."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        if find_mount(str(d / "mnt")) is not None and FUSERMOUNT:
+            subprocess.run([FUSERMOUNT, "-u", "-z", str(d / "mnt")])
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from e2e_support import (
     run,
     wait_until,
 )
+from e2e_support import public_dir as e2e_public_dir
 
 from ksmfs.runtime import find_mount
 
@@ -41,14 +41,8 @@ def as_nobody(cmd: str):
 @pytest.fixture
 def public_dir():
     """A directory other users can traverse (pytest's tmp dirs are 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="ksmfs-e2e-", dir="/tmp"))
-    d.chmod(0o755)
-    try:
+    with e2e_public_dir() as d:
         yield d
-    finally:
-        if find_mount(str(d / "mnt")) is not None:
-            subprocess.run([FUSERMOUNT, "-u", "-z", str(d / "mnt")])
-        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.skipif(SETPRIV is None or os.geteuid() != 0, reason="needs root and setpriv")

@@ -11,14 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
-from e2e_support import FUSERMOUNT, fuse_test, mounted, run
-
-from ksmfs.runtime import find_mount
+from e2e_support import fuse_test, mounted, run
+from e2e_support import public_dir as e2e_public_dir
 
 pytestmark = [
     *fuse_test,
@@ -64,17 +62,11 @@ PROBE = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def public_dir():
-    """A directory other users can traverse (pytest's tmp dirs are 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="ksmfs-access-", dir="/tmp"))
-    d.chmod(0o755)
-    (d / "probe.py").write_text(PROBE)
-    (d / "probe.py").chmod(0o644)
-    try:
+    """A directory other users can traverse, holding the probe script."""
+    with e2e_public_dir("ksmfs-access-") as d:
+        (d / "probe.py").write_text(PROBE)
+        (d / "probe.py").chmod(0o644)
         yield d
-    finally:
-        if find_mount(str(d / "mnt")) is not None:
-            subprocess.run([FUSERMOUNT, "-u", "-z", str(d / "mnt")])
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def has_cap_sys_ptrace() -> bool:

@@ -5,7 +5,6 @@ psutil reading a whole /proc keeps every simulated process."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from e2e_support import fuse_test, mounted, run
+from ksm_cases import attempt
 
 pytestmark = [*fuse_test, pytest.mark.timeout(180)]
 
@@ -159,13 +159,8 @@ PID_MAX_BAD = ["abc", "1", "300", "99999999", "  ", "-5", "400x", "08", "0x", "\
 
 
 def _write(path: Path, data: str) -> str:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        return f"wrote {os.write(fd, data.encode())}"
-    except OSError as e:
-        return errno.errorcode[e.errno]
-    finally:
-        os.close(fd)
+    """One open+write(2): "OK n" or the errno name (ksm_cases.attempt)."""
+    return attempt(path, data.encode())
 
 
 @pytest.mark.parametrize("data", PID_MAX_BAD)
@@ -182,7 +177,7 @@ def test_pid_max_store(mount):
     path = mount.path / "proc/sys/kernel/pid_max"
     before = cat(path)
     last = int(cat(mount.path / "proc/loadavg").split()[4])
-    assert _write(path, " 0x200 \n") == "wrote 8"  # C base 0, blanks around
+    assert _write(path, " 0x200 \n") == "OK 8"  # C base 0, blanks around
     try:
         assert cat(path) == "512\n"
         pid = int(mount.control("spawn a").split()[1])

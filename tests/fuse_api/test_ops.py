@@ -19,6 +19,7 @@ from fuseapi_support import Ctx, Fields
 from ksmfs.fuse.ops import WRITE_MAX, KsmfsOperations
 from ksmfs.kernel import KsmError
 from ksmfs.kfs import ROOT_INODE, FileSpec, Node
+from ksmfs.linux import SUPPORTED_VERSIONS
 
 KSM = ("sys", "kernel", "mm", "ksm")
 
@@ -610,7 +611,7 @@ async def test_poll_on_trace_pipe_waits_for_records(ops, kernel):
     await ops.release(fi.fh)
 
 
-@pytest.mark.parametrize("version", ["5.15", "6.1", "6.4", "6.6", "6.8", "6.14", "6.18"])
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
 async def test_every_kernel_version_is_served_from_its_own_table(version, listing):
     """Each version's tree (5.15 has no ksm_stat, 6.8 adds the advisor files ...) is
     listed, resolved and read through the same adapter code."""

@@ -9,6 +9,8 @@ import pytest
 from ksm_cases import INVALID_WRITES
 
 from ksmfs.kernel import Kernel, KsmError, knobs
+from ksmfs.kernel.versions import SUPPORTED, WRITABLE_SYSFS
+from ksmfs.linux import KNOB_STORE_ORDER
 
 REAL = "/sys/kernel/mm/ksm"
 
@@ -113,8 +115,29 @@ def test_ebusy_only_when_value_changes_while_shared() -> None:
     assert err_of(k, "max_page_sharing", b"10") == "OK(2)"
 
 
+LIVE_VERSION = ".".join(os.uname().release.split(".")[:2])
+
+
 @pytest.mark.skipif(not os.path.isdir(REAL), reason="no /sys/kernel/mm/ksm on this machine")
+@pytest.mark.skipif(LIVE_VERSION not in SUPPORTED,
+                    reason=f"no kernel profile for the running kernel {LIVE_VERSION}")
 def test_file_list_and_defaults_like_the_real_kernel() -> None:
-    """The 6.18 profile has exactly the live machine's files."""
-    k = Kernel()
+    """The profile of the running kernel's version has exactly the live machine's files."""
+    k = Kernel(version=LIVE_VERSION)
     assert sorted(k.version.sysfs_files) == sorted(os.listdir(REAL))
+
+
+def test_knob_store_order_stores_any_values_on_a_kernel_that_shares_nothing() -> None:
+    """ksmfs.linux.KNOB_STORE_ORDER names every writable knob but run, and storing each
+    knob's non-default value in that order is accepted (advisor_mode scan-time first, so a
+    pages_to_scan store then is the kernel's EINVAL: the one knob the advisor owns)."""
+    assert set(KNOB_STORE_ORDER) == WRITABLE_SYSFS - {"run"}
+    k = Kernel()
+    values = {"advisor_mode": b"scan-time", "max_page_sharing": b"3", "merge_across_nodes": b"0",
+              "pages_to_scan": b"7", "sleep_millisecs": b"5", "use_zero_pages": b"1",
+              "smart_scan": b"0", "stable_node_chains_prune_millisecs": b"9",
+              "advisor_max_cpu": b"50", "advisor_min_pages_to_scan": b"10",
+              "advisor_max_pages_to_scan": b"20000", "advisor_target_scan_time": b"100"}
+    for name in KNOB_STORE_ORDER:
+        want = errno.EINVAL if name == "pages_to_scan" else f"OK({len(values[name])})"
+        assert err_of(k, name, values[name]) == want, name

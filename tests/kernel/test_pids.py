@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from ksmfs.kernel import Kernel, KsmError
-from ksmfs.kernel.kernel import FIRST_PID, PID_MAX_LIMIT, RESERVED_PIDS
+from ksmfs.kernel.kernel import FIRST_PID, PID_MAX_DEFAULT, PID_MAX_LIMIT, RESERVED_PIDS
 
 
 def test_pids_wrap_to_reserved_pids_and_reuse_freed_ones():
@@ -33,4 +33,4 @@ def test_pid_max_range(value):
     k = Kernel()
     with pytest.raises(KsmError) as err:
         k.set_pid_max(value)
-    assert err.value.errno == errno.EINVAL and k.pid_max == 32768
+    assert err.value.errno == errno.EINVAL and k.pid_max == PID_MAX_DEFAULT

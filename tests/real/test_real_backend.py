@@ -346,7 +346,7 @@ def test_worker_writes_token_pages() -> None:
     try:
         exe = build_worker()
     except RealBackendError as e:
-        pytest.skip(str(e))
+        pytest.skip(f"cannot build the C worker: {e}")
     w = Worker(exe, 16)
     try:
         tokens = np.array([0, 1, 0x0102030405060708, (1 << 63) | 5], dtype=np.uint64)

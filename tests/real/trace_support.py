@@ -30,11 +30,16 @@ import numpy as np
 import pytest
 
 from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE
-from ksmfs.scenario.realkernel import Ksmd, KsmSysfs, Pacer, Worker
+from ksmfs.scenario.realkernel import (
+    PACE_PAGES_TO_SCAN,
+    PACE_SLEEP_MILLISECS,
+    Ksmd,
+    KsmSysfs,
+    Pacer,
+    Worker,
+)
 
 TRACEFS = Path("/sys/kernel/tracing")
-PACE_PAGES = 4294967295
-PACE_SLEEP = 1_000_000_000
 IDLE_SCENARIO = """\
 name = "idle"
 description = "one process, nothing mergeable: the trace differential spawns the rest"
@@ -255,8 +260,8 @@ class MountSide:
 
     def start(self) -> None:
         self.knob("run", 0)
-        self.knob("pages_to_scan", PACE_PAGES)
-        self.knob("sleep_millisecs", PACE_SLEEP)
+        self.knob("pages_to_scan", PACE_PAGES_TO_SCAN)
+        self.knob("sleep_millisecs", PACE_SLEEP_MILLISECS[0])
 
     def spawn(self, name: str, pages: int, source: str, merge_any: bool = False) -> None:
         flags = "merge_any" if merge_any else "mergeable"
@@ -289,8 +294,8 @@ class MountSide:
         # The trigger of the real pacer (realkernel.Pacer): run=1 wakes only the untimed
         # wait (run_store), so a new sleep_millisecs first ends ksmd's timed sleep
         # (sleep_millisecs_store); three values, so that it differs from the last two.
-        self._trigger = (self._trigger + 1) % 3
-        self.knob("sleep_millisecs", PACE_SLEEP + self._trigger)
+        self._trigger = (self._trigger + 1) % len(PACE_SLEEP_MILLISECS)
+        self.knob("sleep_millisecs", PACE_SLEEP_MILLISECS[self._trigger])
         self.knob("run", 1)
         deadline = time.monotonic() + timeout
         while (self.ksm / "full_scans").read_text() == before:

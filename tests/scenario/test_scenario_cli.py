@@ -135,8 +135,9 @@ def test_bad_scenario_is_one_line_exit_2(tmp_path: Path,
 
 
 def _fake_real(monkeypatch: pytest.MonkeyPatch, tweak: object = None) -> None:
-    """Stand in for the real backend (it drives the machine's KSM, which only one helper
-    may touch): the sim run, optionally altered, so that the diff printing is tested."""
+    """Stand in for the real backend: the sim run, optionally altered, so that the printing
+    of differences is tested on demand (the real kernel cannot be made to differ;
+    tests/real/test_differential.py compares with it under the realkernel marker)."""
     from ksmfs.scenario.sim import run_sim
 
     def run_real(scenario, on_snapshot, progress=None):
