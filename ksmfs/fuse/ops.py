@@ -109,6 +109,7 @@ def _handler(fn: _F) -> _F:
 
     @functools.wraps(fn)
     async def wrapper(self: KsmfsOperations, *args: Any) -> Any:
+        self.requests += 1  # the runtime's pacer lets a burst of requests finish
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -220,6 +221,7 @@ class KsmfsOperations(pyfuse3.Operations):
         # Bumped by every kernel_changed(): readers that need several files from one
         # kernel state read it before and after (a seqlock), see GENERATION_XATTR.
         self.generation = 0
+        self.requests = 0  # requests handled (any kind)
         self._pids: set[int] = set(self.kernel.tasks)
         proc = tree.lookup((PROCFS_TOP,))
         self._proc_inode = proc.inode if proc is not None else None

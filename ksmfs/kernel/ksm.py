@@ -18,6 +18,7 @@ workloads we compare, and is noted in docs/NOTES.md.
 from __future__ import annotations
 
 import errno
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,6 +39,7 @@ from .mm import (
 )
 from .tokenindex import MISSING, UNKNOWN, StableTree
 from .trace import TraceBuffer
+from .versions import KernelProfile
 
 # rmap_item flag bits kept in PhysMem.iflags (the kernel keeps them in rmap_item->address)
 HAS_ITEM = 0x1
@@ -148,7 +150,7 @@ class Ksm:
         advance_ns: Callable[[int], None],
         mm_by_gpid: Callable[[np.ndarray], np.ndarray],
         mms: dict[int, MM],
-        profile: object,
+        profile: KernelProfile,
         exact: bool = False,
     ) -> None:
         self.mem = mem
@@ -170,7 +172,7 @@ class Ksm:
         self.use_zero_pages = 0
         self.max_page_sharing = 256
         self.stable_node_chains_prune_millisecs = 2000
-        self.smart_scan = 1 if getattr(profile, "has_smart_scan", True) else 0
+        self.smart_scan = 1 if profile.has_smart_scan else 0
         self.advisor_mode = "none"
         self.advisor_max_cpu = 70
         self.advisor_min_pages_to_scan = 500
@@ -247,7 +249,7 @@ class Ksm:
 
     @property
     def general_profit(self) -> int:
-        zero = self.ksm_zero_pages if getattr(self.profile, "profit_counts_zero_pages", True) else 0
+        zero = self.ksm_zero_pages if self.profile.profit_counts_zero_pages else 0
         return (self.pages_sharing + zero) * PAGE_SIZE - self.ksm_rmap_items * RMAP_ITEM_SIZE
 
     def stats(self) -> dict[str, int]:
@@ -433,7 +435,7 @@ class Ksm:
             # MMF_VM_MERGE_ANY so ksm_vma_flags() can register the mm again)
             del self.mm_list[self.cursor]
             mm.registered = False
-            if mm.exiting or not getattr(self.profile, "keeps_merge_any_on_drop", True):
+            if mm.exiting or not self.profile.keeps_merge_any_on_drop:
                 mm.merge_any = False
         else:
             self.cursor += 1
@@ -1685,20 +1687,28 @@ class Ksm:
         nodes = self.mem.ival.a[g[st]].astype(np.int64)
         return bool((self.node_chain.a[nodes] >= 0).any())
 
+    def _dups(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every live dup and its chain id: from the chains' lists when dups are few
+        (a batch may be cut in many windows: no pass over every node then)."""
+        if self.stable_node_dups * 8 < self.node_alive.n:
+            lists = [ch.dups for ch in self.chains.values()]
+            ids = np.fromiter(itertools.chain.from_iterable(lists), np.int64, sum(map(len, lists)))
+        else:
+            n = self.node_alive.n
+            ids = np.flatnonzero(self.node_alive.a[:n] & (self.node_chain.a[:n] >= 0))
+        return ids, self.node_chain.a[ids].astype(np.int64)
+
     def _chains_with_head_only(self, mps: int) -> np.ndarray:
         """Per chain id: live, at least two dups, none stale, and no dup but the head
         with room for a page (then every search, pruning or not, picks the head)."""
-        n = self.node_alive.n
-        chain = self.node_chain.a[:n]
-        isdup = self.node_alive.a[:n] & (chain >= 0)
+        ids, chain = self._dups()
         nc = self.chain_live.n
-        ndups = np.bincount(chain[isdup], minlength=nc)[:nc]
-        bad = isdup & (self.node_kfn.a[:n] < 0)
-        lens = self.node_len.a[:n]
-        ids = np.arange(n)
-        nonhead = isdup & (self.chain_head.a[np.maximum(chain, 0)] != ids)
+        ndups = np.bincount(chain, minlength=nc)[:nc]
+        lens = self.node_len.a[ids]
+        bad = self.node_kfn.a[ids] < 0
+        nonhead = self.chain_head.a[chain] != ids
         bad |= nonhead & (lens > 0) & (lens < mps)
-        bad |= isdup & (lens <= 0)
+        bad |= lens <= 0
         nbad = np.bincount(chain[bad], minlength=nc)[:nc]
         return self.chain_live.a[:nc] & (ndups >= 2) & (nbad == 0)
 
@@ -1713,22 +1723,25 @@ class Ksm:
             return True
         if not self.chains:
             return False
-        n = self.node_alive.n
-        chain = self.node_chain.a[:n]
-        isdup = self.node_alive.a[:n] & (chain >= 0)
+        ids, chain = self._dups()
         nc = self.chain_live.n
         live = self.chain_live.a[:nc]
-        ndups = np.bincount(chain[isdup], minlength=nc)[:nc]
+        ndups = np.bincount(chain, minlength=nc)[:nc]
         if (live & (ndups < 2)).any():
             return True
-        lens = self.node_len.a[:n]
-        room2 = isdup & (lens > 0) & (lens + 1 < self.max_page_sharing)
+        lens = self.node_len.a[ids]
+        room2 = (lens > 0) & (lens + 1 < self.max_page_sharing)
         if room2.any():
-            ids = np.flatnonzero(room2)
-            if (self.chain_head.a[chain[ids]] != ids).any():
+            if (self.chain_head.a[chain[room2]] != ids[room2]).any():
                 return True
         prune_ns = self.stable_node_chains_prune_millisecs * 1_000_000
         due = live & (self._clock_ns() >= self.chain_prune.a[:nc] + prune_ns)
+        if due.any():
+            # a pruning stable_node_dup() takes the fullest dup with room, the others the
+            # first: with two dups with room, which search prunes first decides
+            cand = (lens > 0) & (lens < self.max_page_sharing)
+            if (due & (np.bincount(chain[cand], minlength=nc)[:nc] >= 2)).any():
+                return True
         self._due_chains = np.flatnonzero(due)
         return False
 
@@ -1899,7 +1912,9 @@ class Ksm:
         busy = False
         hlists: dict[int, list[int]] | None = None
         for tree in self.stable_tree:
-            for e in list(tree.values()):
+            # in content order, the same however the nodes were made (mm/ksm.c takes the
+            # rbtree's root again and again; docs/NOTES.md)
+            for e in [tree[t] for t in sorted(tree)]:
                 members = [e] if e >= 0 else list(self.chains[-e - 1].dups)
                 for n in members:
                     kfn = int(self.node_kfn.a[n])

@@ -66,9 +66,9 @@ class GrowArray:
         self.n = 0
 
     def _new(self, dtype: np.dtype, cap: int) -> np.ndarray:
-        if self.fill == 0:
-            return np.zeros(cap, dtype=dtype)
-        return np.full(cap, self.fill, dtype=dtype)
+        # zeros, even for another fill value: slots get their fill in extend(), so the
+        # capacity not yet used stays uncommitted (np.full would touch every page of it)
+        return np.zeros(cap, dtype=dtype)
 
     def reserve(self, total: int) -> None:
         if total > self.a.shape[0]:
@@ -82,6 +82,8 @@ class GrowArray:
         start = self.n
         self.reserve(start + count)
         self.n = start + count
+        if self.fill:
+            self.a[start : start + count] = self.fill
         return start
 
 
@@ -91,14 +93,15 @@ class PhysMem:
     def __init__(self, nr_nodes: int = 1) -> None:
         self.nr_nodes = nr_nodes
         # per frame
-        self.ftoken = GrowArray(np.uint64)
+        self.ftoken = GrowArray(np.uint64)  # content token (0: the zero page)
         self.fmap = GrowArray(np.int32)  # mapcount
         self.fnode = GrowArray(np.int32, FRAME_FREE)  # stable node id, or a FRAME_* kind
         # NUMA node of each frame; not kept at all on a single-node machine
         self.fnid = GrowArray(np.uint8) if nr_nodes > 1 else None
         self._free_hint = 0
         # per gpid: page table and rmap_item
-        self.pte = GrowArray(np.int32, PTE_NONE)
+        self.pte = GrowArray(np.int32, PTE_NONE)  # frame, or a PTE_* value
+        # rmap_item flags (ksm.HAS_ITEM, STABLE, UNSTABLE, SEQ_ODD: rmap_item->address's)
         self.iflags = GrowArray(np.uint8)
         # smart scan: age (visits, saturating at 15 — only ages up to 9 matter to
         # skip_age()) in the low nibble, remaining_skips (at most 8) in the high one

@@ -217,8 +217,11 @@ class KsmdPacer:
     move inside a batch.
     """
 
-    SLICE_TARGET_S = 0.002  # wall time of one slice the pacer aims at
+    SLICE_TARGET_S = 0.001  # wall time of one slice the pacer aims at
     MIN_SLICE_PAGES = 64
+    MAX_SLICE_PAGES = 16384  # a cheap pass must not grow slices that the next pass finds slow
+    BURST_GAP_S = 0.0002  # between slices: wait this long for a reader's next request
+    BURST_MAX_S = 0.005  # ... but never longer than this in all
 
     def __init__(self, kernel: Kernel, speed: float = 1.0) -> None:
         if not speed > 0 or math.isinf(speed):
@@ -267,16 +270,38 @@ class KsmdPacer:
                 if dt > 2 * self.SLICE_TARGET_S:
                     self.slice_pages = max(self.MIN_SLICE_PAGES, self.slice_pages // 2)
                 elif dt < self.SLICE_TARGET_S / 2:
-                    self.slice_pages = min(1 << 22, self.slice_pages * 2)
+                    self.slice_pages = min(self.MAX_SLICE_PAGES, self.slice_pages * 2)
                 if done:
                     return
                 if self.ops is not None:
                     self.ops.kernel_changed()  # readers see the counters of this moment
-                await trio.lowlevel.checkpoint()  # cond_resched(): serve FUSE requests
+                await self._serve_requests()  # cond_resched()
         finally:
             self.in_batch = False
             event, self._batch_done = self._batch_done, trio.Event()
             event.set()
+
+    async def _serve_requests(self) -> None:
+        """Between two slices: let pending FUSE requests run, and while requests keep
+        coming (an open, then its read, then the next file), wait for the next one a
+        little before going on, so that one open-read-close does not wait for a slice
+        per round trip."""
+        ops = self.ops
+        before = ops.requests if ops is not None else 0
+        await trio.lowlevel.checkpoint()
+        if ops is None or ops.requests == before:
+            return  # nobody is reading: on with ksmd at once
+        # checkpoints, not trio.sleep(): a timer would wait a whole epoll millisecond
+        now = time.perf_counter()
+        deadline = now + self.BURST_MAX_S
+        quiet_until = now + self.BURST_GAP_S
+        seen = ops.requests
+        while now < deadline and now < quiet_until:
+            await trio.lowlevel.checkpoint()
+            now = time.perf_counter()
+            if ops.requests != seen:
+                seen = ops.requests
+                quiet_until = now + self.BURST_GAP_S
 
     async def run(self) -> None:
         k = self.kernel
