@@ -1731,9 +1731,8 @@ class Ksm:
             return True
         lens = self.node_len.a[ids]
         room2 = (lens > 0) & (lens + 1 < self.max_page_sharing)
-        if room2.any():
-            if (self.chain_head.a[chain[room2]] != ids[room2]).any():
-                return True
+        if room2.any() and (self.chain_head.a[chain[room2]] != ids[room2]).any():
+            return True
         prune_ns = self.stable_node_chains_prune_millisecs * 1_000_000
         due = live & (self._clock_ns() >= self.chain_prune.a[:nc] + prune_ns)
         if due.any():
