@@ -37,7 +37,8 @@ from .mm import (
     Segment,
     UNIQUE_BIT,
 )
-from .tokenindex import MISSING, UNKNOWN, StableTree
+from .stabletree import StableTree
+from .tokenindex import MISSING, UNKNOWN
 from .trace import TraceBuffer
 from .versions import KernelProfile
 
@@ -813,7 +814,7 @@ class Ksm:
         if nid_a is None:
             # the usual case, decided for all contents at once: a plain node with room
             # for the whole group (no prune, chain or stale page involved)
-            vals = self.stable_tree[0].index.lookup(uniq)
+            vals = self.stable_tree[0].lookup(uniq)
             plain = vals >= 0
             target = np.where(plain, vals, 0)
             # a chain whose only dup with room is its head (no stale or single dup):

@@ -1,15 +1,13 @@
 """A numpy open-addressing hash map from content token to tree entry.
 
-The stable tree is a dict (exact, simple); this index mirrors it so that a ksmd batch can
-look up the contents of thousands of pages in one vector operation instead of one dict
-lookup per content.
+A StableTree (kernel/stabletree.py) keeps one in step with its dict so that a ksmd batch
+can look up the contents of thousands of pages in one vector operation instead of one
+dict lookup per content.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from .rbtree import RBTree
 
 EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
 TOMB = np.uint64(0xFFFFFFFFFFFFFFFE)
@@ -130,64 +128,3 @@ class TokenIndex:
             active, h, tt = active[more], (h[more] + 1) & self.mask, tt[more]
         res[ts >= TOMB] = UNKNOWN
         return res
-
-
-class StableTree(dict):  # type: ignore[type-arg]
-    """token -> node id (>= 0) or chain (-(cid + 1)), with a TokenIndex kept in step, and
-    the kernel's rbtree of the same keys (its shape decides which nodes a search passes).
-
-    ``defer`` holds keys added by a batch whose rbtree inserts wait until the batch ends,
-    to be applied in the order in which the kernel would have inserted them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.index = TokenIndex()
-        self.rb = RBTree()
-        self.defer: list[tuple[int, int]] | None = None  # (visit position, key)
-        self._ivl: dict[int, tuple[int, int]] = {}
-        self._ivl_version = -1
-
-    def add(self, t: int, v: int, pos: int = 0) -> None:
-        """A new key: rb_link_node() + rb_insert_color() (now, or at the end of the batch)."""
-        self[t] = v
-        if self.defer is not None:
-            self.defer.append((pos, t))
-        else:
-            self.rb.insert(t)
-
-    def add_many(self, ts: np.ndarray, vs: np.ndarray, pos: np.ndarray) -> None:
-        """add() of many new keys (none in the tree yet), in the order given."""
-        tl = ts.tolist()
-        dict.update(self, zip(tl, vs.tolist(), strict=True))
-        self.index.set_many(ts, vs)
-        if self.defer is not None:
-            self.defer.extend(zip(pos.tolist(), tl, strict=True))
-        else:
-            for t in tl:
-                self.rb.insert(t)
-
-    def flush(self) -> None:
-        pending, self.defer = self.defer or [], None
-        for _, t in sorted(pending):
-            if t in self and t not in self.rb:
-                self.rb.insert(t)
-
-    def interval(self, t: int) -> tuple[int, int]:
-        """rb.interval(t), cached until the tree's shape changes."""
-        if self._ivl_version != self.rb.version:
-            self._ivl.clear()
-            self._ivl_version = self.rb.version
-        iv = self._ivl.get(t)
-        if iv is None:
-            iv = self._ivl[t] = self.rb.interval(t)
-        return iv
-
-    def __setitem__(self, t: int, v: int) -> None:
-        super().__setitem__(t, v)
-        self.index.set(t, v)
-
-    def __delitem__(self, t: int) -> None:
-        super().__delitem__(t)
-        self.index.delete(t)
-        if t in self.rb:
-            self.rb.erase(t)
