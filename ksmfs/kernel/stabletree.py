@@ -30,7 +30,7 @@ class StableTree:
     ``defer`` holds keys added by a batch whose rbtree inserts wait until the batch ends,
     to be applied in the order in which the kernel would have inserted them."""
 
-    __slots__ = ("_map", "_index", "rb", "defer", "_ivl", "_ivl_version")
+    __slots__ = ("_index", "_ivl", "_ivl_version", "_map", "defer", "rb")
 
     def __init__(self) -> None:
         self._map: dict[int, int] = {}
