@@ -18,9 +18,8 @@ workloads we compare, and is noted in docs/NOTES.md.
 from __future__ import annotations
 
 import errno
-import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,18 +34,13 @@ from .mm import (
     GrowArray,
     PhysMem,
     Segment,
-    UNIQUE_BIT,
 )
+from .ksm_bulk import BulkMerge
+from .ksm_defs import HAS_ITEM, SEQ_ODD, STABLE, UNSTABLE, ZERO_CHECKSUM, calc_checksum, calc_checksum1
+from .ksm_nodes import Chain, StableNodes
 from .stabletree import StableTree
-from .tokenindex import MISSING, UNKNOWN
 from .trace import TraceBuffer
 from .versions import KernelProfile
-
-# rmap_item flag bits kept in PhysMem.iflags (the kernel keeps them in rmap_item->address)
-HAS_ITEM = 0x1
-STABLE = 0x2  # STABLE_FLAG
-UNSTABLE = 0x4  # UNSTABLE_FLAG
-SEQ_ODD = 0x8  # low bit of ksm_scan.seqnr when the item entered the unstable tree
 
 KSM_RUN_STOP = 0
 KSM_RUN_MERGE = 1
@@ -56,57 +50,9 @@ RMAP_ITEM_SIZE = 64  # sizeof(struct ksm_rmap_item) on 64-bit
 KSMD_PID = 47  # what the live machine's ksmd had; only shown in trace lines
 KSMD_NS_PER_PAGE = 450  # simulated CPU cost of one page: ~2.2 M pages/s, the live ksmd rate
 
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-# (u32) xxhash64 of a 4096-byte zero page, seed 0 (spec §3.5): zero_checksum.
-ZERO_CHECKSUM = 0x32D8BBDB
-
-
-def calc_checksum(tokens: np.ndarray) -> np.ndarray:
-    """calc_checksum(): a 32-bit hash of the content. Never 0 for a non-zero page, so a
-    fresh item (oldchecksum 0) always waits one visit, as a real xxhash practically does."""
-    x = tokens.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= _M1
-        x ^= x >> np.uint64(27)
-        x *= _M2
-        x ^= x >> np.uint64(31)
-    c = (x & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    c[c == 0] = 1
-    c[c == ZERO_CHECKSUM] = ZERO_CHECKSUM + 1
-    c[tokens == 0] = ZERO_CHECKSUM
-    return c
-
-
-def calc_checksum1(token: int) -> int:
-    """calc_checksum() of one page, in plain integers (same values as the vector form)."""
-    if token == 0:
-        return ZERO_CHECKSUM
-    x = token
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    c = (x ^ (x >> 31)) & 0xFFFFFFFF
-    if c == 0:
-        return 1
-    if c == ZERO_CHECKSUM:
-        return ZERO_CHECKSUM + 1
-    return c
-
-
 def skip_age(age: np.ndarray) -> np.ndarray:
     """skip_age(): how many visits to skip after a processed visit at this age."""
     return np.where(age <= 3, 1, np.where(age <= 5, 2, np.where(age <= 8, 4, 8))).astype(np.uint8)
-
-
-@dataclass
-class Chain:
-    """A stable_node chain: one content that needs several KSM pages (max_page_sharing)."""
-
-    token: int
-    nid: int
-    dups: list[int] = field(default_factory=list)  # hlist order, head first
-    # (its chain_prune_time lives in Ksm.chain_prune, indexed by chain id)
 
 
 @dataclass
@@ -120,19 +66,6 @@ class ScanBatch:
 
 
 @dataclass
-class NewNodesPlan:
-    """Contents of a batch not yet in the stable tree, each fitting in one KSM page.
-    ``pos``: visit positions of their pages, grouped by content (visit order inside a
-    group); ``sizes``: pages per content; ``tree_items``: the unstable tree's item of this
-    pass for the content, or -1."""
-
-    pos: np.ndarray
-    sizes: np.ndarray
-    tokens: np.ndarray
-    tree_items: np.ndarray
-
-
-@dataclass
 class AdvisorCtx:
     start_scan_ns: int = 0
     scan_time: int = 0
@@ -140,7 +73,7 @@ class AdvisorCtx:
     cpu_time: int = 0
 
 
-class Ksm:
+class Ksm(StableNodes, BulkMerge):
     """The KSM state of one simulated kernel: sysfs knobs, counters, mm list, trees."""
 
     def __init__(
@@ -661,569 +594,6 @@ class Ksm:
             for tree in self.stable_tree:
                 tree.flush()
 
-    def _cmp_and_merge_bulk(
-        self, g: np.ndarray, f: np.ndarray, kind: np.ndarray, ksm: np.ndarray, fl: np.ndarray,
-        skip: np.ndarray | None = None,
-    ) -> None:
-        """The vector path of _cmp_and_merge_pages() (no search has side effects). No page
-        here is attached to its KSM page, so a KSM page is one inherited through fork."""
-        mem = self.mem
-        forked = ksm
-        plain = ~ksm if skip is None else ~ksm & ~skip
-        tok = mem.ftoken.a[f]
-        chk = calc_checksum(tok[plain])
-        gp = g[plain]
-        stable_cand = chk == self._oldchecksum(gp, fl[plain])
-        # classify before touching any tree: which contents could meet another page?
-        cand_tok = tok[plain][stable_cand]
-        fp = f[plain][stable_cand]
-        unique = ((cand_tok & UNIQUE_BIT) != 0) & (mem.fmap.a[fp] == 1)
-        if self.demoted_unique:
-            unique &= ~np.isin(cand_tok, np.fromiter(self.demoted_unique, np.uint64))
-        zero = (cand_tok == 0) & bool(self.use_zero_pages)
-        if self._due_chains.shape[0]:
-            self._prune_passed_chains(cand_tok[~zero])
-        slow_c = ~unique & ~zero
-        pos_plain = np.flatnonzero(plain)
-        pos_c = pos_plain[stable_cand][slow_c]
-        tok_c = cand_tok[slow_c]
-        in_play = set(tok_c.tolist())
-        forced = set(tok[forked].tolist())
-        in_order = np.zeros(g.shape[0], dtype=bool)
-        in_order[forked] = True
-        if in_play:
-            # an item still attached to a node whose content is in play must leave it at its
-            # place in the visit order: the node's fill level decides later merges
-            st_plain = (fl[plain] & STABLE) != 0
-            if st_plain.any():
-                nodes = mem.ival.a[gp[st_plain]].astype(np.int64)
-                ntok = self.node_token.a[nodes].tolist()
-                hit = np.fromiter((int(t) in in_play for t in ntok), bool, len(ntok))
-                in_order[pos_plain[st_plain][hit]] = True
-                forced.update(int(t) for t, h in zip(ntok, hit.tolist()) if h)
-        if skip is not None:
-            # a skipped item attached to a node whose content is in play leaves it at its
-            # place (the node's fill level decides the searches around it); the others
-            # leave now, which no search of this window can tell apart
-            spos = np.flatnonzero(skip)
-            late = np.zeros(spos.shape[0], dtype=bool)
-            sst = (fl[spos] & STABLE) != 0
-            if (in_play or forced) and sst.any():
-                ntok = self.node_token.a[mem.ival.a[g[spos[sst]]].astype(np.int64)].tolist()
-                hit = np.fromiter((int(t) in in_play or int(t) in forced for t in ntok), bool, len(ntok))
-                late[np.flatnonzero(sst)[hit]] = True
-                forced.update(int(t) for t, h in zip(ntok, hit.tolist()) if h)
-            in_order[spos[late]] = True
-            self._remove_from_tree(g[spos[~late]])
-        plans, app_pos, app_nodes, app_group_nodes, slow_groups, new_plan = self._classify_groups(
-            g, f, pos_c, tok_c, forced
-        )
-        for grp in slow_groups:
-            in_order[grp] = True
-        # bulk: remove from trees, checksum rule, zero pages, never-matching contents
-        bulk = plain & ~in_order
-        gb = g[bulk]
-        self._remove_from_tree(gb)
-        # the checksum rule, with the checksums and their comparison from above (leaving
-        # the tree restores exactly the oldchecksum that _oldchecksum() reported)
-        chk_all = np.zeros(g.shape[0], dtype=np.uint32)
-        chk_all[plain] = chk
-        same = np.zeros(g.shape[0], dtype=bool)
-        same[pos_plain[stable_cand]] = True
-        changed = ~same[bulk]
-        mem.ival.a[gb[changed]] = chk_all[bulk][changed]
-        in_fast = np.zeros(g.shape[0], dtype=bool)
-        in_fast[app_pos] = True
-        for plan in plans:
-            in_fast[plan[1]] = True
-        if new_plan is not None:
-            in_fast[new_plan.pos] = True
-        keep = ~changed & ~in_fast[bulk]
-        gbk = gb[keep]
-        tbk = tok[bulk][keep]
-        if gbk.shape[0]:
-            z = (tbk == 0) & bool(self.use_zero_pages)
-            if z.any():
-                self._merge_with_zero_page(gbk[z], np.flatnonzero(bulk)[keep][z])
-            rest = gbk[~z]
-            if rest.shape[0]:
-                # unstable_tree_search_insert() that cannot find a match: insert
-                self._insert_unstable_bulk(rest)
-        if plans or app_pos.shape[0] or new_plan is not None:
-            self._merge_groups(g, plans, app_pos, app_nodes, app_group_nodes, new_plan)
-        # in order: everything whose outcome depends on other pages of the same content;
-        # the trace records of the vector merges are written at their pages' places
-        for i in np.flatnonzero(in_order).tolist():
-            self._pos = i
-            self._flush_trace(i)
-            if skip is not None and skip[i]:
-                self._remove_one(int(g[i]))
-            else:
-                self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
-        self._flush_trace(None)
-
-    def _flush_trace(self, before: int | None) -> None:
-        """Write the queued records of vector merges at visit positions < ``before``
-        (all of them for None), in visit order."""
-        q = self._trace_queue
-        if not q:
-            return
-        q.sort(key=lambda e: (e[0], e[1]))
-        k = len(q) if before is None else next((j for j, e in enumerate(q) if e[0] >= before), len(q))
-        for _, _, event, fields in q[:k]:
-            self._emit(event, **fields)
-        del q[:k]
-
-    def _classify_groups(
-        self, g: np.ndarray, f: np.ndarray, pos_c: np.ndarray, tok_c: np.ndarray, forced: set[int]
-    ) -> tuple[list[tuple], np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Split the batch's candidate pages by content. A content whose outcome follows
-        from a closed form gets a plan: "append" (a node with room takes every page) or
-        "blocks" (fill the node, then blocks of max_page_sharing pages each making a KSM
-        page). Everything else (due chain prunes, stale nodes, fork-shared pages, aborted
-        tree walks) goes to the page-by-page path. Returns (block plans, append positions,
-        their nodes, append group sizes and nodes as one array pair, slow positions)."""
-        plans: list[tuple] = []
-        slow: list[np.ndarray] = []
-        empty = np.zeros(0, dtype=np.int64)
-        new_plan: NewNodesPlan | None = None
-        if not pos_c.shape[0]:
-            return plans, empty, empty, empty, slow, new_plan
-        mem = self.mem
-        order = np.argsort(tok_c, kind="stable")
-        ts = tok_c[order]
-        ps = pos_c[order]
-        brk = np.flatnonzero(ts[1:] != ts[:-1]) + 1
-        starts_a = np.concatenate(([0], brk))
-        sizes_a = np.diff(np.concatenate((starts_a, [ts.shape[0]])))
-        ok_a = np.minimum.reduceat((mem.fmap.a[f[ps]] == 1).astype(np.int8), starts_a) > 0
-        nid_a = None
-        if not self.merge_across_nodes:
-            nids = mem.nid_of(f[ps])
-            lo = np.minimum.reduceat(nids, starts_a)
-            ok_a &= lo == np.maximum.reduceat(nids, starts_a)
-            nid_a = lo.tolist()
-        mps = self.max_page_sharing
-        seq_odd = bool(self.seqnr & 1)
-        now = self._clock_ns()
-        prune_ns = self.stable_node_chains_prune_millisecs * 1_000_000
-        node_kfn = self.node_kfn.a
-        node_len = self.node_len.a
-        uniq = ts[starts_a]
-        gnode = np.full(starts_a.shape[0], -1, dtype=np.int64)
-        if nid_a is None:
-            # the usual case, decided for all contents at once: a plain node with room
-            # for the whole group (no prune, chain or stale page involved)
-            vals = self.stable_tree[0].lookup(uniq)
-            plain = vals >= 0
-            target = np.where(plain, vals, 0)
-            # a chain whose only dup with room is its head (no stale or single dup):
-            # every search picks the head, as for a plain node (see the loop below)
-            chained = (vals < 0) & (vals > UNKNOWN)
-            if chained.any():
-                cids = np.where(chained, -vals - 1, 0)
-                ok_chain = self._chains_with_head_only(mps)
-                chained &= ok_chain[cids]
-                target = np.where(chained, self.chain_head.a[cids], target)
-            ln = node_len[target]
-            room = np.where(ln < mps, mps - ln, 0)
-            app_group = ok_a & (plain | chained) & (node_kfn[target] >= 0) & (ln > 0) & (sizes_a <= room)
-            if forced:
-                app_group &= ~np.isin(uniq, np.fromiter(forced, np.uint64, len(forced)))
-            gnode[app_group] = target[app_group]
-            if chained.any():
-                # the first search of such a group prunes a due chain: only the time moves
-                due_c = cids[app_group & chained]
-                due_c = due_c[now >= self.chain_prune.a[due_c] + prune_ns]
-                self.chain_prune.a[due_c] = now
-            rest_a = np.flatnonzero(~app_group)
-            new_plan, rest_a = self._classify_new(
-                rest_a, vals, uniq, sizes_a, ok_a, forced, mps, seq_odd, ps, starts_a
-            )
-            rest = rest_a.tolist()
-        else:
-            app_group = np.zeros(starts_a.shape[0], dtype=bool)
-            rest = list(range(starts_a.shape[0]))
-        starts = starts_a.tolist()
-        sizes = sizes_a.tolist()
-        oks = ok_a.tolist()
-        stable_trees = self.stable_tree
-        unstable_trees = self.unstable_tree
-        uniq_l = uniq.tolist()
-        for i in rest:
-            t = uniq_l[i]
-            k = sizes[i]
-            if t in forced or not oks[i]:
-                slow.append(ps[starts[i] : starts[i] + k])
-                continue
-            nid = 0 if nid_a is None else nid_a[i]
-            e = stable_trees[nid].get(t)
-            room = 0
-            cid = -1
-            if e is not None and e < 0:
-                # a chain: without a prune due and with no stale dup, stable_node_dup()
-                # returns the head dup; when it is full a new dup is made at the head
-                cid = -e - 1
-                ch = self.chains[cid]
-                dl = ch.dups
-                dla = np.fromiter(dl, np.int64, len(dl))
-                lens = node_len[dla]
-                cand = (lens > 0) & (lens < mps)
-                # closed form only when at most the head dup can take pages: then every
-                # search (pruning or not) picks the head, and a new dup is made when it
-                # is full; a dup with room further down the list takes the exact path
-                if len(dl) < 2 or (node_kfn[dla] < 0).any() or (lens <= 0).any() or cand[1:].any():
-                    slow.append(ps[starts[i] : starts[i] + k])
-                    continue
-                if now >= self.chain_prune.a[cid] + prune_ns:
-                    self._set_prune_time(cid, now)  # the first search prunes (no other effect)
-                e = dl[0]
-            if e is not None:
-                ln = int(node_len[e])
-                if node_kfn[e] < 0 or ln == 0:
-                    slow.append(ps[starts[i] : starts[i] + k])  # a stale node: exact path
-                    continue
-                room = mps - ln if ln < mps else 0
-                if k <= room:
-                    app_group[i] = True
-                    gnode[i] = e
-                    continue
-            tree_item = -1
-            tr = unstable_trees[nid].get(t)
-            if tr is not None:
-                tf = int(mem.iflags.a[tr])
-                if (tf & UNSTABLE) and bool(tf & SEQ_ODD) == seq_odd:
-                    page = self._get_mergeable_page(tr)
-                    if page is None or int(mem.ftoken.a[page]) != t or int(mem.fmap.a[page]) != 1 or e is not None:
-                        slow.append(ps[starts[i] : starts[i] + k])  # aborted walks: exact path
-                        continue
-                    tree_item = tr
-            # append what fits, then blocks of max_page_sharing pages: in each block the
-            # first page waits in the unstable tree, the second pairs with it and becomes a
-            # new KSM page (a new dup once one exists), the rest append (spec §3.6)
-            plans.append(("blocks", ps[starts[i] : starts[i] + k], e if e is not None else -1, t, room, tree_item, cid))
-        sel = np.repeat(app_group, sizes_a)
-        app_pos = ps[sel]
-        app_nodes = np.repeat(gnode[app_group], sizes_a[app_group])
-        return plans, app_pos, app_nodes, (gnode[app_group], sizes_a[app_group]), slow, new_plan
-
-    def _classify_new(
-        self, rest: np.ndarray, vals: np.ndarray, uniq: np.ndarray, sizes: np.ndarray,
-        ok: np.ndarray, forced: set[int], mps: int, seq_odd: bool, ps: np.ndarray,
-        starts: np.ndarray,
-    ) -> tuple[NewNodesPlan | None, np.ndarray]:
-        """Contents not in the stable tree whose group fits in one KSM page: a lone page
-        goes to the unstable tree, or the group (with the unstable tree's page of this
-        pass, when there is one) makes one new KSM page. The same closed form as a
-        "blocks" plan of one block, decided for all contents at once. Returns the plan
-        and the groups left for the per-content loop."""
-        cand = rest[(vals[rest] == MISSING) & ok[rest]]
-        if forced and cand.shape[0]:
-            cand = cand[~np.isin(uniq[cand], np.fromiter(forced, np.uint64, len(forced)))]
-        if not cand.shape[0]:
-            return None, rest
-        mem = self.mem
-        ut = self.unstable_tree[0]
-        tr = np.fromiter((ut.get(t, -1) for t in uniq[cand].tolist()), np.int64, cand.shape[0])
-        trs = np.maximum(tr, 0)
-        trf = mem.iflags.a[trs]
-        valid = (tr >= 0) & ((trf & UNSTABLE) != 0) & (((trf & SEQ_ODD) != 0) == seq_odd)
-        page = self._mergeable_pages(trs)
-        fine = (page >= 0) & (mem.ftoken.a[np.maximum(page, 0)] == uniq[cand])
-        fine &= mem.fmap.a[np.maximum(page, 0)] == 1
-        k = sizes[cand]
-        # a valid tree item whose walk would abort stays with the exact path
-        simple = np.where(valid, fine & (k + 1 <= mps), k <= mps)
-        sel = cand[simple]
-        if not sel.shape[0]:
-            return None, rest
-        keep = np.ones(vals.shape[0], dtype=bool)
-        keep[sel] = False
-        tree_item = np.where(valid, tr, -1)[simple]
-        k = k[simple]
-        idx = np.repeat(starts[sel], k) + (np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k))
-        plan = NewNodesPlan(pos=ps[idx], sizes=k, tokens=uniq[sel], tree_items=tree_item)
-        return plan, rest[keep[rest]]
-
-    def _mergeable_pages(self, g: np.ndarray) -> np.ndarray:
-        """get_mergeable_page() of many items: the frame, or -1."""
-        bases = []
-        ends = []
-        for mm in self._mms.values():
-            if mm.exiting:
-                continue
-            for v in mm.vmas:
-                if v.mergeable:
-                    bases.append(v.base)
-                    ends.append(v.base + v.npages)
-        out = np.full(g.shape[0], -1, dtype=np.int64)
-        if not bases:
-            return out
-        order = np.argsort(bases)
-        b = np.asarray(bases, dtype=np.int64)[order]
-        e = np.asarray(ends, dtype=np.int64)[order]
-        r = np.searchsorted(b, g, side="right") - 1
-        inside = (r >= 0) & (g < e[np.maximum(r, 0)])
-        fr = self.mem.pte.a[g].astype(np.int64)
-        kind = self.mem.fnode.a[np.maximum(fr, 0)]
-        okp = inside & (fr >= 0) & (kind != FRAME_FILE) & (kind != FRAME_SHMEM)
-        out[okp] = fr[okp]
-        return out
-
-    def _merge_groups(
-        self,
-        g: np.ndarray,
-        plans: list[tuple],
-        app_pos: np.ndarray,
-        app_nodes: np.ndarray,
-        app_groups: tuple[np.ndarray, np.ndarray],
-        new_plan: NewNodesPlan | None = None,
-    ) -> None:
-        """Carry out the plans of _classify_groups() with vector operations; the counter
-        changes are those of the page-by-page path, summed."""
-        mem = self.mem
-        att_g: list[np.ndarray] = []  # items appended to a node
-        att_n: list[np.ndarray] = []
-        repl_g: list[np.ndarray] = []  # PTEs pointed at a KSM page
-        repl_k: list[np.ndarray] = []
-        seq_flag = SEQ_ODD if self.seqnr & 1 else 0
-        shared = sharing = unshared = 0
-        tracing = self.trace.want("ksm_merge_with_ksm_page")
-        events: list[tuple[int, int, int, int | None, int]] = []  # (pos, order, item, ksm_page, pfn)
-        hl_on = self.trace.want("ksm_remove_rmap_item")
-        hl: list[np.ndarray] = []  # stable_tree_append() order: rows (pos, order, item)
-        if app_pos.shape[0]:
-            # one content per node: the groups' nodes are distinct, so += is exact
-            gn, gs = app_groups
-            self.node_len.a[gn] += gs.astype(np.int32)
-            mem.fmap.a[self.node_kfn.a[gn]] += gs.astype(np.int32)
-            ga = g[app_pos]
-            sharing += ga.shape[0]
-            if tracing:
-                kfns = self.node_kfn.a[app_nodes].tolist()
-                events += [(p, 0, gi, kf, kf) for p, gi, kf in zip(app_pos.tolist(), ga.tolist(), kfns)]
-            if hl_on:
-                hl.append(np.stack((app_pos, np.zeros_like(app_pos), ga)))
-            att_g.append(ga)
-            att_n.append(app_nodes.astype(np.int32))
-            old = mem.pte.a[ga].copy()
-            mem.pte.a[ga] = self.node_kfn.a[app_nodes]
-            self.put_frames(old.astype(np.int32))
-        if new_plan is not None:
-            sh, sg, un = self._merge_new_nodes(
-                g, new_plan, att_g, att_n, repl_g, repl_k, events, tracing, hl if hl_on else None
-            )
-            shared += sh
-            sharing += sg
-            unshared += un
-        for _plan, pos, ref, t, *plan_extra in plans:
-            gg = g[pos]
-            node, room, tree_item, cid = ref, plan_extra[0], plan_extra[1], plan_extra[2]
-            if node >= 0 and room:
-                kfn = int(self.node_kfn.a[node])
-                head = gg[:room]
-                self.node_len.a[node] += head.shape[0]
-                sharing += head.shape[0]
-                if tracing:
-                    events += [(p, 0, gi, kfn, kfn) for p, gi in zip(pos[:room].tolist(), head.tolist())]
-                if hl_on:
-                    hl.append(np.stack((pos[:room], np.zeros(head.shape[0], np.int64), head)))
-                att_g.append(head)
-                att_n.append(np.full(head.shape[0], node, np.int32))
-                repl_g.append(head)
-                repl_k.append(np.full(head.shape[0], kfn, np.int32))
-                mem.fmap.a[kfn] += head.shape[0]
-                gg = gg[room:]
-            seqv = gg.astype(np.int64)
-            bpos = pos[room:] if node >= 0 and room else pos  # visit positions of seqv
-            if tree_item >= 0:
-                seqv = np.concatenate((np.array([tree_item], dtype=np.int64), seqv))
-                bpos = np.concatenate(([-1], bpos))
-                unshared -= 1  # the tree item was counted when it entered the tree
-            nid = self._nid(int(mem.pte.a[int(seqv[0])]))
-            tree = self.stable_tree[nid]
-            prior = node
-            for c0 in range(0, seqv.shape[0], self.max_page_sharing):
-                blk = seqv[c0 : c0 + self.max_page_sharing]
-                if blk.shape[0] == 1:
-                    gi = int(blk[0])
-                    self.unstable_tree[nid][t] = gi
-                    mem.iflags.a[gi] = (int(mem.iflags.a[gi]) & ~(SEQ_ODD | STABLE)) | UNSTABLE | seq_flag
-                    unshared += 1
-                    break
-                kfn = int(mem.pte.a[int(blk[1])])
-                n = self._new_node(t, kfn, nid)
-                mem.fnode.a[kfn] = n
-                if prior < 0:
-                    tree.add(t, n, int(bpos[c0 + 1]))
-                else:
-                    if cid < 0:
-                        cid = self._chain_new(t, nid, prior)
-                    self._chain_add_dup(cid, n)
-                prior = n
-                self.node_len.a[n] = blk.shape[0]
-                if tracing:
-                    # try_to_merge_two_pages(): the current page becomes the KSM page
-                    # (ksm_page NULL), then the tree page joins it; the rest append
-                    bp = bpos[c0 : c0 + blk.shape[0]].tolist()
-                    events.append((bp[1], 0, int(blk[1]), None, kfn))
-                    events.append((bp[1], 1, int(blk[0]), kfn, kfn))
-                    events += [(p, 0, int(gi), kfn, kfn) for p, gi in zip(bp[2:], blk[2:].tolist())]
-                if hl_on:
-                    # the tree item is appended first, then the current page, then the rest
-                    bpa = np.asarray(bpos[c0 : c0 + blk.shape[0]], dtype=np.int64)
-                    bpa[0] = bpa[1]
-                    order = np.zeros(blk.shape[0], np.int64)
-                    order[1] = 1
-                    hl.append(np.stack((bpa, order, blk.astype(np.int64))))
-                shared += 1
-                sharing += blk.shape[0] - 1
-                att_g.append(blk)
-                att_n.append(np.full(blk.shape[0], n, np.int32))
-                others = np.delete(blk, 1)
-                repl_g.append(others)
-                repl_k.append(np.full(others.shape[0], kfn, np.int32))
-                mem.fmap.a[kfn] += others.shape[0]
-        self.pages_shared += shared
-        self.pages_sharing += sharing
-        self.pages_unshared += unshared
-        if repl_g:
-            rg = np.concatenate(repl_g)
-            rk = np.concatenate(repl_k)
-            old = mem.pte.a[rg].copy()
-            mem.pte.a[rg] = rk
-            self.put_frames(old.astype(np.int32))
-        if att_g:
-            ag = np.concatenate(att_g)
-            an = np.concatenate(att_n)
-            mem.iflags.a[ag] = (mem.iflags.a[ag] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
-            self._attach_ival(ag, an)
-            mmids = self._mm_by_gpid(ag)
-            for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
-                self._mms[int(mmid)].ksm_merging_pages += int(cnt)
-        if hl:
-            rows = np.concatenate(hl, axis=1)
-            self._note_appends(rows[2][np.lexsort((rows[1], rows[0]))])
-        if events:
-            # written by _flush_trace() at their places among the page-by-page merges
-            self._trace_queue += [
-                (pos, order, "ksm_merge_with_ksm_page",
-                 {"ksm_page": kpage, "pfn": pfn, "rmap_item": gi, "mm": self._mmid(gi), "err": 0})
-                for pos, order, gi, kpage, pfn in events
-            ]
-
-    def _merge_new_nodes(
-        self, g: np.ndarray, plan: NewNodesPlan, att_g: list[np.ndarray], att_n: list[np.ndarray],
-        repl_g: list[np.ndarray], repl_k: list[np.ndarray], events: list, tracing: bool,
-        hl: list[np.ndarray] | None = None,
-    ) -> tuple[int, int, int]:
-        """A NewNodesPlan: per content, the sequence [unstable tree item] + the batch's
-        pages; one page alone is inserted in the unstable tree, otherwise the second of
-        the sequence becomes the KSM page (try_to_merge_two_pages) and the others join it
-        (stable_tree_append). Returns (shared, sharing, unshared) changes."""
-        mem = self.mem
-        k = plan.sizes
-        has = plan.tree_items >= 0
-        first = np.cumsum(k) - k  # index of each group's first page in plan.pos
-        gp = g[plan.pos]
-        seq_flag = SEQ_ODD if self.seqnr & 1 else 0
-        # lone pages: unstable_tree_search_insert() inserts them
-        lone = ~has & (k == 1)
-        unshared = 0
-        if lone.any():
-            gl = gp[first[lone]]
-            self.unstable_tree[0].update(zip(plan.tokens[lone].tolist(), gl.tolist()))
-            mem.iflags.a[gl] = (mem.iflags.a[gl] & ~np.uint8(SEQ_ODD | STABLE)) | UNSTABLE | seq_flag
-            unshared += gl.shape[0]
-        mk = ~lone
-        if not mk.any():
-            return 0, 0, unshared
-        pages = np.repeat(mk, k)
-        gp, pos = gp[pages], plan.pos[pages]
-        k, has, toks, items = k[mk], has[mk], plan.tokens[mk], plan.tree_items[mk]
-        first = np.cumsum(k) - k
-        length = k + has  # pages in the new KSM page
-        # the KSM page is the page of the second of the sequence: the group's first page
-        # when a tree item leads, else its second
-        kidx = first + np.where(has, 0, 1)
-        kg = gp[kidx]
-        kfn = mem.pte.a[kg].astype(np.int64)
-        nodes = self._new_nodes(toks, kfn, length)
-        mem.fnode.a[kfn] = nodes
-        kpos = pos[kidx]
-        tree = self.stable_tree[0]
-        tree.add_many(toks, nodes, kpos)
-        # members: every page of the groups, plus the tree items
-        node_of_page = np.repeat(nodes, k)
-        kfn_of_page = np.repeat(kfn, k)
-        is_k = np.zeros(gp.shape[0], dtype=bool)
-        is_k[kidx] = True
-        others = np.concatenate((gp[~is_k], items[has]))
-        others_k = np.concatenate((kfn_of_page[~is_k], kfn[has]))
-        att_g += [gp, items[has]]
-        att_n += [node_of_page.astype(np.int32), nodes[has].astype(np.int32)]
-        repl_g.append(others)
-        repl_k.append(others_k.astype(np.int32))
-        np.add.at(mem.fmap.a, kfn, (length - 1).astype(np.int32))
-        if hl is not None:
-            # stable_tree_append() order: the sequence's first item, then the KSM page's,
-            # both at the KSM page's place, then the others at theirs
-            pr = pos.astype(np.int64, copy=True)
-            orr = np.zeros(gp.shape[0], dtype=np.int64)
-            orr[kidx] = 1
-            pr[first[~has]] = kpos[~has]
-            hl.append(np.stack((pr, orr, gp.astype(np.int64))))
-            if has.any():
-                hl.append(np.stack((kpos[has].astype(np.int64), np.zeros(int(has.sum()), np.int64),
-                                    items[has].astype(np.int64))))
-        if tracing:
-            # try_to_merge_two_pages(): the current page becomes the KSM page (ksm_page
-            # NULL), then the tree page joins it; the rest append, each at its place
-            kl = kfn.tolist()
-            for j, (kp, kgi, kf) in enumerate(zip(kpos.tolist(), kg.tolist(), kl)):
-                events.append((kp, 0, kgi, None, kf))
-                if has[j]:
-                    events.append((kp, 1, int(items[j]), kf, kf))
-                else:
-                    events.append((kp, 1, int(gp[first[j]]), kf, kf))
-            rest = ~is_k
-            if not has.all():
-                rest[first[~has]] = False
-            kf_all = np.repeat(kfn, k)
-            events += [(p, 0, gi, kf, kf) for p, gi, kf in
-                       zip(pos[rest].tolist(), gp[rest].tolist(), kf_all[rest].tolist())]
-        shared = nodes.shape[0]
-        sharing = int((length - 1).sum())
-        return shared, sharing, unshared - int(np.count_nonzero(has))
-
-    def _new_nodes(self, tokens: np.ndarray, kfns: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """_new_node() for many plain nodes of NUMA node 0, in order."""
-        m = tokens.shape[0]
-        take = min(m, len(self._free_nodes))
-        ids = np.empty(m, dtype=np.int64)
-        if take:
-            ids[:take] = self._free_nodes[::-1][:take]
-            del self._free_nodes[-take:]
-        if m > take:
-            start = self.node_token.extend(m - take)
-            for arr in (self.node_kfn, self.node_len, self.node_chain, self.node_alive, self.node_nid):
-                arr.extend(m - take)
-            ids[take:] = np.arange(start, start + m - take)
-        self.node_token.a[ids] = tokens
-        self.node_kfn.a[ids] = kfns
-        self.node_len.a[ids] = lengths
-        self.node_chain.a[ids] = -1
-        self.node_alive.a[ids] = True
-        self.node_nid.a[ids] = 0
-        return ids
-
-    def _insert_unstable_bulk(self, g: np.ndarray) -> None:
-        mem = self.mem
-        mem.iflags.a[g] = (mem.iflags.a[g] & ~np.uint8(UNSTABLE | SEQ_ODD | STABLE)) | (
-            UNSTABLE | (SEQ_ODD if self.seqnr & 1 else 0)
-        )
-        self.pages_unshared += g.shape[0]
-
     def _cmp_and_merge_one(self, g: int, forked: bool) -> None:
         mem = self.mem
         f = int(mem.pte.a[g])
@@ -1344,36 +714,6 @@ class Ksm:
                         v[i] = e
         return v
 
-    def _attach_ival(self, g: np.ndarray, nodes: np.ndarray) -> None:
-        """Store the node in place of the checksum; a checksum that is not the node's
-        content's (a forked page attached without a checksum round) is kept aside."""
-        ival = self.mem.ival.a
-        if g.shape[0] == 1:
-            gi, n = int(g[0]), int(nodes[0])
-            c = int(ival[gi])
-            if c != calc_checksum1(int(self.node_token.a[n])):
-                self.chk_exc[gi] = c
-            ival[gi] = n
-            return
-        cur = ival[g]
-        odd = cur != calc_checksum(self.node_token.a[nodes])
-        if odd.any():
-            for gi, c in zip(g[odd].tolist(), cur[odd].tolist()):
-                self.chk_exc[gi] = c
-        ival[g] = nodes
-
-    def _detach_ival(self, g: np.ndarray, nodes: np.ndarray) -> None:
-        """The item leaves its node: its checksum comes back."""
-        if g.shape[0] == 1:
-            self.mem.ival.a[int(g[0])] = calc_checksum1(int(self.node_token.a[int(nodes[0])]))
-        else:
-            self.mem.ival.a[g] = calc_checksum(self.node_token.a[nodes])
-        if self.chk_exc:
-            for gi in g.tolist():
-                c = self.chk_exc.pop(gi, None)
-                if c is not None:
-                    self.mem.ival.a[gi] = c
-
     def _remove_one(self, g: int) -> None:
         self._remove_from_tree(np.array([g], dtype=np.int64))
 
@@ -1473,21 +813,6 @@ class Ksm:
         self._free_nodes.extend(np.flatnonzero(dead).tolist())
 
     # ------------------------------------------------------------------ stable nodes
-    def _new_node(self, token: int, kfn: int, nid: int) -> int:
-        if self._free_nodes:
-            n = self._free_nodes.pop()
-        else:
-            n = self.node_token.extend(1)
-            for arr in (self.node_kfn, self.node_len, self.node_chain, self.node_alive, self.node_nid):
-                arr.extend(1)
-        self.node_token.a[n] = token
-        self.node_kfn.a[n] = kfn
-        self.node_len.a[n] = 0
-        self.node_chain.a[n] = -1
-        self.node_alive.a[n] = True
-        self.node_nid.a[n] = nid
-        return n
-
     def _candidate(self, n: int, offset: int = 0) -> bool:
         """__is_page_sharing_candidate()"""
         ln = int(self.node_len.a[n])
@@ -1532,90 +857,12 @@ class Ksm:
         if ln == 0:
             self._free_nodes.append(n)
 
-    def _note_appends(self, g: np.ndarray) -> None:
-        """stable_tree_append() of items ``g``, in this order (only while traced)."""
-        n = self.mem.iflags.n
-        if self._hlist_seq.shape[0] < n:
-            grown = np.zeros(max(n, 2 * self._hlist_seq.shape[0]), dtype=np.int64)
-            grown[: self._hlist_seq.shape[0]] = self._hlist_seq
-            self._hlist_seq = grown
-        self._hlist_seq[g] = self._hlist_next + 1 + np.arange(g.shape[0], dtype=np.int64)
-        self._hlist_next += g.shape[0]
-
-    def _hlists(self, nodes: list[int]) -> dict[int, list[int]]:
-        """The items on each node's hlist, head (newest append) first; items appended
-        while the event was not traced count as older, in address order."""
-        if not self.trace.want("ksm_remove_rmap_item") or not nodes:
-            return {}
-        mem = self.mem
-        n = mem.iflags.n
-        cand = np.flatnonzero((mem.iflags.a[:n] & STABLE) != 0)
-        cn = mem.ival.a[cand].astype(np.int64)
-        hit = np.isin(cn, np.asarray(nodes, dtype=np.int64))
-        items, owner = cand[hit], cn[hit]
-        seq = np.zeros(items.shape[0], dtype=np.int64)
-        known = items < self._hlist_seq.shape[0]
-        seq[known] = self._hlist_seq[items[known]]
-        order = np.lexsort((-items, -seq, owner))
-        out: dict[int, list[int]] = {}
-        for node, gi in zip(owner[order].tolist(), items[order].tolist()):
-            out.setdefault(node, []).append(gi)
-        return out
-
-    def _stale(self, n: int) -> bool:
-        return int(self.node_kfn.a[n]) < 0
-
     def _free_chain(self, cid: int) -> None:
         """free_stable_node_chain(): rb_erase() of the chain, chains--."""
         ch = self._chain_drop(cid)
         tree = self.stable_tree[ch.nid]
         if tree.get(ch.token) == -(cid + 1):
             del tree[ch.token]
-
-    # -- chain bookkeeping: Chain objects hold the dup lists; numpy mirrors of whether a
-    #    chain is live, its head dup and its prune time let a batch check every chain at
-    #    once (_tree_has_special)
-    def _chain_new(self, token: int, nid: int, first: int) -> int:
-        """alloc_stable_node_chain(): the chain takes the node's place in the tree and the
-        node becomes its first dup (chains++, dups++); prune time = now."""
-        cid = self._next_chain
-        self._next_chain += 1
-        for arr in (self.chain_live, self.chain_head, self.chain_prune, self.chain_ivl_lo,
-                    self.chain_ivl_hi, self.chain_ivl_flags, self.chain_ivl_ver):
-            arr.extend(1)
-        self.chain_ivl_ver.a[cid] = -1
-        self.chains[cid] = Chain(token, nid, [first])
-        self.chain_live.a[cid] = True
-        self.chain_head.a[cid] = first
-        self.chain_prune.a[cid] = self._clock_ns()
-        self.node_chain.a[first] = cid
-        self.stable_tree[nid][token] = -(cid + 1)
-        self.stable_node_chains += 1
-        self.stable_node_dups += 1
-        return cid
-
-    def _chain_add_dup(self, cid: int, n: int) -> None:
-        """stable_node_chain_add_dup(): at the head of the hlist, dups++."""
-        self.chains[cid].dups.insert(0, n)
-        self.chain_head.a[cid] = n
-        self.node_chain.a[n] = cid
-        self.stable_node_dups += 1
-
-    def _chain_remove_dup(self, cid: int, n: int) -> None:
-        """__stable_node_dup_del(): dups--."""
-        dl = self.chains[cid].dups
-        dl.remove(n)
-        self.chain_head.a[cid] = dl[0] if dl else -1
-        self.stable_node_dups -= 1
-
-    def _chain_drop(self, cid: int) -> Chain:
-        ch = self.chains.pop(cid)
-        self.chain_live.a[cid] = False
-        self.stable_node_chains -= 1
-        return ch
-
-    def _set_prune_time(self, cid: int, t: int) -> None:
-        self.chain_prune.a[cid] = t
 
     def _stable_node_dup(self, cid: int, prune: bool) -> int | None:
         """stable_node_dup(): pick a dup of a chain, dropping stale ones; collapse a chain
@@ -1675,105 +922,6 @@ class Ksm:
                 cur = rb.root  # the chain was empty and has been freed
                 continue
             cur = rb.left[cur] if token < cur else rb.right[cur]
-
-    def _detaches_from_chain(self, g: np.ndarray, fl: np.ndarray, ksm: np.ndarray) -> bool:
-        """Will a page of this batch leave a chain's dup (a COW noticed lazily)? Then a
-        dup may gain room in the middle of the batch, and later searches passing the
-        chain would act on it: the batch must run in visit order."""
-        if not self.chains:
-            return False
-        st = ~ksm & ((fl & STABLE) != 0)
-        if not st.any():
-            return False
-        nodes = self.mem.ival.a[g[st]].astype(np.int64)
-        return bool((self.node_chain.a[nodes] >= 0).any())
-
-    def _dups(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every live dup and its chain id: from the chains' lists when dups are few
-        (a batch may be cut in many windows: no pass over every node then)."""
-        if self.stable_node_dups * 8 < self.node_alive.n:
-            lists = [ch.dups for ch in self.chains.values()]
-            ids = np.fromiter(itertools.chain.from_iterable(lists), np.int64, sum(map(len, lists)))
-        else:
-            n = self.node_alive.n
-            ids = np.flatnonzero(self.node_alive.a[:n] & (self.node_chain.a[:n] >= 0))
-        return ids, self.node_chain.a[ids].astype(np.int64)
-
-    def _chains_with_head_only(self, mps: int) -> np.ndarray:
-        """Per chain id: live, at least two dups, none stale, and no dup but the head
-        with room for a page (then every search, pruning or not, picks the head)."""
-        ids, chain = self._dups()
-        nc = self.chain_live.n
-        ndups = np.bincount(chain, minlength=nc)[:nc]
-        lens = self.node_len.a[ids]
-        bad = self.node_kfn.a[ids] < 0
-        nonhead = self.chain_head.a[chain] != ids
-        bad |= nonhead & (lens > 0) & (lens < mps)
-        bad |= lens <= 0
-        nbad = np.bincount(chain[bad], minlength=nc)[:nc]
-        return self.chain_live.a[:nc] & (ndups >= 2) & (nbad == 0)
-
-    def _tree_has_special(self) -> bool:
-        """Is there a node whose visit by a search has a side effect (a stale KSM page, a
-        chain of one dup or none, a chain whose dup with room for two more pages is not its
-        head — a search would move it there)? Without one, searches can be skipped. Chains
-        due for a prune (which then changes nothing but the prune time) are collected in
-        ``self._due_chains`` for the caller. Checked for all chains at once."""
-        self._due_chains = np.zeros(0, dtype=np.int64)
-        if self._stale_nodes:
-            return True
-        if not self.chains:
-            return False
-        ids, chain = self._dups()
-        nc = self.chain_live.n
-        live = self.chain_live.a[:nc]
-        ndups = np.bincount(chain, minlength=nc)[:nc]
-        if (live & (ndups < 2)).any():
-            return True
-        lens = self.node_len.a[ids]
-        room2 = (lens > 0) & (lens + 1 < self.max_page_sharing)
-        if room2.any() and (self.chain_head.a[chain[room2]] != ids[room2]).any():
-            return True
-        prune_ns = self.stable_node_chains_prune_millisecs * 1_000_000
-        due = live & (self._clock_ns() >= self.chain_prune.a[:nc] + prune_ns)
-        if due.any():
-            # a pruning stable_node_dup() takes the fullest dup with room, the others the
-            # first: with two dups with room, which search prunes first decides
-            cand = (lens > 0) & (lens < self.max_page_sharing)
-            if (due & (np.bincount(chain[cand], minlength=nc)[:nc] >= 2)).any():
-                return True
-        self._due_chains = np.flatnonzero(due)
-        return False
-
-    def _prune_passed_chains(self, keys: np.ndarray) -> None:
-        """A due chain (whose prune changes nothing but the prune time) is pruned if some
-        search of this batch walks through it: a search key inside its rbtree interval
-        (intervals are kept per chain until the tree's shape changes)."""
-        if not keys.shape[0]:
-            return
-        cids = self._due_chains
-        ver = self.chain_ivl_ver.a
-        if len(self.stable_tree) == 1:
-            stale = cids[ver[cids] != self.stable_tree[0].rb.version].tolist()
-        else:
-            stale = [c for c in cids.tolist()
-                     if ver[c] != self.stable_tree[self.chains[c].nid].rb.version]
-        for c in stale:
-            ch = self.chains[c]
-            tree = self.stable_tree[ch.nid]
-            lo, hi = tree.interval(ch.token)
-            self.chain_ivl_lo.a[c] = max(lo, 0)
-            self.chain_ivl_hi.a[c] = min(hi, (1 << 64) - 1)
-            self.chain_ivl_flags.a[c] = (lo >= 0) | ((hi < (1 << 64)) << 1)
-            ver[c] = tree.rb.version
-        skeys = np.sort(keys)
-        flags = self.chain_ivl_flags.a[cids]
-        left = np.where(flags & 1, np.searchsorted(skeys, self.chain_ivl_lo.a[cids], "right"), 0)
-        right = np.where(flags & 2, np.searchsorted(skeys, self.chain_ivl_hi.a[cids], "left"), skeys.shape[0])
-        hit = cids[right > left]
-        if hit.shape[0]:
-            now = self._clock_ns()
-            self.chain_prune.a[hit] = now
 
     def _stable_tree_search(self, token: int, nid: int) -> int | None:
         """stable_tree_search() for a page that is not a KSM page: a node that can take one
@@ -1929,9 +1077,6 @@ class Ksm:
         return busy
 
     # ------------------------------------------------------------------ knob side effects
-    def _all_nodes(self) -> list[int]:
-        return np.flatnonzero(self.node_alive.a[: self.node_alive.n]).tolist()
-
     def set_run(self, value: int, unmerge_vma: Callable[[MM, object], None]) -> None:
         """run_store() after parsing: 2 unmerges synchronously; any value with
         KSM_RUN_MERGE wakes ksm_thread_wait (changed or not)."""
