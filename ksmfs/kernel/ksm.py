@@ -24,6 +24,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import KsmError
+from .ksm_bulk import BulkMerge
+from .ksm_defs import (
+    HAS_ITEM,
+    SEQ_ODD,
+    STABLE,
+    UNSTABLE,
+    ZERO_CHECKSUM,
+    calc_checksum,
+    calc_checksum1,
+)
+from .ksm_nodes import Chain, StableNodes
 from .mm import (
     FRAME_ANON,
     FRAME_FILE,
@@ -35,9 +46,6 @@ from .mm import (
     PhysMem,
     Segment,
 )
-from .ksm_bulk import BulkMerge
-from .ksm_defs import HAS_ITEM, SEQ_ODD, STABLE, UNSTABLE, ZERO_CHECKSUM, calc_checksum, calc_checksum1
-from .ksm_nodes import Chain, StableNodes
 from .stabletree import StableTree
 from .trace import TraceBuffer
 from .versions import KernelProfile
@@ -661,16 +669,16 @@ class Ksm(StableNodes, BulkMerge):
         self.put_frames(old)
         self.ksm_zero_pages += g.shape[0]
         mmids = self._mm_by_gpid(g)
-        for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
+        for mmid, cnt in zip(*np.unique(mmids, return_counts=True), strict=False):
             self._mms[int(mmid)].ksm_zero_pages += int(cnt)
         if self.trace.want("ksm_merge_one_page"):
             if pos is None:
-                for gi, mi in zip(g.tolist(), mmids.tolist()):
+                for gi, mi in zip(g.tolist(), mmids.tolist(), strict=False):
                     self._emit("ksm_merge_one_page", pfn=0, rmap_item=gi, mm=mi, err=0)
             else:  # a vector merge: written at the pages' places (_flush_trace)
                 self._trace_queue += [
                     (p, 0, "ksm_merge_one_page", {"pfn": 0, "rmap_item": gi, "mm": mi, "err": 0})
-                    for p, gi, mi in zip(pos.tolist(), g.tolist(), mmids.tolist())
+                    for p, gi, mi in zip(pos.tolist(), g.tolist(), mmids.tolist(), strict=False)
                 ]
 
     # ------------------------------------------------------------------ frames
@@ -695,7 +703,7 @@ class Ksm(StableNodes, BulkMerge):
         nodes = mem.fnode.a[uniq]
         ks = nodes[nodes >= 0]
         if ks.shape[0]:
-            self._stale_kpfn.update(zip(ks.tolist(), self.node_kfn.a[ks].tolist()))
+            self._stale_kpfn.update(zip(ks.tolist(), self.node_kfn.a[ks].tolist(), strict=False))
             self.node_kfn.a[ks] = -1
             self._stale_nodes.update(ks.tolist())
         mem.free_frames(uniq.astype(np.int32))
@@ -766,7 +774,7 @@ class Ksm(StableNodes, BulkMerge):
         if not g.shape[0]:
             return
         mmids = self._mm_by_gpid(g)
-        for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
+        for mmid, cnt in zip(*np.unique(mmids, return_counts=True), strict=False):
             self._mms[int(mmid)].ksm_merging_pages -= int(cnt)
 
     def _free_items_range(self, g0: int, g1: int) -> None:
@@ -789,7 +797,7 @@ class Ksm(StableNodes, BulkMerge):
                 self.chk_exc.pop(gi, None)
         self.ksm_rmap_items -= g.shape[0]
         mmids = self._mm_by_gpid(g)
-        for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
+        for mmid, cnt in zip(*np.unique(mmids, return_counts=True), strict=False):
             self._mms[int(mmid)].ksm_rmap_items -= int(cnt)
 
     def _reap_dead_nodes(self) -> None:
@@ -837,7 +845,7 @@ class Ksm(StableNodes, BulkMerge):
             named = items[:-1]
             if named:
                 mms = self._mm_by_gpid(np.asarray(named, dtype=np.int64)).tolist()
-                for gi, mi in zip(named, mms):
+                for gi, mi in zip(named, mms, strict=False):
                     self._emit("ksm_remove_rmap_item", pfn=kpfn, rmap_item=gi, mm=mi)
         self._emit("ksm_remove_ksm_page", pfn=kpfn)
         kfn = int(self.node_kfn.a[n])

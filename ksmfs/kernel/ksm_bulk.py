@@ -84,7 +84,7 @@ class BulkMerge:
                 ntok = self.node_token.a[nodes].tolist()
                 hit = np.fromiter((int(t) in in_play for t in ntok), bool, len(ntok))
                 in_order[pos_plain[st_plain][hit]] = True
-                forced.update(int(t) for t, h in zip(ntok, hit.tolist()) if h)
+                forced.update(int(t) for t, h in zip(ntok, hit.tolist(), strict=False) if h)
         if skip is not None:
             # a skipped item attached to a node whose content is in play leaves it at its
             # place (the node's fill level decides the searches around it); the others
@@ -96,7 +96,7 @@ class BulkMerge:
                 ntok = self.node_token.a[mem.ival.a[g[spos[sst]]].astype(np.int64)].tolist()
                 hit = np.fromiter((int(t) in in_play or int(t) in forced for t in ntok), bool, len(ntok))
                 late[np.flatnonzero(sst)[hit]] = True
-                forced.update(int(t) for t, h in zip(ntok, hit.tolist()) if h)
+                forced.update(int(t) for t, h in zip(ntok, hit.tolist(), strict=False) if h)
             in_order[spos[late]] = True
             self._remove_from_tree(g[spos[~late]])
         plans, app_pos, app_nodes, app_group_nodes, slow_groups, new_plan = self._classify_groups(
@@ -385,7 +385,7 @@ class BulkMerge:
             sharing += ga.shape[0]
             if tracing:
                 kfns = self.node_kfn.a[app_nodes].tolist()
-                events += [(p, 0, gi, kf, kf) for p, gi, kf in zip(app_pos.tolist(), ga.tolist(), kfns)]
+                events += [(p, 0, gi, kf, kf) for p, gi, kf in zip(app_pos.tolist(), ga.tolist(), kfns, strict=False)]
             if hl_on:
                 hl.append(np.stack((app_pos, np.zeros_like(app_pos), ga)))
             att_g.append(ga)
@@ -409,7 +409,7 @@ class BulkMerge:
                 self.node_len.a[node] += head.shape[0]
                 sharing += head.shape[0]
                 if tracing:
-                    events += [(p, 0, gi, kfn, kfn) for p, gi in zip(pos[:room].tolist(), head.tolist())]
+                    events += [(p, 0, gi, kfn, kfn) for p, gi in zip(pos[:room].tolist(), head.tolist(), strict=False)]
                 if hl_on:
                     hl.append(np.stack((pos[:room], np.zeros(head.shape[0], np.int64), head)))
                 att_g.append(head)
@@ -452,7 +452,7 @@ class BulkMerge:
                     bp = bpos[c0 : c0 + blk.shape[0]].tolist()
                     events.append((bp[1], 0, int(blk[1]), None, kfn))
                     events.append((bp[1], 1, int(blk[0]), kfn, kfn))
-                    events += [(p, 0, int(gi), kfn, kfn) for p, gi in zip(bp[2:], blk[2:].tolist())]
+                    events += [(p, 0, int(gi), kfn, kfn) for p, gi in zip(bp[2:], blk[2:].tolist(), strict=False)]
                 if hl_on:
                     # the tree item is appended first, then the current page, then the rest
                     bpa = np.asarray(bpos[c0 : c0 + blk.shape[0]], dtype=np.int64)
@@ -483,7 +483,7 @@ class BulkMerge:
             mem.iflags.a[ag] = (mem.iflags.a[ag] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
             self._attach_ival(ag, an)
             mmids = self._mm_by_gpid(ag)
-            for mmid, cnt in zip(*np.unique(mmids, return_counts=True)):
+            for mmid, cnt in zip(*np.unique(mmids, return_counts=True), strict=False):
                 self._mms[int(mmid)].ksm_merging_pages += int(cnt)
         if hl:
             rows = np.concatenate(hl, axis=1)
@@ -516,7 +516,7 @@ class BulkMerge:
         unshared = 0
         if lone.any():
             gl = gp[first[lone]]
-            self.unstable_tree[0].update(zip(plan.tokens[lone].tolist(), gl.tolist()))
+            self.unstable_tree[0].update(zip(plan.tokens[lone].tolist(), gl.tolist(), strict=False))
             mem.iflags.a[gl] = (mem.iflags.a[gl] & ~np.uint8(SEQ_ODD | STABLE)) | UNSTABLE | seq_flag
             unshared += gl.shape[0]
         mk = ~lone
@@ -564,7 +564,7 @@ class BulkMerge:
             # try_to_merge_two_pages(): the current page becomes the KSM page (ksm_page
             # NULL), then the tree page joins it; the rest append, each at its place
             kl = kfn.tolist()
-            for j, (kp, kgi, kf) in enumerate(zip(kpos.tolist(), kg.tolist(), kl)):
+            for j, (kp, kgi, kf) in enumerate(zip(kpos.tolist(), kg.tolist(), kl, strict=False)):
                 events.append((kp, 0, kgi, None, kf))
                 if has[j]:
                     events.append((kp, 1, int(items[j]), kf, kf))
@@ -575,7 +575,7 @@ class BulkMerge:
                 rest[first[~has]] = False
             kf_all = np.repeat(kfn, k)
             events += [(p, 0, gi, kf, kf) for p, gi, kf in
-                       zip(pos[rest].tolist(), gp[rest].tolist(), kf_all[rest].tolist())]
+                       zip(pos[rest].tolist(), gp[rest].tolist(), kf_all[rest].tolist(), strict=False)]
         shared = nodes.shape[0]
         sharing = int((length - 1).sum())
         return shared, sharing, unshared - int(np.count_nonzero(has))

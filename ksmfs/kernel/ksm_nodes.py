@@ -72,7 +72,7 @@ class StableNodes:
         cur = ival[g]
         odd = cur != calc_checksum(self.node_token.a[nodes])
         if odd.any():
-            for gi, c in zip(g[odd].tolist(), cur[odd].tolist()):
+            for gi, c in zip(g[odd].tolist(), cur[odd].tolist(), strict=False):
                 self.chk_exc[gi] = c
         ival[g] = nodes
 
@@ -129,7 +129,7 @@ class StableNodes:
         seq[known] = self._hlist_seq[items[known]]
         order = np.lexsort((-items, -seq, owner))
         out: dict[int, list[int]] = {}
-        for node, gi in zip(owner[order].tolist(), items[order].tolist()):
+        for node, gi in zip(owner[order].tolist(), items[order].tolist(), strict=False):
             out.setdefault(node, []).append(gi)
         return out
 
