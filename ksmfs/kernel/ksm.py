@@ -623,12 +623,12 @@ class Ksm(StableNodes, BulkMerge):
         if self.use_zero_pages and chk == ZERO_CHECKSUM and token == 0:
             self._merge_with_zero_page(np.array([g], dtype=np.int64))
             return
-        node = self._stable_tree_search(token, nid)
-        if node is not None:
-            kfn = int(self.node_kfn.a[node])
+        found = self._stable_tree_search(token, nid)
+        if found is not None:
+            kfn = int(self.node_kfn.a[found])
             self._replace_page(g, kfn)
-            self._emit_merge_with_ksm(g, node, err=0)
-            self._stable_tree_append(g, node, False)
+            self._emit_merge_with_ksm(g, found, err=0)
+            self._stable_tree_append(g, found, False)
             return
         t = self._unstable_tree_search_insert(g, f, token, nid)
         if t is None:
@@ -711,7 +711,7 @@ class Ksm(StableNodes, BulkMerge):
     # ------------------------------------------------------------------ rmap_item removal
     def _oldchecksum(self, g: np.ndarray, fl: np.ndarray) -> np.ndarray:
         """rmap_item->oldchecksum of items (a stable item keeps it implicitly)."""
-        v = self.mem.ival.a[g].copy()
+        v: np.ndarray = self.mem.ival.a[g].copy()
         st = (fl & STABLE) != 0
         if st.any():
             v[st] = calc_checksum(self.node_token.a[v[st].astype(np.int64)])
