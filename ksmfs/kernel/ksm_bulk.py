@@ -42,6 +42,42 @@ class NewNodesPlan:
     tree_items: np.ndarray
 
 
+@dataclass
+class BlocksPlan:
+    """One content of a batch with a closed form that may make KSM pages: append what
+    fits to ``node``, then blocks of max_page_sharing pages, in each of which the first
+    page waits in the unstable tree, the second pairs with it and becomes a new KSM page
+    (a new dup once one exists) and the rest append (spec §3.6)."""
+
+    pos: np.ndarray  # visit positions of the content's pages, in visit order
+    node: int  # the stable node (the chain's head dup) with room, or -1
+    token: int
+    room: int  # pages ``node`` can still take (0 without a node)
+    tree_item: int  # the unstable tree's item of this pass for the content, or -1
+    cid: int  # the content's chain, or -1
+
+
+@dataclass
+class AppendPlan:
+    """Contents whose node (a plain node, or a chain whose only dup with room is its
+    head) has room for every page of the batch: the pages append to it."""
+
+    pos: np.ndarray  # visit positions of the pages
+    nodes: np.ndarray  # the node of each page
+    group_nodes: np.ndarray  # per content: its node (distinct) ...
+    group_sizes: np.ndarray  # ... and its number of pages
+
+
+@dataclass
+class BatchPlans:
+    """What _classify_groups() decided for a batch's candidate pages."""
+
+    blocks: list[BlocksPlan]
+    append: AppendPlan
+    new_nodes: NewNodesPlan | None
+    slow: list[np.ndarray]  # visit positions for the page-by-page path, per content
+
+
 class BulkMerge:
     """Mixin of Ksm: the vector path of cmp_and_merge_page() for a batch window."""
 
@@ -99,10 +135,9 @@ class BulkMerge:
                 forced.update(int(t) for t, h in zip(ntok, hit.tolist(), strict=False) if h)
             in_order[spos[late]] = True
             self._remove_from_tree(g[spos[~late]])
-        plans, app_pos, app_nodes, app_group_nodes, slow_groups, new_plan = self._classify_groups(
-            g, f, pos_c, tok_c, forced
-        )
-        for grp in slow_groups:
+        classified = self._classify_groups(g, f, pos_c, tok_c, forced)
+        plans, app, new_plan = classified.blocks, classified.append, classified.new_nodes
+        for grp in classified.slow:
             in_order[grp] = True
         # bulk: remove from trees, checksum rule, zero pages, never-matching contents
         bulk = plain & ~in_order
@@ -117,9 +152,9 @@ class BulkMerge:
         changed = ~same[bulk]
         mem.ival.a[gb[changed]] = chk_all[bulk][changed]
         in_fast = np.zeros(g.shape[0], dtype=bool)
-        in_fast[app_pos] = True
+        in_fast[app.pos] = True
         for plan in plans:
-            in_fast[plan[1]] = True
+            in_fast[plan.pos] = True
         if new_plan is not None:
             in_fast[new_plan.pos] = True
         keep = ~changed & ~in_fast[bulk]
@@ -133,8 +168,8 @@ class BulkMerge:
             if rest.shape[0]:
                 # unstable_tree_search_insert() that cannot find a match: insert
                 self._insert_unstable_bulk(rest)
-        if plans or app_pos.shape[0] or new_plan is not None:
-            self._merge_groups(g, plans, app_pos, app_nodes, app_group_nodes, new_plan)
+        if plans or app.pos.shape[0] or new_plan is not None:
+            self._merge_groups(g, plans, app, new_plan)
         # in order: everything whose outcome depends on other pages of the same content;
         # the trace records of the vector merges are written at their pages' places
         for i in np.flatnonzero(in_order).tolist():
@@ -160,19 +195,18 @@ class BulkMerge:
 
     def _classify_groups(
         self, g: np.ndarray, f: np.ndarray, pos_c: np.ndarray, tok_c: np.ndarray, forced: set[int]
-    ) -> tuple[list[tuple], np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    ) -> BatchPlans:
         """Split the batch's candidate pages by content. A content whose outcome follows
         from a closed form gets a plan: "append" (a node with room takes every page) or
         "blocks" (fill the node, then blocks of max_page_sharing pages each making a KSM
         page). Everything else (due chain prunes, stale nodes, fork-shared pages, aborted
-        tree walks) goes to the page-by-page path. Returns (block plans, append positions,
-        their nodes, append group sizes and nodes as one array pair, slow positions)."""
-        plans: list[tuple] = []
+        tree walks) goes to the page-by-page path."""
+        plans: list[BlocksPlan] = []
         slow: list[np.ndarray] = []
         empty = np.zeros(0, dtype=np.int64)
         new_plan: NewNodesPlan | None = None
         if not pos_c.shape[0]:
-            return plans, empty, empty, empty, slow, new_plan
+            return BatchPlans(plans, AppendPlan(empty, empty, empty, empty), new_plan, slow)
         mem = self.mem
         order = np.argsort(tok_c, kind="stable")
         ts = tok_c[order]
@@ -285,11 +319,13 @@ class BulkMerge:
             # append what fits, then blocks of max_page_sharing pages: in each block the
             # first page waits in the unstable tree, the second pairs with it and becomes a
             # new KSM page (a new dup once one exists), the rest append (spec §3.6)
-            plans.append(("blocks", ps[starts[i] : starts[i] + k], e if e is not None else -1, t, room, tree_item, cid))
+            plans.append(BlocksPlan(ps[starts[i] : starts[i] + k], e if e is not None else -1, t, room, tree_item, cid))
         sel = np.repeat(app_group, sizes_a)
         app_pos = ps[sel]
         app_nodes = np.repeat(gnode[app_group], sizes_a[app_group])
-        return plans, app_pos, app_nodes, (gnode[app_group], sizes_a[app_group]), slow, new_plan
+        return BatchPlans(
+            plans, AppendPlan(app_pos, app_nodes, gnode[app_group], sizes_a[app_group]), new_plan, slow
+        )
 
     def _classify_new(
         self, rest: np.ndarray, vals: np.ndarray, uniq: np.ndarray, sizes: np.ndarray,
@@ -357,15 +393,14 @@ class BulkMerge:
     def _merge_groups(
         self,
         g: np.ndarray,
-        plans: list[tuple],
-        app_pos: np.ndarray,
-        app_nodes: np.ndarray,
-        app_groups: tuple[np.ndarray, np.ndarray],
+        plans: list[BlocksPlan],
+        app: AppendPlan,
         new_plan: NewNodesPlan | None = None,
     ) -> None:
         """Carry out the plans of _classify_groups() with vector operations; the counter
         changes are those of the page-by-page path, summed."""
         mem = self.mem
+        app_pos, app_nodes = app.pos, app.nodes
         att_g: list[np.ndarray] = []  # items appended to a node
         att_n: list[np.ndarray] = []
         repl_g: list[np.ndarray] = []  # PTEs pointed at a KSM page
@@ -378,7 +413,7 @@ class BulkMerge:
         hl: list[np.ndarray] = []  # stable_tree_append() order: rows (pos, order, item)
         if app_pos.shape[0]:
             # one content per node: the groups' nodes are distinct, so += is exact
-            gn, gs = app_groups
+            gn, gs = app.group_nodes, app.group_sizes
             self.node_len.a[gn] += gs.astype(np.int32)
             mem.fmap.a[self.node_kfn.a[gn]] += gs.astype(np.int32)
             ga = g[app_pos]
@@ -400,9 +435,10 @@ class BulkMerge:
             shared += sh
             sharing += sg
             unshared += un
-        for _plan, pos, ref, t, *plan_extra in plans:
+        for plan in plans:
+            pos, t = plan.pos, plan.token
             gg = g[pos]
-            node, room, tree_item, cid = ref, plan_extra[0], plan_extra[1], plan_extra[2]
+            node, room, tree_item, cid = plan.node, plan.room, plan.tree_item, plan.cid
             if node >= 0 and room:
                 kfn = int(self.node_kfn.a[node])
                 head = gg[:room]
