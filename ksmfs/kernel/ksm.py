@@ -1,18 +1,27 @@
 """ksmd: Kernel Samepage Merging as mm/ksm.c does it, over numpy page arrays.
 
-The scan walks the mm_slot list, each mm's VMAs in address order and each VMA's present
-anonymous pages, exactly like ``scan_get_next_rmap_item``; ``cmp_and_merge_page`` then
-applies the checksum rule, the zero-page path, the stable tree (with max_page_sharing
-chains and dups) and the unstable tree. Counters change where the kernel changes them.
+The part of the model that reads next to mm/ksm.c. The scan (ksm_do_scan(), in batches
+and slices) walks the mm_slot list, each mm's VMAs in address order and each VMA's
+present anonymous pages, like ``scan_get_next_rmap_item()``; ``cmp_and_merge_page()``
+applies the checksum rule, the zero-page path, the stable tree (stable_tree_search(),
+stable_tree_insert(), max_page_sharing chains and their dups: stable_node_dup()) and
+the unstable tree. Also run=2 (unmerge_and_remove_all_rmap_items(),
+remove_all_stable_nodes()), the knobs' side effects (set_*) and the scan advisor.
+Counters change where the kernel changes them.
 
-Speed: a batch is classified with vector operations. Pages whose outcome needs no tree
-(already-attached KSM pages, changed checksums, zero-page merges, and contents that no
-other frame can hold) are handled in bulk; only pages whose content may match another
-page go through the per-page path, in visit order, which is where ordering matters.
-The trees are dicts keyed by content token (one per NUMA node when merge_across_nodes=0):
-an rbtree ordered by memcmp finds the same matches; what it does differently (pruning
-stale nodes that merely lie on a search path) changes no end-of-pass counter in the
-workloads we compare, and is noted in docs/NOTES.md.
+The project's own shortcuts live beside it, as mixins of ``Ksm`` whose methods keep the
+names this module calls:
+- ksm_nodes.py: the stable nodes and chains as arrays (struct ksm_stable_node);
+- ksm_bulk.py: the vector path of cmp_and_merge_page() for a batch window, with its
+  plans; it runs only when no search can have a side effect (else, and always with
+  ``exact``, every page goes through _cmp_and_merge_one() in visit order);
+- stabletree.py: each NUMA node's stable tree, a dict keyed by content token kept in
+  step with a hash index (vector lookups) and the kernel's rbtree (whose shape decides
+  which nodes a search passes and may prune);
+- ksm_defs.py: the rmap_item flag bits and calc_checksum().
+The unstable tree is a dict token -> rmap_item per NUMA node: the memcmp-ordered rbtree
+finds the same match, and only the matching item's page decides an abort
+(_unstable_tree_search_insert()).
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ class PhysMem:
         self._free_hint = 0
         # per gpid: page table and rmap_item
         self.pte = GrowArray(np.int32, PTE_NONE)  # frame, or a PTE_* value
-        # rmap_item flags (ksm.HAS_ITEM, STABLE, UNSTABLE, SEQ_ODD: rmap_item->address's)
+        # rmap_item flags (ksm_defs.HAS_ITEM, STABLE, UNSTABLE, SEQ_ODD: rmap_item->address's)
         self.iflags = GrowArray(np.uint8)
         # smart scan: age (visits, saturating at 15 — only ages up to 9 matter to
         # skip_age()) in the low nibble, remaining_skips (at most 8) in the high one
