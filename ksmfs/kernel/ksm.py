@@ -43,7 +43,7 @@ from .ksm_defs import (
     calc_checksum,
     calc_checksum1,
 )
-from .ksm_nodes import Chain, StableNodes
+from .ksm_nodes import StableNodes
 from .mm import (
     FRAME_ANON,
     FRAME_FILE,
@@ -51,7 +51,6 @@ from .mm import (
     MM,
     PAGE_SIZE,
     PTE_KSM_ZERO,
-    GrowArray,
     PhysMem,
     Segment,
 )
@@ -147,16 +146,7 @@ class Ksm(StableNodes, BulkMerge):
         self.cursor = -1  # index in mm_list; -1 is ksm_mm_head
         self.scan_addr = 0
         self.scan_seen_mergeable = False
-        # stable nodes (struct ksm_stable_node), struct of arrays
-        self.node_token = GrowArray(np.uint64)
-        self.node_kfn = GrowArray(np.int32, -1)  # -1: the KSM page is gone (stale)
-        self.node_len = GrowArray(np.int32)  # rmap_hlist_len
-        self.node_chain = GrowArray(np.int32, -1)  # chain id of a dup
-        self.node_alive = GrowArray(np.bool_)
-        self.node_nid = GrowArray(np.uint8)
-        self._free_nodes: list[int] = []
-        self.chains: dict[int, Chain] = {}
-        self._next_chain = 0
+        self._init_nodes()  # node and chain arrays (ksm_nodes.py)
         # trees: token -> node id (>= 0) or chain (-(cid + 1)); unstable: token -> gpid
         self.stable_tree: list[StableTree] = [StableTree()]
         self.unstable_tree: list[dict[int, int]] = [{}]
@@ -167,20 +157,8 @@ class Ksm(StableNodes, BulkMerge):
         # stable_node->kpfn of those nodes: node_kfn reads -1 once the page is freed, but
         # the kernel's trace_ksm_remove_*() still print the pfn the node was made for
         self._stale_kpfn: dict[int, int] = {}
-        # stable_tree_append() adds an item at the head of the node's hlist; the order is
-        # only needed by the ksm_remove_rmap_item lines of remove_node_from_stable_tree(),
-        # so an append counter per item is kept only while that event is traced
-        self._hlist_seq = np.zeros(0, dtype=np.int64)
-        self._hlist_next = 0
         self._pos = 0  # visit position in the current batch (orders deferred rbtree inserts)
         self._due_chains = np.zeros(0, dtype=np.int64)
-        self.chain_live = GrowArray(np.bool_)
-        self.chain_head = GrowArray(np.int64, -1)
-        self.chain_prune = GrowArray(np.int64)
-        self.chain_ivl_lo = GrowArray(np.uint64)  # rbtree interval of the chain's key
-        self.chain_ivl_hi = GrowArray(np.uint64)
-        self.chain_ivl_flags = GrowArray(np.uint8)  # 1: has a low bound, 2: a high one
-        self.chain_ivl_ver = GrowArray(np.int64, -1)  # rb version it was computed at
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
         self._thread_wakeups = 0

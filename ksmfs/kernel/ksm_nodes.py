@@ -17,11 +17,15 @@ stay in ksm.py; this mixin holds the storage operations they call.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .ksm_defs import STABLE, calc_checksum, calc_checksum1
+from .mm import GrowArray, PhysMem
+from .stabletree import StableTree
+from .trace import TraceBuffer
 
 
 @dataclass
@@ -36,6 +40,42 @@ class Chain:
 
 class StableNodes:
     """Mixin of Ksm: allocation and bookkeeping of the stable node and chain arrays."""
+
+    # what the mixin reads of Ksm (set in Ksm.__init__)
+    mem: PhysMem
+    trace: TraceBuffer
+    _clock_ns: Callable[[], int]
+    chk_exc: dict[int, int]
+    stable_tree: list[StableTree]
+    stable_node_chains: int
+    stable_node_dups: int
+
+    def _init_nodes(self) -> None:
+        # stable nodes (struct ksm_stable_node), struct of arrays
+        self.node_token = GrowArray(np.uint64)
+        self.node_kfn = GrowArray(np.int32, -1)  # -1: the KSM page is gone (stale)
+        self.node_len = GrowArray(np.int32)  # rmap_hlist_len
+        self.node_chain = GrowArray(np.int32, -1)  # chain id of a dup
+        self.node_alive = GrowArray(np.bool_)
+        self.node_nid = GrowArray(np.uint8)
+        self._free_nodes: list[int] = []
+        self.chains: dict[int, Chain] = {}
+        self._next_chain = 0
+        # stable_tree_append() adds an item at the head of the node's hlist; the order is
+        # only needed by the ksm_remove_rmap_item lines of remove_node_from_stable_tree(),
+        # so an append counter per item is kept only while that event is traced
+        self._hlist_seq = np.zeros(0, dtype=np.int64)
+        self._hlist_next = 0
+        # chains: Chain objects hold the dup lists; numpy mirrors of whether a chain is
+        # live, its head dup, its prune time and its key's rbtree interval let a batch
+        # check every chain at once (ksm_bulk.py: _tree_has_special)
+        self.chain_live = GrowArray(np.bool_)
+        self.chain_head = GrowArray(np.int64, -1)
+        self.chain_prune = GrowArray(np.int64)
+        self.chain_ivl_lo = GrowArray(np.uint64)  # rbtree interval of the chain's key
+        self.chain_ivl_hi = GrowArray(np.uint64)
+        self.chain_ivl_flags = GrowArray(np.uint8)  # 1: has a low bound, 2: a high one
+        self.chain_ivl_ver = GrowArray(np.int64, -1)  # rb version it was computed at
 
     def _new_nodes(self, tokens: np.ndarray, kfns: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """_new_node() for many plain nodes of NUMA node 0, in order."""
@@ -201,7 +241,8 @@ class StableNodes:
         bad |= nonhead & (lens > 0) & (lens < mps)
         bad |= lens <= 0
         nbad = np.bincount(chain[bad], minlength=nc)[:nc]
-        return self.chain_live.a[:nc] & (ndups >= 2) & (nbad == 0)
+        ok: np.ndarray = self.chain_live.a[:nc] & (ndups >= 2) & (nbad == 0)
+        return ok
 
     def _all_nodes(self) -> list[int]:
         return np.flatnonzero(self.node_alive.a[: self.node_alive.n]).tolist()
