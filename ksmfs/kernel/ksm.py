@@ -43,7 +43,6 @@ from .ksm_defs import (
     calc_checksum,
     calc_checksum1,
 )
-from .ksm_nodes import StableNodes
 from .mm import (
     FRAME_ANON,
     FRAME_FILE,
@@ -89,7 +88,7 @@ class AdvisorCtx:
     cpu_time: int = 0
 
 
-class Ksm(StableNodes, BulkMerge):
+class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm_nodes.py)
     """The KSM state of one simulated kernel: sysfs knobs, counters, mm list, trees."""
 
     def __init__(

@@ -20,12 +20,15 @@ tests/kernel/test_oracle.py checks this module against the exact path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .ksm_defs import SEQ_ODD, STABLE, UNSTABLE, calc_checksum
-from .mm import FRAME_FILE, FRAME_SHMEM, UNIQUE_BIT
+from .ksm_nodes import StableNodes
+from .mm import FRAME_FILE, FRAME_SHMEM, MM, UNIQUE_BIT
 from .tokenindex import MISSING, UNKNOWN
 
 
@@ -78,8 +81,38 @@ class BatchPlans:
     slow: list[np.ndarray]  # visit positions for the page-by-page path, per content
 
 
-class BulkMerge:
+class BulkMerge(StableNodes):
     """Mixin of Ksm: the vector path of cmp_and_merge_page() for a batch window."""
+
+    # what the mixin reads of Ksm besides the node arrays (set in Ksm.__init__)
+    _mm_by_gpid: Callable[[np.ndarray], np.ndarray]
+    _mms: dict[int, MM]
+    _stale_nodes: set[int]
+    _trace_queue: list[tuple[int, int, str, dict[str, object]]]
+    _due_chains: np.ndarray
+    _pos: int
+    demoted_unique: set[int]
+    unstable_tree: list[dict[int, int]]
+    max_page_sharing: int
+    merge_across_nodes: int
+    stable_node_chains_prune_millisecs: int
+    use_zero_pages: int
+    seqnr: int
+    pages_shared: int
+    pages_sharing: int
+    pages_unshared: int
+
+    if TYPE_CHECKING:  # the port's functions it calls (ksm.py)
+        def _emit(self, event: str, pid: int | None = None, comm: str = "ksmd", **fields: object) -> None: ...
+        def _cmp_and_merge_one(self, g: int, forked: bool) -> None: ...
+        def _get_mergeable_page(self, g: int) -> int | None: ...
+        def _merge_with_zero_page(self, g: np.ndarray, pos: np.ndarray | None = None) -> None: ...
+        def _mmid(self, g: int) -> int: ...
+        def _nid(self, frame: int) -> int: ...
+        def _oldchecksum(self, g: np.ndarray, fl: np.ndarray) -> np.ndarray: ...
+        def _remove_one(self, g: int) -> None: ...
+        def _remove_from_tree(self, g: np.ndarray) -> None: ...
+        def put_frames(self, frames: np.ndarray) -> None: ...
 
     def _cmp_and_merge_bulk(
         self, g: np.ndarray, f: np.ndarray, kind: np.ndarray, ksm: np.ndarray, fl: np.ndarray,
@@ -190,7 +223,7 @@ class BulkMerge:
         q.sort(key=lambda e: (e[0], e[1]))
         k = len(q) if before is None else next((j for j, e in enumerate(q) if e[0] >= before), len(q))
         for _, _, event, fields in q[:k]:
-            self._emit(event, **fields)
+            self._emit(event, None, "ksmd", **fields)
         del q[:k]
 
     def _classify_groups(
@@ -243,9 +276,9 @@ class BulkMerge:
                 ok_chain = self._chains_with_head_only(mps)
                 chained &= ok_chain[cids]
                 target = np.where(chained, self.chain_head.a[cids], target)
-            ln = node_len[target]
-            room = np.where(ln < mps, mps - ln, 0)
-            app_group = ok_a & (plain | chained) & (node_kfn[target] >= 0) & (ln > 0) & (sizes_a <= room)
+            ln_a = node_len[target]
+            room_a = np.where(ln_a < mps, mps - ln_a, 0)
+            app_group = ok_a & (plain | chained) & (node_kfn[target] >= 0) & (ln_a > 0) & (sizes_a <= room_a)
             if forced:
                 app_group &= ~np.isin(uniq, np.fromiter(forced, np.uint64, len(forced)))
             gnode[app_group] = target[app_group]
@@ -534,7 +567,8 @@ class BulkMerge:
 
     def _merge_new_nodes(
         self, g: np.ndarray, plan: NewNodesPlan, att_g: list[np.ndarray], att_n: list[np.ndarray],
-        repl_g: list[np.ndarray], repl_k: list[np.ndarray], events: list, tracing: bool,
+        repl_g: list[np.ndarray], repl_k: list[np.ndarray],
+        events: list[tuple[int, int, int, int | None, int]], tracing: bool,
         hl: list[np.ndarray] | None = None,
     ) -> tuple[int, int, int]:
         """A NewNodesPlan: per content, the sequence [unstable tree item] + the batch's
