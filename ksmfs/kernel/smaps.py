@@ -47,7 +47,7 @@ class SmapsCounts:
 # (PTRS_PER_PTE = 512), the unit smaps_pte_range() holds the PTE lock for, so ksmd
 # merging between two pieces is what it may do between two page tables of the walk.
 PTRS_PER_PTE = 512
-SMAPS_RANGE_PAGES = 128 * PTRS_PER_PTE
+SMAPS_RANGE_PAGES = 32 * PTRS_PER_PTE
 
 
 def vma_smaps(mem: PhysMem, vma: Vma) -> SmapsCounts:
