@@ -331,10 +331,13 @@ def smaps_under_reader(pages: int, reads: int = 5) -> int:
             th = threading.Thread(target=reader)
             th.start()
             try:
+                scanned0, t0 = _read_int(ksm / "pages_scanned"), time.perf_counter()
                 time.sleep(1.0)
                 alone = sorted(lat)
+                rate_alone = (_read_int(ksm / "pages_scanned") - scanned0) / (time.perf_counter() - t0)
                 times: dict[str, float] = {}
                 during: list[int] = []
+                scanned0, t0 = _read_int(ksm / "pages_scanned"), time.perf_counter()
                 for name in ("smaps", "smaps_rollup"):
                     lat.clear()
                     path = mount / "proc" / pid / name
@@ -344,6 +347,7 @@ def smaps_under_reader(pages: int, reads: int = 5) -> int:
                     times[name] = (time.perf_counter() - t) / reads
                     during += lat
                 during.sort()
+                rate_during = (_read_int(ksm / "pages_scanned") - scanned0) / (time.perf_counter() - t0)
             finally:
                 stop.set()
                 th.join()
@@ -361,6 +365,8 @@ def smaps_under_reader(pages: int, reads: int = 5) -> int:
           f"median {q(alone, 0.5):.2f} ms, p99 {q(alone, 0.99):.2f} ms, max {q(alone, 1.0):.1f} ms")
     print(f"  reader during the smaps reads: {len(during)} reads, median {q(during, 0.5):.2f} ms, "
           f"p99 {q(during, 0.99):.2f} ms, max {q(during, 1.0):.1f} ms (target: max 20 ms)")
+    print(f"  ksmd: {rate_alone / 1e6:.2f} M pages/s scanned with the reader alone, "
+          f"{rate_during / 1e6:.2f} M pages/s during the smaps reads")
     return 0
 
 
