@@ -218,10 +218,11 @@ def rollup_text(k: Kernel, rows: list[tuple[Vma, SmapsCounts]]) -> bytes:
 # (or ksmd) that long.  The walk is cut into ranges of pages and the caller (the FUSE
 # adapter) lets other work run at each ``yield``.  What the result means, from the
 # kernel's locking (fs/proc/task_mmu.c, 6.18):
-# * smap_gather_stats() walks a VMA with the mmap lock held for read.  ksmd takes the
-#   same lock for read (scan_get_next_rmap_item, try_to_merge_with_ksm_page) and the PTE
-#   lock only per page table, so it merges pages of the VMA while the walk is between two
-#   page tables: ranges summed at different moments, with ksmd batch slices in between,
+# * smap_gather_stats() walks a VMA with the mmap lock held for read (taken in m_start).
+#   smaps_pte_range() holds the PTE lock for one page table and calls cond_resched()
+#   after it; ksmd takes the mmap lock for read too (scan_get_next_rmap_item,
+#   try_to_merge_with_ksm_page), so it merges pages of the VMA while the walk is between
+#   two page tables: ranges summed at different moments, with ksmd batch slices between,
 #   add up to what the kernel's walk can print.  Each page is counted once, with its PTE
 #   and mapcount as they were when its range was summed.
 # * What takes the mmap lock for write (mmap, munmap, a split, madvise, fork's
