@@ -228,12 +228,12 @@ def rollup_text(k: Kernel, rows: list[tuple[Vma, SmapsCounts]]) -> bytes:
 # * What takes the mmap lock for write (mmap, munmap, a split, madvise, fork's
 #   dup_mmap, exit_mmap) cannot happen during the walk.  Here it may (a store or a
 #   scenario step runs between two pieces); it is detected after every piece (the task,
-#   its mm, its VMA list and the VMA being walked are the ones the render started with)
-#   and the render starts again, so the output is a walk that ran after the change: a
-#   VMA block is always the block of one VMA layout.  After MAX_RESTARTS the render is
-#   done in one piece.  Not detected: a fork of the process itself (it changes only the
-#   mapcounts of the pages, not the layout), which the kernel's dup_mmap would make
-#   wait for the walk.
+#   its mm, its VMA list and the VMA being walked are the ones the render started with,
+#   and no task was forked: a fork of the process itself changes no VMA, only the
+#   mapcounts of its pages, and its dup_mmap would wait for the walk; any fork counts,
+#   as a restart is always correct, only slower) and the render starts again, so the
+#   output is a walk that ran after the change: a VMA block is always the block of one
+#   VMA layout.  After MAX_RESTARTS the render is done in one piece.
 MAX_RESTARTS = 3
 # What a VMA costs besides its pages (lookups, its block of text), counted in pages.
 VMA_COST_PAGES = 64
@@ -254,6 +254,7 @@ def smaps_rows_steps(k: Kernel, pid: int, range_pages: int = SMAPS_RANGE_PAGES) 
         return []
     vmas = mm.vmas
     count = len(vmas)
+    forks = k.total_forks
     rows: list[tuple[Vma, SmapsCounts]] = []
     used = 0
     for v in list(vmas):
@@ -270,7 +271,8 @@ def smaps_rows_steps(k: Kernel, pid: int, range_pages: int = SMAPS_RANGE_PAGES) 
                 used = 0
                 yield
                 if (k.tasks.get(pid) is not task or task.mm is not mm or mm.vmas is not vmas
-                        or len(vmas) != count or (v.start, v.npages, v.flags, v.base) != key):
+                        or len(vmas) != count or (v.start, v.npages, v.flags, v.base) != key
+                        or k.total_forks != forks):
                     return None
             if lo >= v.npages:
                 break

@@ -66,7 +66,7 @@ def _guest(npages: int = 64) -> tuple[Kernel, int, int]:
 
 
 def test_layout_change_between_pieces_starts_again() -> None:
-    for change in ("mmap", "munmap", "madvise"):
+    for change in ("mmap", "munmap", "madvise", "fork"):
         k, pid, addr = _guest()
 
         def act(i: int, change: str = change, k: Kernel = k, pid: int = pid, addr: int = addr) -> None:
@@ -74,6 +74,8 @@ def test_layout_change_between_pieces_starts_again() -> None:
                 return
             if change == "mmap":
                 k.mmap(pid, 8)
+            elif change == "fork":
+                k.fork(pid)  # no VMA changes, the pages' mapcounts do
             elif change == "munmap":
                 k.munmap(pid, addr, 16)
             else:
