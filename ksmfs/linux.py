@@ -17,6 +17,10 @@ MADV_UNMERGEABLE = 13
 PR_SET_MEMORY_MERGE = 67
 PR_GET_MEMORY_MERGE = 68
 
+# include/linux/threads.h: no 64-bit kernel has more pids than this (the top of
+# /proc/sys/kernel/pid_max), so no scenario can have more processes.
+PID_MAX_LIMIT = 4 * 1024 * 1024
+
 # kernfs_fop_write_iter() copies at most PAGE_SIZE bytes of one write(2) for the store
 # function; the writer sees a short write [LIVE] (spec §1.1).
 WRITE_MAX = PAGE_SIZE

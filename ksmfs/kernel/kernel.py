@@ -15,6 +15,7 @@ import numpy as np
 from ksmfs.linux import (
     MADV_MERGEABLE,
     MADV_UNMERGEABLE,
+    PID_MAX_LIMIT,
     PR_GET_MEMORY_MERGE,
     PR_SET_MEMORY_MERGE,
 )
@@ -56,10 +57,10 @@ from .smaps import SmapsCounts, vma_smaps
 from .trace import TraceBuffer
 from .versions import DEFAULT_VERSION, get_profile
 
-# include/linux/threads.h: the default /proc/sys/kernel/pid_max for up to 32 CPUs, its
-# 64-bit upper bound, and the pids below which allocation never wraps (kernel/pid.c).
+# include/linux/threads.h: the default /proc/sys/kernel/pid_max for up to 32 CPUs (its
+# 64-bit upper bound, PID_MAX_LIMIT, is in ksmfs.linux), and the pids below which
+# allocation never wraps (kernel/pid.c).
 PID_MAX_DEFAULT = 0x8000
-PID_MAX_LIMIT = 4 * 1024 * 1024
 RESERVED_PIDS = 300
 FIRST_PID = 100  # simulated tasks start here: lower pids belong to the boot
 

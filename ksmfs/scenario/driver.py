@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from ksmfs.scenario.model import ProcessSpec, Scenario, Step, page_runs
+from ksmfs.scenario.model import ProcessSpec, Scenario, Step
 
 Snapshot = dict[str, Any]
 
@@ -88,32 +88,53 @@ class MappedPages:
     """Which pages of each VMA a scenario process still has mapped (contract v2).
 
     Page numbers are those of the VMA as first mapped; ``munmap`` clears them, a fork
-    copies the parent's state to the child."""
+    copies the parent's state to the child.  Kept as sorted, disjoint runs of unmapped
+    pages per VMA, so that the bookkeeping costs nothing per page (a scenario may map
+    millions of pages; a file may even ask for more than any machine has)."""
 
     def __init__(self, spec: ProcessSpec, parent: MappedPages | None = None) -> None:
         self.spec = spec
-        if parent is not None:
-            self.maps = {name: bytearray(m) for name, m in parent.maps.items()}
-        else:
-            self.maps = {v.name: bytearray(b"\x01" * v.pages) for v in spec.vmas}
+        self.sizes = {v.name: v.pages for v in spec.vmas}
+        self.holes: dict[str, list[tuple[int, int]]] = (
+            {name: list(h) for name, h in parent.holes.items()} if parent is not None
+            else {v.name: [] for v in spec.vmas})
 
     def pages(self, vma: str) -> int:
-        return len(self.maps[vma])
+        return self.sizes[vma]
+
+    def unmapped_runs(self, vma: str, first: int, count: int) -> list[tuple[int, int]]:
+        """Unmapped runs ``(first, count)`` within ``first … first+count-1``."""
+        end = first + count
+        return [(max(a, first), min(a + n, end) - max(a, first))
+                for a, n in self.holes[vma] if a < end and a + n > first]
 
     def all_mapped(self, vma: str, first: int, count: int) -> bool:
-        m = self.maps[vma]
-        return first + count <= len(m) and all(m[first:first + count])
+        return first + count <= self.sizes[vma] and not self.unmapped_runs(vma, first, count)
 
     def runs(self, vma: str, first: int = 0, count: int | None = None) -> list[tuple[int, int]]:
-        """Mapped runs ``(first, count)`` in the range (default: the whole VMA)."""
-        m = self.maps[vma]
+        """Mapped runs ``(first, count)`` in the range (default: to the VMA's end)."""
         if count is None:
-            count = len(m) - first
-        return page_runs(m, first, count)
+            count = self.sizes[vma] - first
+        out: list[tuple[int, int]] = []
+        at = first
+        for a, n in self.unmapped_runs(vma, first, count):
+            if a > at:
+                out.append((at, a - at))
+            at = a + n
+        if at < first + count:
+            out.append((at, first + count - at))
+        return out
 
     def unmap(self, vma: str, first: int, count: int) -> None:
-        self.maps[vma][first:first + count] = bytes(count)
+        merged: list[tuple[int, int]] = []
+        for a, n in sorted([*self.holes[vma], (first, count)]):
+            if merged and a <= merged[-1][0] + merged[-1][1]:
+                b, m = merged[-1]
+                merged[-1] = (b, max(b + m, a + n) - b)
+            else:
+                merged.append((a, n))
+        self.holes[vma] = merged
 
     def live_vmas(self) -> Iterable[str]:
         """VMA names with at least one page mapped, in declaration order."""
-        return (v.name for v in self.spec.vmas if any(self.maps[v.name]))
+        return (v.name for v in self.spec.vmas if self.runs(v.name))

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ksmfs.linux import PAGE_SIZE, PID_MAX_LIMIT
 from ksmfs.scenario.driver import MappedPages
 from ksmfs.scenario.model import (
     ACTION_KEYS,
@@ -40,8 +41,9 @@ from ksmfs.scenario.model import (
     Sysfs,
     VmaSpec,
     Write,
-    page_runs,
 )
+
+TASK_PAGES = (1 << 47) // PAGE_SIZE
 
 __all__ = ["ScenarioError", "builtin_dir", "list_builtin", "load_scenario", "parse_scenario"]
 
@@ -415,7 +417,9 @@ class _Checker:
     def vma(self, obj: Any, path: Path_, pools: dict[str, int]) -> VmaSpec:
         self.table(obj, path, ("name", "pages", "mergeable", "shared", "fill"))
         name = self.name_(obj, "name", path)
-        pages = self.int_(obj, "pages", path, lo=1)
+        # x86_64's user address space (TASK_SIZE, 2^47 bytes) holds 2^35 pages: mmap of
+        # a longer VMA fails with ENOMEM on any machine.
+        pages = self.int_(obj, "pages", path, lo=1, hi=TASK_PAGES)
         mergeable = self.bool_(obj, "mergeable", path)
         shared = self.bool_(obj, "shared", path)
         if "fill" in obj:
@@ -435,7 +439,7 @@ class _Checker:
     def process(self, obj: Any, path: Path_, pools: dict[str, int]) -> list[ProcessSpec]:
         self.table(obj, path, ("name", "count", "merge_any", "vma"))
         name = self.name_(obj, "name", path)
-        count = self.int_(obj, "count", path, default=1, lo=1)
+        count = self.int_(obj, "count", path, default=1, lo=1, hi=PID_MAX_LIMIT)
         merge_any = self.bool_(obj, "merge_any", path)
         raw = self.array(obj, "vma", path, True)
         if not raw:
@@ -715,8 +719,7 @@ def _check_range(c: _Checker, path: Path_, s: Step, proc: MappedPages) -> None:
 
 def _unmapped_runs(proc: MappedPages, vma: str, first: int,
                    count: int) -> list[tuple[int, int]]:
-    inverse = [not b for b in proc.maps[vma]]
-    return page_runs(inverse, first, count)
+    return proc.unmapped_runs(vma, first, count)
 
 
 def iter_builtin_paths() -> Iterator[Path]:

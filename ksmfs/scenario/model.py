@@ -13,7 +13,6 @@ numbers are always those of the VMA as first mapped (contract v2).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -53,25 +52,6 @@ KSM_STAT_FIELDS: tuple[str, ...] = (
     "ksm_mergeable",
 )
 
-
-
-def page_runs(mapped: Sequence[bool] | None, first: int, count: int) -> list[tuple[int, int]]:
-    """The runs ``(first, count)`` of mapped pages within ``first … first+count-1``
-    (``mapped`` None: every page is mapped)."""
-    if mapped is None:
-        return [(first, count)] if count > 0 else []
-    runs: list[tuple[int, int]] = []
-    start = -1
-    for i in range(first, first + count):
-        if mapped[i]:
-            if start < 0:
-                start = i
-        elif start >= 0:
-            runs.append((start, i - start))
-            start = -1
-    if start >= 0:
-        runs.append((start, first + count - start))
-    return runs
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ksmfs.linux import PID_MAX_LIMIT
 from ksmfs.scenario.loader import ScenarioError, list_builtin, load_scenario, parse_scenario
 from ksmfs.scenario.model import (
     Exit,
@@ -311,3 +312,36 @@ def test_v2_steps_and_the_forked_child(tmp_path: Path) -> None:
     assert s.steps[3].action == Madvise("b", "r", "mergeable")
     assert s.steps[4].action == Madvise("b", "r", "unmergeable", 2, 2)
     assert [p.name for p in s.all_processes()] == ["a", "b"]
+
+
+@pytest.mark.parametrize("line, key, bound", [
+    ("count = 99999999999999999999", "process[0].count", PID_MAX_LIMIT),
+    ("count = 4194305", "process[0].count", PID_MAX_LIMIT),
+])
+def test_more_processes_than_any_kernel_has_pids_is_one_line(line, key, bound):
+    """A count no kernel can spawn is refused before the loader makes a name per process
+    (it used to build 10^20 names and take the machine's memory)."""
+    text = f'max_full_scans = 1\n[[process]]\nname = "a"\n{line}\n[[process.vma]]\nname = "r"\npages = 1\n'
+    with pytest.raises(ScenarioError) as e:
+        parse_scenario(text, "big.toml")
+    assert str(e.value).startswith(f"big.toml:4: {key}: must be <= {bound}")
+
+
+def test_a_vma_longer_than_the_address_space_is_one_line():
+    """pages above x86_64's 2^35-page user address space: one line, nothing allocated."""
+    text = ('max_full_scans = 1\n[[process]]\nname = "a"\n[[process.vma]]\nname = "r"\n'
+            f"pages = {2**35 + 1}\n")
+    with pytest.raises(ScenarioError) as e:
+        parse_scenario(text, "big.toml")
+    assert str(e.value).startswith(f"big.toml:6: process[0].vma[0].pages: must be <= {2**35}")
+
+
+def test_munmap_bookkeeping_of_a_huge_vma_costs_nothing_per_page():
+    """A 2^35-page VMA with holes punched is checked by runs, not per page."""
+    text = ('max_full_scans = 2\n[[process]]\nname = "a"\n[[process.vma]]\nname = "r"\n'
+            f'pages = {2**35}\n'
+            '[[step]]\nafter_full_scans = 1\nmunmap = {process = "a", vma = "r", first = 5, count = 10}\n'
+            '[[step]]\nafter_full_scans = 1\nmunmap = {process = "a", vma = "r", first = 12, count = 10}\n')
+    with pytest.raises(ScenarioError) as e:
+        parse_scenario(text, "holes.toml")
+    assert "pages 12..14 of VMA 'r' of process 'a' are already unmapped" in str(e.value)
