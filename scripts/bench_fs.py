@@ -15,6 +15,8 @@ printed and appended to docs/NOTES.md (``--no-notes`` to skip).
     python scripts/bench_fs.py [--iterations 5000] [--procs 1000]
     python scripts/bench_fs.py --merging scripts/scenarios/scale-16m.toml
         # a reader every millisecond through the merging pass of a 16M-page mount
+    python scripts/bench_fs.py --smaps [--smaps-pages 4194304]
+        # a reader every millisecond while smaps of a process with one 4M-page VMA is read
 """
 
 from __future__ import annotations
@@ -265,6 +267,109 @@ def merging_pass(scenario: str) -> int:
     return 0
 
 
+SMAPS_SCENARIO = """\
+name = "bench-smaps"
+seed = 1
+max_full_scans = 1000
+[ksm]
+pages_to_scan = 100000
+sleep_millisecs = 20
+[pools]
+image = 12500
+[[process]]
+name = "guest"
+  [[process.vma]]
+  name = "guest-ram"
+  pages = {pages}
+  mergeable = true
+  fill = [
+    {{ from = "pool:image", pages = {pool} }},
+    {{ from = "unique", pages = {unique} }},
+  ]
+"""
+
+
+def smaps_under_reader(pages: int, reads: int = 5) -> int:
+    """A reader does open-read-close of sysfs pages_sharing every millisecond while
+    another thread reads /proc/PID/smaps and smaps_rollup of a process with one
+    ``pages``-page VMA; ksmd keeps scanning (pages_to_scan 100000, sleep 20 ms).
+    Prints the reader's latencies alone and during the smaps reads (target: max 20 ms),
+    and the time of one smaps read."""
+    import threading
+
+    pool = pages * 3 // 4
+    with tempfile.TemporaryDirectory(prefix="ksmfs-bench-") as tmp:
+        mount = Path(tmp) / "mnt"
+        mount.mkdir()
+        toml = Path(tmp) / "smaps.toml"
+        toml.write_text(SMAPS_SCENARIO.format(pages=pages, pool=pool, unique=pages - pool))
+        r = subprocess.run(ksmfs("mount", str(mount), "--scenario", str(toml)),
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"bench_fs: mount failed: {r.stderr.strip()}", file=sys.stderr)
+            return 1
+        try:
+            ksm = mount / "sys/kernel/mm/ksm"
+            pid = max((p for p in os.listdir(mount / "proc") if p.isdigit()), key=int)
+            sysfs = str(ksm / "pages_sharing")
+            # past the merging pass: its first slices are slow whatever smaps does
+            while _read_int(ksm / "full_scans") < 2:
+                time.sleep(0.05)
+            lat: list[int] = []
+            stop = threading.Event()
+
+            def reader() -> None:
+                clock = time.perf_counter_ns
+                while not stop.is_set():
+                    t = clock()
+                    fd = os.open(sysfs, os.O_RDONLY)
+                    os.read(fd, 4096)
+                    os.close(fd)
+                    lat.append(clock() - t)
+                    time.sleep(0.001)
+
+            th = threading.Thread(target=reader)
+            th.start()
+            try:
+                scanned0, t0 = _read_int(ksm / "pages_scanned"), time.perf_counter()
+                time.sleep(1.0)
+                alone = sorted(lat)
+                rate_alone = (_read_int(ksm / "pages_scanned") - scanned0) / (time.perf_counter() - t0)
+                times: dict[str, float] = {}
+                during: list[int] = []
+                scanned0, t0 = _read_int(ksm / "pages_scanned"), time.perf_counter()
+                for name in ("smaps", "smaps_rollup"):
+                    lat.clear()
+                    path = mount / "proc" / pid / name
+                    t = time.perf_counter()
+                    for _ in range(reads):
+                        path.read_bytes()
+                    times[name] = (time.perf_counter() - t) / reads
+                    during += lat
+                during.sort()
+                rate_during = (_read_int(ksm / "pages_scanned") - scanned0) / (time.perf_counter() - t0)
+            finally:
+                stop.set()
+                th.join()
+        finally:
+            u = subprocess.run(ksmfs("umount", str(mount)), capture_output=True, text=True)
+            if u.returncode != 0:
+                subprocess.run(["fusermount3", "-u", "-z", str(mount)])
+
+    def q(v: list[int], f: float) -> float:
+        return v[min(len(v) - 1, int(len(v) * f))] / 1e6 if v else float("nan")
+
+    print(f"smaps of a {pages}-page VMA: smaps {times['smaps'] * 1e3:.0f} ms per read, "
+          f"smaps_rollup {times['smaps_rollup'] * 1e3:.0f} ms per read")
+    print(f"  reader (sysfs pages_sharing every 1 ms) alone: {len(alone)} reads, "
+          f"median {q(alone, 0.5):.2f} ms, p99 {q(alone, 0.99):.2f} ms, max {q(alone, 1.0):.1f} ms")
+    print(f"  reader during the smaps reads: {len(during)} reads, median {q(during, 0.5):.2f} ms, "
+          f"p99 {q(during, 0.99):.2f} ms, max {q(during, 1.0):.1f} ms (target: max 20 ms)")
+    print(f"  ksmd: {rate_alone / 1e6:.2f} M pages/s scanned with the reader alone, "
+          f"{rate_during / 1e6:.2f} M pages/s during the smaps reads")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=5000)
@@ -273,7 +378,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merging", metavar="SCENARIO",
                     help="only: readers through the merging pass of SCENARIO mounted "
                          "(e.g. scripts/scenarios/scale-16m.toml)")
+    ap.add_argument("--smaps", action="store_true",
+                    help="only: a reader every millisecond while smaps of a process with one "
+                         "large VMA is read")
+    ap.add_argument("--smaps-pages", type=int, default=4 << 20,
+                    help="pages of that VMA (default 4194304: a 16 GiB guest)")
     args = ap.parse_args(argv)
+    if args.smaps:
+        return smaps_under_reader(args.smaps_pages)
     if args.merging:
         return merging_pass(args.merging)
 

@@ -39,7 +39,11 @@ with its reason (fuse-notes.md, spec §1.1):
   unmount.
 * **Consistency** -- handlers render synchronously, so one file is one kernel state;
   several files are one state when the ``user.ksmfs.generation`` xattr did not move
-  while they were read (see GENERATION_XATTR).
+  while they were read (see GENERATION_XATTR).  The exception is a row with
+  ``show_steps`` (smaps, smaps_rollup): rendered in pieces with checkpoints between
+  them, so other readers and ksmd's slices run while a 4M-page VMA is summed up; each
+  VMA block is the walk of one VMA layout, its pages summed as ksmd left them when
+  their range was reached, as the kernel's smap_gather_stats() (kfs/smaps.py).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ import os
 import select
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -541,7 +545,11 @@ class KsmfsOperations(pyfuse3.Operations):
             # One rendering per open, served at every offset: a later READ never sees
             # newer, longer content than the first one (seq_file, LXCFS).
             try:
-                h.data = bytes(self.tree.render(node, caller) or b"")
+                steps = self.tree.render_steps(node, caller)
+                if steps is None:
+                    h.data = bytes(self.tree.render(node, caller) or b"")
+                else:
+                    h.data = bytes(await self._render_in_pieces(steps))
             except KsmError as e:
                 if spec.ptrace != "read":
                     raise
@@ -553,6 +561,19 @@ class KsmfsOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(
             fh=fh, direct_io=True, keep_cache=False, nonseekable=bool(spec.stream)
         )
+
+    @staticmethod
+    async def _render_in_pieces(steps: Generator[None, None, bytes]) -> bytes:
+        """Drive a render in pieces (``Tree.render_steps``, smaps of a 4M-page VMA): a
+        trio checkpoint after each piece lets other requests and ksmd's slices run, as
+        the kernel's page walk lets ksmd run between page tables (kfs/smaps.py says
+        what the result then is)."""
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            await trio.lowlevel.checkpoint()
 
     def _handle(self, fh: int) -> _FileHandle:
         h = self._files.get(fh)

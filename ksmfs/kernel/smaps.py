@@ -43,12 +43,33 @@ class SmapsCounts:
         return SmapsCounts(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
 
+# Pages of one piece of a render in pieces (kfs.smaps): a whole number of page tables
+# (PTRS_PER_PTE = 512), the unit smaps_pte_range() holds the PTE lock for, so ksmd
+# merging between two pieces is what it may do between two page tables of the walk.
+PTRS_PER_PTE = 512
+SMAPS_RANGE_PAGES = 32 * PTRS_PER_PTE
+
+
 def vma_smaps(mem: PhysMem, vma: Vma) -> SmapsCounts:
     """What show_smap() prints for one VMA: every present PTE is one 4 KiB page; KSM pages
     are anonymous and dirty; KSM-placed zero pages count nowhere (not normal pages)."""
-    sl = slice(vma.base, vma.base + vma.npages)
+    m = vma_smaps_range(mem, vma, 0, vma.npages)
+    m.size = vma.npages * PAGE_SIZE
+    return m
+
+
+def vma_smaps_range(mem: PhysMem, vma: Vma, lo: int, hi: int) -> SmapsCounts:
+    """The sums of smaps_pte_entry() over pages ``lo`` .. ``hi - 1`` of ``vma`` (size 0).
+
+    Every field is a sum over pages (PSS: each page adds (PAGE_SIZE << PSS_SHIFT) //
+    mapcount; Locked adds a locked VMA's PSS), so the sums of any split of a VMA into
+    ranges add up (``+``) to the sums of the whole walk, as smap_gather_stats() adds up
+    page tables into one mem_size_stats."""
+    if not 0 <= lo <= hi <= vma.npages:
+        raise ValueError(f"page range {lo}..{hi} is outside a VMA of {vma.npages} pages")
+    sl = slice(vma.base + lo, vma.base + hi)
     pte = mem.pte.a[sl]
-    m = SmapsCounts(size=vma.npages * PAGE_SIZE)
+    m = SmapsCounts()
     present = pte >= 0
     fr = pte[present]
     if fr.shape[0]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Generator
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -484,6 +485,17 @@ def show_pid_smaps(k: Kernel, pid: int | None) -> bytes:
     return _smaps.render_smaps(k, _task(k, pid).pid)
 
 
+def steps_pid_smaps(k: Kernel, pid: int | None) -> Generator[None, None, bytes | None]:
+    return (yield from _smaps.render_smaps_steps(k, _task(k, pid).pid))
+
+
+def steps_pid_smaps_rollup(k: Kernel, pid: int | None) -> Generator[None, None, bytes | None]:
+    task = _task(k, pid)
+    if task.mm is None:
+        raise KsmError(errno.ESRCH, f"pid {pid} has no mm")  # as show_pid_smaps_rollup
+    return (yield from _smaps.render_smaps_rollup_steps(k, task.pid))
+
+
 def show_pid_smaps_rollup(k: Kernel, pid: int | None) -> bytes:
     task = _task(k, pid)
     if task.mm is None:
@@ -632,8 +644,9 @@ def pid_specs(version: KernelProfile) -> list[FileSpec]:
             show_unpermitted=partial(show_pid_stat, permitted=False)),
         row("statm", 0o444, show_pid_statm),
         row("maps", 0o444, show_pid_maps, ptrace="open"),
-        row("smaps", 0o444, show_pid_smaps, ptrace="open"),
-        row("smaps_rollup", 0o444, show_pid_smaps_rollup, ptrace="open"),
+        row("smaps", 0o444, show_pid_smaps, ptrace="open", show_steps=steps_pid_smaps),
+        row("smaps_rollup", 0o444, show_pid_smaps_rollup, ptrace="open",
+            show_steps=steps_pid_smaps_rollup),
         row("io", 0o400, show_pid_io, ptrace="read"),
     ]  # fmt: skip
     if version.has_ksm_merging_pages_file:

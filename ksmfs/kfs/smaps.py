@@ -7,10 +7,20 @@ name; every field line is a 16-column label and an 8-column value in kB.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
-from ksmfs.kernel.mm import FRAME_FILE, VM_EXEC, VM_HUGETLB, VM_MAYSHARE, VM_READ, VM_WRITE, Vma
-from ksmfs.kernel.smaps import SmapsCounts
+from ksmfs.kernel.mm import (
+    FRAME_FILE,
+    PAGE_SIZE,
+    VM_EXEC,
+    VM_HUGETLB,
+    VM_MAYSHARE,
+    VM_READ,
+    VM_WRITE,
+    Vma,
+)
+from ksmfs.kernel.smaps import SMAPS_RANGE_PAGES, SmapsCounts, vma_smaps_range
 
 if TYPE_CHECKING:
     from ksmfs.kernel import Kernel
@@ -165,19 +175,27 @@ def _thp_eligible(vma: Vma) -> bool:
 
 
 def render_smaps(k: Kernel, pid: int) -> bytes:
+    """/proc/<pid>/smaps in one piece (the reference of :func:`render_smaps_steps`)."""
     task = k.tasks[pid]
     if task.mm is None:
         return b""
+    return smaps_text(k, k.smaps(pid))
+
+
+def smaps_text(k: Kernel, rows: list[tuple[Vma, SmapsCounts]]) -> bytes:
     has_ksm, has_pss_dirty = _features(k)
     return "".join(
         render_smap_block(vma, c, has_ksm=has_ksm, has_pss_dirty=has_pss_dirty)
-        for vma, c in k.smaps(pid)
+        for vma, c in rows
     ).encode()
 
 
 def render_smaps_rollup(k: Kernel, pid: int) -> bytes:
     """show_smaps_rollup(); the caller maps a missing mm to ESRCH."""
-    rows = k.smaps(pid)
+    return rollup_text(k, k.smaps(pid))
+
+
+def rollup_text(k: Kernel, rows: list[tuple[Vma, SmapsCounts]]) -> bytes:
     has_ksm, has_pss_dirty = _features(k)
     if rows:
         total = rows[0][1]
@@ -193,6 +211,86 @@ def render_smaps_rollup(k: Kernel, pid: int) -> bytes:
     # 0, 0, 0, 0) with vm_flags 0 -> "---p".
     body = smap_fields(total, rollup=True, has_ksm=has_ksm, has_pss_dirty=has_pss_dirty)
     return (head + "\n" + body).encode()
+
+
+# -- the render in pieces ---------------------------------------------------------------
+# A 4M-page VMA takes ~100 ms to sum up; the mount must not stop serving other readers
+# (or ksmd) that long.  The walk is cut into ranges of pages and the caller (the FUSE
+# adapter) lets other work run at each ``yield``.  What the result means, from the
+# kernel's locking (fs/proc/task_mmu.c, 6.18):
+# * smap_gather_stats() walks a VMA with the mmap lock held for read (taken in m_start).
+#   smaps_pte_range() holds the PTE lock for one page table and calls cond_resched()
+#   after it; ksmd takes the mmap lock for read too (scan_get_next_rmap_item,
+#   try_to_merge_with_ksm_page), so it merges pages of the VMA while the walk is between
+#   two page tables: ranges summed at different moments, with ksmd batch slices between,
+#   add up to what the kernel's walk can print.  Each page is counted once, with its PTE
+#   and mapcount as they were when its range was summed.
+# * What takes the mmap lock for write (mmap, munmap, a split, madvise, fork's
+#   dup_mmap, exit_mmap) cannot happen during the walk.  Here it may (a store or a
+#   scenario step runs between two pieces); it is detected after every piece (the task,
+#   its mm, its VMA list and the VMA being walked are the ones the render started with,
+#   and no task was forked: a fork of the process itself changes no VMA, only the
+#   mapcounts of its pages, and its dup_mmap would wait for the walk; any fork counts,
+#   as a restart is always correct, only slower) and the render starts again, so the
+#   output is a walk that ran after the change: a VMA block is always the block of one
+#   VMA layout.  After MAX_RESTARTS the render is done in one piece.
+MAX_RESTARTS = 3
+# What a VMA costs besides its pages (lookups, its block of text), counted in pages.
+VMA_COST_PAGES = 64
+
+RowsSteps = Generator[None, None, "list[tuple[Vma, SmapsCounts]] | None"]
+RenderSteps = Generator[None, None, "bytes | None"]
+
+
+def smaps_rows_steps(k: Kernel, pid: int, range_pages: int = SMAPS_RANGE_PAGES) -> RowsSteps:
+    """``k.smaps(pid)`` summed in ranges of at most ``range_pages`` pages, yielding
+    after every ``range_pages`` pages of walk; None when the layout changed at a yield
+    (start again)."""
+    if range_pages < 1:
+        raise ValueError("range_pages must be positive")
+    task = k.tasks.get(pid)
+    mm = task.mm if task is not None else None
+    if task is None or mm is None:
+        return []
+    vmas = mm.vmas
+    count = len(vmas)
+    forks = k.total_forks
+    rows: list[tuple[Vma, SmapsCounts]] = []
+    used = 0
+    for v in list(vmas):
+        key = (v.start, v.npages, v.flags, v.base)
+        c = SmapsCounts(size=v.npages * PAGE_SIZE)
+        used += VMA_COST_PAGES
+        lo = 0
+        while True:
+            hi = min(v.npages, lo + range_pages)
+            c = c + vma_smaps_range(k.mem, v, lo, hi)
+            used += hi - lo
+            lo = hi
+            if used >= range_pages:
+                used = 0
+                yield
+                if (k.tasks.get(pid) is not task or task.mm is not mm or mm.vmas is not vmas
+                        or len(vmas) != count or (v.start, v.npages, v.flags, v.base) != key
+                        or k.total_forks != forks):
+                    return None
+            if lo >= v.npages:
+                break
+        rows.append((v, c))
+    return rows
+
+
+def render_smaps_steps(k: Kernel, pid: int, range_pages: int = SMAPS_RANGE_PAGES) -> RenderSteps:
+    """:func:`render_smaps` in pieces (see above); None: start again."""
+    rows = yield from smaps_rows_steps(k, pid, range_pages)
+    return None if rows is None else smaps_text(k, rows)
+
+
+def render_smaps_rollup_steps(k: Kernel, pid: int,
+                              range_pages: int = SMAPS_RANGE_PAGES) -> RenderSteps:
+    """:func:`render_smaps_rollup` in pieces (see above); None: start again."""
+    rows = yield from smaps_rows_steps(k, pid, range_pages)
+    return None if rows is None else rollup_text(k, rows)
 
 
 def _zero_counts(k: Kernel) -> SmapsCounts:

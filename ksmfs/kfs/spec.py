@@ -7,7 +7,7 @@ control) and the tree that assembles them import it without a cycle.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -23,6 +23,7 @@ __all__ = [
     "PtraceCheck",
     "RenderContext",
     "ShowFn",
+    "StepsFn",
     "StoreFn",
     "TruncateFn",
 ]
@@ -35,6 +36,10 @@ ShowFn = Callable[["Kernel", "int | None"], bytes]
 # store(kernel, pid, data) -> bytes consumed, or raises KsmError(errno, message).
 StoreFn = Callable[["Kernel", "int | None", bytes], int]
 TruncateFn = Callable[["Kernel", "int | None"], None]
+# show in pieces: a generator that yields where other work may run (the FUSE adapter
+# serves requests and ksmd slices there) and returns the content, or None when the
+# state it read changed under it so that it must start again.
+StepsFn = Callable[["Kernel", "int | None"], Generator[None, None, "bytes | None"]]
 
 # When a /proc/<pid> file applies ptrace_may_access(task, PTRACE_MODE_READ_FSCREDS), as
 # fs/proc/base.c and task_mmu.c do and the live 6.18 kernel shows as another user:
@@ -64,6 +69,10 @@ class FileSpec:
     ``ptrace`` says when the kernel checks ptrace access mode read (see PtraceCheck);
     ``show_unpermitted`` is what a reader failing that check sees of a file everyone may
     read but hides some fields from strangers (do_task_stat's ``permitted``).
+
+    ``show_steps`` (optional) is ``show`` rendered in pieces of bounded cost, for files
+    whose one-piece render would keep other readers waiting (smaps of a 4M-page VMA);
+    the adapter uses it instead of ``show`` and it gives the same bytes.
     """
 
     name: str
@@ -76,6 +85,7 @@ class FileSpec:
     truncate: TruncateFn | None = None
     ptrace: PtraceCheck = None
     show_unpermitted: ShowFn | None = None
+    show_steps: StepsFn | None = None
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,23 @@ Inode numbers are *derived*, never allocated, so the adapter keeps no inode tabl
 from __future__ import annotations
 
 import errno
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ksmfs.kernel import KsmError
 from ksmfs.kfs import table
 from ksmfs.kfs.procfs import ptrace_may_access
-from ksmfs.kfs.spec import DIR_MODE, PID_DIR_MODE, ROOT, Caller, FileSpec, RenderContext
+from ksmfs.kfs.spec import (
+    DIR_MODE,
+    PID_DIR_MODE,
+    ROOT,
+    Caller,
+    FileSpec,
+    RenderContext,
+    ShowFn,
+    StepsFn,
+)
 from ksmfs.kfs.table import PID, TID
 
 if TYPE_CHECKING:
@@ -229,6 +239,27 @@ class Tree:
                 return spec.show_unpermitted(self.kernel, node.pid)
             raise KsmError(errno.EACCES, f"/{'/'.join(node.path)}: ptrace access denied")
         return spec.show(self.kernel, node.pid)
+
+    def render_steps(self, node: Node, caller: Caller = ROOT) -> Generator[None, None, bytes] | None:
+        """:meth:`render` in pieces where the row has ``show_steps`` (None: it has not):
+        the generator yields between pieces and returns the content.  A piecewise
+        render that finds its state changed starts again (at most
+        ``smaps.MAX_RESTARTS`` times, then ``show`` renders in one piece)."""
+        spec = node.spec
+        if spec is None or spec.show_steps is None or spec.show is None:
+            return None
+        if node.pid is not None and (spec.ptrace == "read" or spec.show_unpermitted):
+            return None  # the permission rules of render(): one piece
+        return self._steps(spec.show_steps, spec.show, node.pid)
+
+    def _steps(self, steps: StepsFn, show: ShowFn, pid: int | None) -> Generator[None, None, bytes]:
+        from ksmfs.kfs.smaps import MAX_RESTARTS
+
+        for _ in range(MAX_RESTARTS):
+            out = yield from steps(self.kernel, pid)
+            if out is not None:
+                return out
+        return show(self.kernel, pid)
 
     def owner(self, node: Node) -> tuple[int, int]:
         """(uid, gid) for stat: root, or the task's for /proc/<pid> and task-owned rows."""

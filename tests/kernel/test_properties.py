@@ -79,6 +79,60 @@ class Shadow:
         assert not (mem.fnode.a[mapped] == -4).any(), "a mapped frame is on the free list"
 
 
+def apply_op(sh: Shadow, op: tuple) -> None:
+    """One operation of ``ops`` on the shadowed kernel (also used by test_smaps_pieces)."""
+    k = sh.k
+    kind = op[0]
+    if kind == "write":
+        pid = sh.pick(op[1])
+        if pid is None:
+            return
+        addr, content = sh.procs[pid]
+        first = op[2]
+        vals = np.array(op[3][: 16 - first], dtype=np.uint64)
+        k.write(pid, addr + first * 4096, vals)
+        content[first : first + vals.shape[0]] = vals
+    elif kind == "madvise":
+        pid = sh.pick(op[1])
+        if pid is not None:
+            addr, _ = sh.procs[pid]
+            k.madvise(pid, addr, 16, MADV_MERGEABLE if op[2] else MADV_UNMERGEABLE)
+    elif kind == "scan":
+        k.ksm_do_scan(op[1])
+    elif kind == "fork":
+        pid = sh.pick(op[1])
+        if pid is not None and len(sh.procs) < 8:
+            child = k.fork(pid)
+            addr, content = sh.procs[pid]
+            sh.procs[child] = (addr, content.copy())
+    elif kind == "exit":
+        pid = sh.pick(op[1])
+        if pid is not None and len(sh.procs) > 1:
+            k.exit(pid)
+            del sh.procs[pid]
+    elif kind == "run":
+        knobs.store(k, "run", str(op[1]).encode())
+    elif kind == "knob":
+        knobs.store(k, op[1], b"1" if op[2] else b"0")
+    elif kind == "mps":
+        try:
+            knobs.store(k, "max_page_sharing", str(op[1]).encode())
+        except Exception as e:  # EBUSY while pages are shared is the kernel's answer
+            assert getattr(e, "errno", None) == 16
+    elif kind == "merge_any":
+        pid = sh.pick(op[1])
+        if pid is not None:
+            k.prctl(pid, 67, int(op[2]))
+    elif kind == "swap":
+        pid = sh.pick(op[1])
+        if pid is not None:
+            addr, _ = sh.procs[pid]
+            if op[3]:
+                k.swap_out(pid, addr + op[2] * 4096, 1)
+            else:
+                k.swap_in(pid, addr, 16)
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops)
 def test_invariants_hold_on_random_workloads(seq: list[tuple]) -> None:
@@ -87,55 +141,7 @@ def test_invariants_hold_on_random_workloads(seq: list[tuple]) -> None:
     sh = Shadow()
     k = sh.k
     for op in seq:
-        kind = op[0]
-        if kind == "write":
-            pid = sh.pick(op[1])
-            if pid is None:
-                continue
-            addr, content = sh.procs[pid]
-            first = op[2]
-            vals = np.array(op[3][: 16 - first], dtype=np.uint64)
-            k.write(pid, addr + first * 4096, vals)
-            content[first : first + vals.shape[0]] = vals
-        elif kind == "madvise":
-            pid = sh.pick(op[1])
-            if pid is not None:
-                addr, _ = sh.procs[pid]
-                k.madvise(pid, addr, 16, MADV_MERGEABLE if op[2] else MADV_UNMERGEABLE)
-        elif kind == "scan":
-            k.ksm_do_scan(op[1])
-        elif kind == "fork":
-            pid = sh.pick(op[1])
-            if pid is not None and len(sh.procs) < 8:
-                child = k.fork(pid)
-                addr, content = sh.procs[pid]
-                sh.procs[child] = (addr, content.copy())
-        elif kind == "exit":
-            pid = sh.pick(op[1])
-            if pid is not None and len(sh.procs) > 1:
-                k.exit(pid)
-                del sh.procs[pid]
-        elif kind == "run":
-            knobs.store(k, "run", str(op[1]).encode())
-        elif kind == "knob":
-            knobs.store(k, op[1], b"1" if op[2] else b"0")
-        elif kind == "mps":
-            try:
-                knobs.store(k, "max_page_sharing", str(op[1]).encode())
-            except Exception as e:  # EBUSY while pages are shared is the kernel's answer
-                assert getattr(e, "errno", None) == 16
-        elif kind == "merge_any":
-            pid = sh.pick(op[1])
-            if pid is not None:
-                k.prctl(pid, 67, int(op[2]))
-        elif kind == "swap":
-            pid = sh.pick(op[1])
-            if pid is not None:
-                addr, _ = sh.procs[pid]
-                if op[3]:
-                    k.swap_out(pid, addr + op[2] * 4096, 1)
-                else:
-                    k.swap_in(pid, addr, 16)
+        apply_op(sh, op)
         sh.check()
     # run = 2: everything unmerged, every page reads what its process last wrote
     knobs.store(k, "run", b"2")
