@@ -286,6 +286,12 @@ class KsmfsOperations(pyfuse3.Operations):
         e.generation = 0
         e.entry_timeout = ATTR_TIMEOUT
         e.attr_timeout = ATTR_TIMEOUT
+        if node.is_dir and node.pid is not None and node.name.isdigit():
+            # proc/PID and task/TID: procfs revalidates these dentries on every walk
+            # (pid_revalidate), so a task that exits is gone for the next stat at once.
+            # The invalidation sent on exit (kernel_changed) runs in pyfuse3's helper
+            # thread and may arrive after the reply to the write that ended the task.
+            e.entry_timeout = 0
         if node.is_dir:
             e.st_mode = stat.S_IFDIR | self._mode(node)
             e.st_nlink = 2
