@@ -20,7 +20,7 @@ from ksmfs.kernel import knobs as sysfs
 from ksmfs.kernel.kernel import INSTALL_ANON, INSTALL_FILE, INSTALL_NONE, INSTALL_SWAP
 from ksmfs.linux import DEFAULT_VERSION, KNOB_STORE_ORDER, PAGE_SIZE
 
-from .format import KIND_ANON, KIND_FILE, KIND_SWAP, PF_VOLATILE, Capture, CProcess, CVma
+from .format import KIND_ANON, KIND_FILE, KIND_SWAP, PF_THP, PF_VOLATILE, Capture, CProcess, CVma
 from .procfs import VMFLAG_BITS
 
 # A VMA is rebuilt as one simulated VMA unless its mapped pages are sparse: then each
@@ -144,7 +144,12 @@ def build(cap: Capture, assume: str = "as-is", knobs: dict[str, int | str] | Non
                 pk[rel] = kinds[idx]
                 pt[rel] = tok[idx]
                 ps[rel] = share[idx]
-                k.install_pages(pid, addr, pk, pt, ps if ps.any() else None)
+                # pages of a transparent huge page (KPF_THP): whole 2 MiB-aligned runs of
+                # them become compound pages, which ksmd splits when it merges one
+                th = np.zeros(npages, dtype=bool)
+                th[rel] = (cap.pflags[idx] & PF_THP) != 0
+                k.install_pages(pid, addr, pk, pt, ps if ps.any() else None,
+                                th if th.any() else None)
                 vol = rel[(cap.pflags[idx] & PF_VOLATILE) != 0]
                 if vol.shape[0]:
                     built.nvolatile += int(vol.shape[0])

@@ -27,6 +27,7 @@ from .mm import (
     FRAME_ANON,
     FRAME_FILE,
     FRAME_SHMEM,
+    HPAGE_PMD_NR,
     MM,
     PAGE_SHIFT,
     PAGE_SIZE,
@@ -534,6 +535,7 @@ class Kernel:
         kinds: np.ndarray,
         tokens: np.ndarray,
         share: np.ndarray | None = None,
+        thp: np.ndarray | None = None,
     ) -> None:
         """Map pages as another machine's page tables had them (a capture), into a range
         whose pages are not mapped yet: per page ``kinds`` is INSTALL_NONE (no PTE, or the
@@ -541,12 +543,16 @@ class Kernel:
         ``tokens[i]``, also inside a private file mapping: a COW'd page),
         INSTALL_FILE (a page-cache page) or INSTALL_SWAP (swapped out). ``share[i] > 0``
         names a frame: anonymous pages with the same name, in this call or an earlier one,
-        map one frame, as pages still shared copy-on-write after fork() do."""
+        map one frame, as pages still shared copy-on-write after fork() do. ``thp[i]``
+        marks a page of a transparent huge page: every HPAGE_PMD_NR-page, 2 MiB-aligned
+        run of anonymous pages all marked becomes one compound page."""
         mm = self._mm(pid)
         kinds = np.asarray(kinds, dtype=np.uint8)
         tokens = np.asarray(tokens, dtype=np.uint64)
-        if kinds.shape != tokens.shape or (share is not None and share.shape != kinds.shape):
-            raise KsmError(errno.EINVAL, "install_pages: kinds, tokens and share differ in length")
+        if kinds.shape != tokens.shape or any(
+            x is not None and x.shape != kinds.shape for x in (share, thp)
+        ):
+            raise KsmError(errno.EINVAL, "install_pages: kinds, tokens, share and thp differ in length")
         if kinds.shape[0] and int(kinds.max()) > INSTALL_SWAP:
             raise KsmError(errno.EINVAL, f"install_pages: unknown page kind {int(kinds.max())}")
         mem = self.mem
@@ -578,7 +584,22 @@ class Kernel:
                     mem.pte.a[g0 + idx] = mem.alloc_frames(t[idx], fk, self._nid(mm))
             for i in np.flatnonzero(k == INSTALL_SWAP).tolist():
                 mem.pte.a[g0 + i] = PTE_SWAP0 - mem.alloc_swap(int(t[i]), 1)
+            if thp is not None:
+                self._install_compounds(v, lo, cnt, anon & (thp[done : done + cnt] != 0))
             done += cnt
+
+    def _install_compounds(self, v: Vma, lo: int, cnt: int, huge: np.ndarray) -> None:
+        """The 2 MiB-aligned runs of ``huge`` pages (of VMA ``v`` from page ``lo``) that are
+        whole become compound pages."""
+        if v.kind == FRAME_SHMEM or not huge.any():
+            return
+        first = v.start // PAGE_SIZE + lo  # virtual page number of huge[0]
+        i = (-first) % HPAGE_PMD_NR
+        while i + HPAGE_PMD_NR <= cnt:
+            if huge[i : i + HPAGE_PMD_NR].all():
+                g = v.base + lo + i
+                self.mem.make_compound(self.mem.pte.a[g : g + HPAGE_PMD_NR])
+            i += HPAGE_PMD_NR
 
     def _nid(self, mm: MM) -> int:
         return mm.owner_pid % self.mem.nr_nodes

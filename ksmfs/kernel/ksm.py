@@ -619,7 +619,19 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         t = self._unstable_tree_search_insert(g, f, token, nid)
         if t is None:
             return
+        comp = int(mem.fcomp.a[f])
+        if comp >= 0 and comp == int(mem.fcomp.a[int(mem.pte.a[t])]):
+            # both pages in one compound page: try_to_merge_one_page()'s split_huge_page()
+            # fails (ksmd holds a reference through each page), so try_to_merge_two_pages()
+            # fails; cmp_and_merge_page() then splits it and merges nothing this pass (this
+            # item is in no tree, the tree item stays)
+            self._emit("ksm_merge_with_ksm_page", ksm_page=None, pfn=f, rmap_item=g,
+                       mm=self._mmid(g), err=-errno.EFAULT)
+            mem.split_compounds(np.array([f], dtype=np.int32))
+            return
         # try_to_merge_two_pages(): this page becomes the KSM page, the tree page joins it
+        # (try_to_merge_one_page() splits a huge page before merging a page of it)
+        mem.split_compounds(np.array([f], dtype=np.int32))
         self._emit("ksm_merge_with_ksm_page", ksm_page=None, pfn=f, rmap_item=g, mm=self._mmid(g), err=0)
         self._remove_one(t)
         self._replace_page(t, f)
@@ -643,6 +655,8 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         """replace_page(): point the PTE at the KSM page, drop the old page."""
         mem = self.mem
         old = int(mem.pte.a[g])
+        # try_to_merge_one_page(): a page of a huge page is merged after split_huge_page()
+        mem.split_compounds(np.array([old], dtype=np.int32))
         mem.pte.a[g] = kfn
         mem.fmap.a[kfn] += 1
         self.put_frames(np.array([old], dtype=np.int32))
@@ -651,6 +665,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         """try_to_merge_with_zero_page(): map the shared zero page, dirty-tagged as KSM's."""
         mem = self.mem
         old = mem.pte.a[g].copy()
+        mem.split_compounds(old)  # try_to_merge_one_page() splits a huge page first
         mem.pte.a[g] = PTE_KSM_ZERO
         self.put_frames(old)
         self.ksm_zero_pages += g.shape[0]

@@ -15,6 +15,7 @@ import numpy as np
 from ksmfs.linux import PAGE_SIZE as PAGE_SIZE
 
 PAGE_SHIFT = 12
+HPAGE_PMD_NR = 512  # base pages of a transparent huge page (2 MiB on x86-64)
 
 # VM_* flags (include/linux/mm.h, 64-bit); VM_MERGEABLE is bit 31.
 VM_READ = 0x1
@@ -98,6 +99,11 @@ class PhysMem:
         self.fnode = GrowArray(np.int32, FRAME_FREE)  # stable node id, or a FRAME_* kind
         # NUMA node of each frame; not kept at all on a single-node machine
         self.fnid = GrowArray(np.uint8) if nr_nodes > 1 else None
+        # compound page (transparent huge page) of each frame, -1 for a base page; the
+        # frames of each compound by id (only ksmd's merges split them: split_huge_page())
+        self.fcomp = GrowArray(np.int32, -1)
+        self.compounds: dict[int, np.ndarray] = {}
+        self._next_compound = 0
         self._free_hint = 0
         # per gpid: page table and rmap_item
         self.pte = GrowArray(np.int32, PTE_NONE)  # frame, or a PTE_* value
@@ -126,7 +132,8 @@ class PhysMem:
         """Pre-size for a workload of ``pages`` pages (benchmarks, big scenarios)."""
         for arr in (self.pte, self.iflags, self.ags, self.ival):
             arr.reserve(arr.n + pages)
-        frame_arrays: tuple[GrowArray | None, ...] = (self.ftoken, self.fmap, self.fnode, self.fnid)
+        frame_arrays: tuple[GrowArray | None, ...] = (
+            self.ftoken, self.fmap, self.fnode, self.fnid, self.fcomp)
         for farr in frame_arrays:
             if farr is not None:
                 farr.reserve(farr.n + pages)
@@ -174,15 +181,36 @@ class PhysMem:
             start = self.ftoken.extend(n - take)
             self.fmap.extend(n - take)
             self.fnode.extend(n - take)
+            self.fcomp.extend(n - take)
             if self.fnid is not None:
                 self.fnid.extend(n - take)
             frames[take:] = np.arange(start, start + n - take, dtype=np.int32)
         self.ftoken.a[frames] = tokens
         self.fmap.a[frames] = 1
         self.fnode.a[frames] = kind
+        self.fcomp.a[frames] = -1
         if self.fnid is not None:
             self.fnid.a[frames] = nid
         return frames
+
+    def make_compound(self, frames: np.ndarray) -> int:
+        """Make anonymous frames (HPAGE_PMD_NR of them) one compound page; its id."""
+        cid = self._next_compound
+        self._next_compound += 1
+        fr = np.asarray(frames, dtype=np.int32).copy()
+        self.fcomp.a[fr] = cid
+        self.compounds[cid] = fr
+        return cid
+
+    def split_compounds(self, frames: np.ndarray) -> None:
+        """split_huge_page() of the compound pages holding any of ``frames``: all their
+        frames become base pages."""
+        if not self.compounds:
+            return
+        cids = self.fcomp.a[frames]
+        for cid in np.unique(cids[cids >= 0]).tolist():
+            fr = self.compounds.pop(int(cid))
+            self.fcomp.a[fr[self.fcomp.a[fr] == cid]] = -1
 
     def free_frames(self, frames: np.ndarray) -> None:
         n = int(frames.shape[0])
@@ -190,6 +218,8 @@ class PhysMem:
             return
         self.fnode.a[frames] = FRAME_FREE
         self.fmap.a[frames] = 0
+        # a freed subpage leaves its compound (the rest stays one large folio)
+        self.fcomp.a[frames] = -1
         self.nr_free_frames += n
 
     # -- swap -----------------------------------------------------------------------------
