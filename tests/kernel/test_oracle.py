@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ksmfs.kernel import MADV_MERGEABLE, MADV_UNMERGEABLE, Kernel, KsmError, knobs
+from ksmfs.kernel.kernel import INSTALL_ANON
+from ksmfs.kernel.mm import HPAGE_PMD_NR
 from ksmfs.kernel.trace import KSM_EVENTS
 
 # KSMFS_ORACLE_EXAMPLES=5000 runs it longer locally; CI keeps it to seconds
@@ -31,6 +33,7 @@ op = st.one_of(
     st.tuples(st.just("write"), P, V, st.integers(0, 47), st.integers(1, 48), content, st.integers(0, 9)),
     st.tuples(st.just("madvise"), P, V, st.integers(0, 47), st.integers(1, 48), st.booleans()),
     st.tuples(st.just("fork"), P),
+    st.tuples(st.just("thp"), P, st.integers(0, 9)),
     st.tuples(st.just("munmap"), P, V, st.integers(0, 47), st.integers(1, 48)),
     st.tuples(st.just("exit"), P),
     st.tuples(st.just("merge_any"), P, st.booleans()),
@@ -103,6 +106,17 @@ class Driver:
             return None
         if kind == "mmap":
             return k.mmap(pid, o[2], shared=o[3] and o[2] % 7 == 0)
+        if kind == "thp":
+            # THP-backed memory: two huge pages' worth (one whole 2 MiB-aligned run at
+            # least), a pool of contents repeating inside each, some zero pages
+            n, seed = 2 * HPAGE_PMD_NR, o[2]
+            addr = k.mmap(pid, n)
+            tok = (np.arange(n, dtype=np.uint64) * np.uint64(seed + 1)) % np.uint64(3 + 40 * seed) + np.uint64(1)
+            tok[:: 7 + seed] = 0
+            k.install_pages(pid, addr, np.full(n, INSTALL_ANON, dtype=np.uint8), tok,
+                            thp=np.ones(n, dtype=bool))
+            k.madvise(pid, addr, n, MADV_MERGEABLE)
+            return len(k.mem.compounds)
         if kind == "fork":
             if len(k.tasks) >= 10:
                 return None
