@@ -108,10 +108,15 @@ class Driver:
             return k.mmap(pid, o[2], shared=o[3] and o[2] % 7 == 0)
         if kind == "thp":
             # THP-backed memory: two huge pages' worth (one whole 2 MiB-aligned run at
-            # least), a pool of contents repeating inside each, some zero pages
+            # least), a pool of contents repeating inside each (seed < 6) or contents met
+            # only in other huge pages (seed >= 6), some zero pages
             n, seed = 2 * HPAGE_PMD_NR, o[2]
             addr = k.mmap(pid, n)
-            tok = (np.arange(n, dtype=np.uint64) * np.uint64(seed + 1)) % np.uint64(3 + 40 * seed) + np.uint64(1)
+            i = np.arange(n, dtype=np.uint64)
+            if seed < 6:
+                tok = (i * np.uint64(seed + 1)) % np.uint64(3 + 40 * seed) + np.uint64(1)
+            else:
+                tok = (i + np.uint64(seed)) % np.uint64(n) + np.uint64(1)
             tok[:: 7 + seed] = 0
             k.install_pages(pid, addr, np.full(n, INSTALL_ANON, dtype=np.uint8), tok,
                             thp=np.ones(n, dtype=bool))
