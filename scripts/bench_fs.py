@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -181,12 +182,53 @@ def _read_int(path: Path) -> int:
     return int(path.read_text())
 
 
+class _Reader:
+    """A thread that does open-read-close of ``paths`` in turn, sleeping ``period`` seconds
+    between reads; ``lat`` holds each read's latency in ns (callers may clear it)."""
+
+    def __init__(self, paths: list[str], period: float) -> None:
+        self.paths, self.period = paths, period
+        self.lat: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        clock = time.perf_counter_ns
+        i = 0
+        while not self._stop.is_set():
+            path = self.paths[i % len(self.paths)]
+            i += 1
+            t = clock()
+            fd = os.open(path, os.O_RDONLY)
+            os.read(fd, 4096)
+            os.close(fd)
+            self.lat.append(clock() - t)
+            time.sleep(self.period)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _ms_quantile(v: list[int], f: float) -> float:
+    """Quantile ``f`` of sorted ns latencies, in ms (nan for none)."""
+    return v[min(len(v) - 1, int(len(v) * f))] / 1e6 if v else float("nan")
+
+
+def _unmount(mount: Path) -> None:
+    u = subprocess.run(ksmfs("umount", str(mount)), capture_output=True, text=True)
+    if u.returncode != 0:
+        subprocess.run(["fusermount3", "-u", "-z", str(mount)])
+
+
 def _pass_under_readers(scenario: str, period: float | None, smaps: bool) -> dict[str, object]:
     """Mount ``scenario``; through its merging pass (full scan 1 -> 2) a reader does
     open-read-close of a sysfs file and of a ksm_stat every ``period`` seconds (None: a
     poll of full_scans every 0.1 s only). Returns the latencies, the pass's wall time
     and, with ``smaps``, the reader's latencies while smaps of a guest is read."""
-    import threading
 
     with tempfile.TemporaryDirectory(prefix="ksmfs-bench-") as tmp:
         mount = Path(tmp) / "mnt"
@@ -202,47 +244,29 @@ def _pass_under_readers(scenario: str, period: float | None, smaps: bool) -> dic
             sysfs = str(ksm / "pages_sharing")
             while _read_int(ksm / "full_scans") < 1:
                 time.sleep(0.01)
-            lat: list[int] = []
-            stop = threading.Event()
-
-            def reader() -> None:
-                clock = time.perf_counter_ns
-                i = 0
-                while not stop.is_set():
-                    path = stat if i & 1 else sysfs
-                    i += 1
-                    t = clock()
-                    fd = os.open(path, os.O_RDONLY)
-                    os.read(fd, 4096)
-                    os.close(fd)
-                    lat.append(clock() - t)
-                    time.sleep(period)  # type: ignore[arg-type]
-
-            th = threading.Thread(target=reader) if period is not None else None
+            reader = _Reader([sysfs, stat], period) if period is not None else None
             t0 = time.perf_counter()
-            if th is not None:
-                th.start()
+            if reader is not None:
+                reader.start()
             while _read_int(ksm / "full_scans") < 2:
                 time.sleep(0.1)
             pass_s = time.perf_counter() - t0
-            out: dict[str, object] = {"pass_s": pass_s, "lat": list(lat)}
-            if smaps and th is not None:
+            out: dict[str, object] = {
+                "pass_s": pass_s, "lat": list(reader.lat) if reader is not None else []}
+            if smaps and reader is not None:
                 # smaps of a 4M-page guest while the reader goes on
-                lat.clear()
+                reader.lat.clear()
                 big = mount / "proc" / pids[0] / "smaps"
                 t = time.perf_counter()
                 for _ in range(3):
                     big.read_bytes()
                 out["smaps_s"] = (time.perf_counter() - t) / 3
-                out["lat_smaps"] = list(lat)
-            stop.set()
-            if th is not None:
-                th.join()
+                out["lat_smaps"] = list(reader.lat)
+            if reader is not None:
+                reader.stop()
             return out
         finally:
-            u = subprocess.run(ksmfs("umount", str(mount)), capture_output=True, text=True)
-            if u.returncode != 0:
-                subprocess.run(["fusermount3", "-u", "-z", str(mount)])
+            _unmount(mount)
 
 
 def merging_pass(scenario: str) -> int:
@@ -252,8 +276,7 @@ def merging_pass(scenario: str) -> int:
     busy = _pass_under_readers(scenario, 0.001, True)
     lat = sorted(busy["lat"])  # type: ignore[arg-type]
 
-    def q(v: list[int], f: float) -> float:
-        return v[min(len(v) - 1, int(len(v) * f))] / 1e6 if v else float("nan")
+    q = _ms_quantile
 
     print(f"{Path(scenario).name}: merging pass {base['pass_s']:.1f} s alone, "
           f"{busy['pass_s']:.1f} s with the reader "
@@ -295,7 +318,6 @@ def smaps_under_reader(pages: int, reads: int = 5) -> int:
     ``pages``-page VMA; ksmd keeps scanning (pages_to_scan 100000, sleep 20 ms).
     Prints the reader's latencies alone and during the smaps reads (target: max 20 ms),
     and the time of one smaps read."""
-    import threading
 
     pool = pages * 3 // 4
     with tempfile.TemporaryDirectory(prefix="ksmfs-bench-") as tmp:
@@ -315,21 +337,9 @@ def smaps_under_reader(pages: int, reads: int = 5) -> int:
             # past the merging pass: its first slices are slow whatever smaps does
             while _read_int(ksm / "full_scans") < 2:
                 time.sleep(0.05)
-            lat: list[int] = []
-            stop = threading.Event()
-
-            def reader() -> None:
-                clock = time.perf_counter_ns
-                while not stop.is_set():
-                    t = clock()
-                    fd = os.open(sysfs, os.O_RDONLY)
-                    os.read(fd, 4096)
-                    os.close(fd)
-                    lat.append(clock() - t)
-                    time.sleep(0.001)
-
-            th = threading.Thread(target=reader)
-            th.start()
+            reader = _Reader([sysfs], 0.001)
+            lat = reader.lat
+            reader.start()
             try:
                 scanned0, t0 = _read_int(ksm / "pages_scanned"), time.perf_counter()
                 time.sleep(1.0)
@@ -349,15 +359,11 @@ def smaps_under_reader(pages: int, reads: int = 5) -> int:
                 during.sort()
                 rate_during = (_read_int(ksm / "pages_scanned") - scanned0) / (time.perf_counter() - t0)
             finally:
-                stop.set()
-                th.join()
+                reader.stop()
         finally:
-            u = subprocess.run(ksmfs("umount", str(mount)), capture_output=True, text=True)
-            if u.returncode != 0:
-                subprocess.run(["fusermount3", "-u", "-z", str(mount)])
+            _unmount(mount)
 
-    def q(v: list[int], f: float) -> float:
-        return v[min(len(v) - 1, int(len(v) * f))] / 1e6 if v else float("nan")
+    q = _ms_quantile
 
     print(f"smaps of a {pages}-page VMA: smaps {times['smaps'] * 1e3:.0f} ms per read, "
           f"smaps_rollup {times['smaps_rollup'] * 1e3:.0f} ms per read")
@@ -420,9 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             os.close(fd)
             res["mount pages_sharing, ksmd stopped"] = latency(mine_ksm, args.iterations)
         finally:
-            u = subprocess.run(ksmfs("umount", str(mount)), capture_output=True, text=True)
-            if u.returncode != 0:
-                subprocess.run(["fusermount3", "-u", "-z", str(mount)])
+            _unmount(mount)
 
     floor = minimal_pyfuse3_latency(args.iterations)
     c_floor = minimal_libfuse3_latency(args.iterations)
