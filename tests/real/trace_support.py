@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from e2e.e2e_support import IDLE_SCENARIO  # one process, nothing mergeable
 
 from ksmfs.linux import MADV_MERGEABLE, MADV_UNMERGEABLE
 from ksmfs.scenario.realkernel import (
@@ -40,17 +41,6 @@ from ksmfs.scenario.realkernel import (
 )
 
 TRACEFS = Path("/sys/kernel/tracing")
-IDLE_SCENARIO = """\
-name = "idle"
-description = "one process, nothing mergeable: the trace differential spawns the rest"
-max_full_scans = 1
-
-[[process]]
-name = "idle"
-  [[process.vma]]
-  name = "heap"
-  pages = 1
-"""
 
 LINE = re.compile(
     r"^\s*(?P<comm>.*)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<flags>\S+)\s+"

@@ -40,15 +40,21 @@ def node(k: Kernel, *path: str):
     return Tree(k).lookup(path)
 
 
+async def pace_merging_kernel(speed: float, seconds: float) -> tuple[Kernel, KsmdPacer]:
+    """A merging kernel paced for ``seconds`` of (virtual) wall time at ``speed``."""
+    k = merging_kernel()
+    pacer = KsmdPacer(k, speed=speed)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pacer.run)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+    return k, pacer
+
+
 async def test_pacer_runs_a_batch_every_sleep_millisecs(autojump_clock):
     """At speed 1, one second of (virtual) wall time is 1000 simulated ms and about
     1000 / sleep_millisecs batches."""
-    k = merging_kernel()
-    pacer = KsmdPacer(k, speed=1.0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pacer.run)
-        await trio.sleep(1.0)
-        nursery.cancel_scope.cancel()
+    k, pacer = await pace_merging_kernel(speed=1.0, seconds=1.0)
     # The clock is synced when ksmd wakes: at most one sleep (20 ms) behind.
     assert 980 <= k.now <= 1001
     assert 48 <= pacer.batches <= 52
@@ -57,12 +63,7 @@ async def test_pacer_runs_a_batch_every_sleep_millisecs(autojump_clock):
 
 async def test_speed_multiplies_simulated_time_and_batches(autojump_clock):
     """--speed 10: ten times the simulated time and ten times the batches."""
-    k = merging_kernel()
-    pacer = KsmdPacer(k, speed=10.0)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(pacer.run)
-        await trio.sleep(1.0)
-        nursery.cancel_scope.cancel()
+    k, pacer = await pace_merging_kernel(speed=10.0, seconds=1.0)
     assert 9800 <= k.now <= 10001
     assert 480 <= pacer.batches <= 520
 
