@@ -117,7 +117,7 @@ class TokenIndex:
         if not n:
             return
         h = self._h(ks)
-        order = np.argsort(h, kind="stable")
+        order = np.argsort(h)  # any order among keys of one home slot is a valid table
         ks, vs, h = ks[order], vs[order], h[order]
         i = np.arange(n, dtype=np.int64)
         pos = i + np.maximum.accumulate(h - i)
