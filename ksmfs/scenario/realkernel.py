@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -745,7 +746,7 @@ class Worker:
                     except OSError:
                         pass
             return
-        for close in (lambda: os.close(self._in), self._out.close):
+        for close in (functools.partial(os.close, self._in), self._out.close):
             try:
                 close()
             except OSError:
