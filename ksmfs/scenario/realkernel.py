@@ -325,16 +325,16 @@ def exclusive_lock() -> Iterator[None]:
 
 def find_ksmd() -> int:
     """The pid of the ksmd kernel thread (parent kthreadd, pid 2)."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat") as f:
+            with open(f"/proc/{name}/stat") as f:
                 stat = f.read()
         except OSError:
             continue
         if stat.split(" ", 2)[1] == "(ksmd)":
-            return int(entry.name)
+            return int(name)
     raise RealBackendError("no ksmd kernel thread found")
 
 
