@@ -116,14 +116,18 @@ async def test_changed_sleep_millisecs_wakes_ksmd_early(autojump_clock):
 
 
 def test_slice_size_follows_the_time_per_page():
-    """The next slice fits SLICE_TARGET_S at the last slice's time per page, grows at
-    most twofold per slice and stays within its bounds."""
+    """The next slice fits SLICE_TARGET_S at the last slice's time per page when the
+    last one was far from it, grows at most twofold per slice and stays within its
+    bounds."""
     pacer = KsmdPacer(Kernel(version="6.18"))
     target = pacer.SLICE_TARGET_S
     pacer.slice_pages = 1000
     assert pacer.next_slice_pages(1000, 4 * target) == 250  # four times too slow
     assert pacer.next_slice_pages(1000, target / 10) == 2000  # fast: only doubles
     assert pacer.next_slice_pages(1000, 1000 * target) == pacer.MIN_SLICE_PAGES
+    assert pacer.next_slice_pages(1000, 1.2 * target) == 1000  # near the target: kept
+    assert pacer.next_slice_pages(1000, 0.7 * target) == 1000
+    assert pacer.next_slice_pages(10, 0.01 * target) == 1000  # cut short by the batch's end
     pacer.slice_pages = pacer.MAX_SLICE_PAGES
     assert pacer.next_slice_pages(pacer.MAX_SLICE_PAGES, target / 100) == pacer.MAX_SLICE_PAGES
     assert pacer.next_slice_pages(0, 0.0) == pacer.MAX_SLICE_PAGES  # nothing to learn from
