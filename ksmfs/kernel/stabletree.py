@@ -7,8 +7,10 @@ the KSM pages. Here a content is a token, and a tree is:
   page-by-page path (stable_tree_search() finds the same match as the rbtree walk);
 - a TokenIndex of the same pairs, so that a ksmd batch looks up thousands of contents
   in one vector operation (kernel/ksm_bulk.py);
-- the kernel's rbtree (kernel/rbtree.py) of the same keys: its shape decides which nodes
-  a search passes, and passing a node can prune it (stable_node_dup(), spec §8.9).
+- the kernel's rbtree of the same keys: its shape decides which nodes a search passes,
+  and passing a node can prune it (stable_node_dup(), spec §8.9). It is the compiled
+  lib/rbtree.c of kernel/_rbtree.c; kernel/rbtree.py is the same algorithm in Python, the
+  reference the compiled tree is tested against (tests/kernel/test_rbtree.py).
 
 Every change goes through this class's methods, so the three cannot get out of step.
 """
@@ -19,26 +21,35 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .rbtree import RBTree
-from .tokenindex import TokenIndex
+from .tokenindex import MISSING, UNKNOWN, TokenIndex
+
+try:
+    from ._rbtree import RBTree
+except ImportError as e:  # a checkout whose extension was never built (or is stale)
+    raise ImportError(
+        "ksmfs.kernel._rbtree (the compiled stable-tree rbtree, kernel/_rbtree.c) is not "
+        "built: run `pip install -e .` (or scripts/setup-test.sh) in the repository; it "
+        f"needs gcc and the Python headers ({e})"
+    ) from None
 
 
 class StableTree:
     """token -> node id (>= 0) or chain (-(cid + 1)), with a TokenIndex kept in step, and
     the kernel's rbtree of the same keys.
 
-    ``defer`` holds keys added by a batch whose rbtree inserts wait until the batch ends,
-    to be applied in the order in which the kernel would have inserted them."""
+    Setting ``defer`` to a list starts a batch whose rbtree inserts wait until flush(),
+    to be applied in the order in which the kernel would have inserted them: the list
+    holds the (visit position, key) pairs of add(), ``_defer_many`` the arrays of
+    add_many()."""
 
-    __slots__ = ("_index", "_ivl", "_ivl_version", "_map", "defer", "rb")
+    __slots__ = ("_defer_many", "_index", "_map", "defer", "rb")
 
     def __init__(self) -> None:
         self._map: dict[int, int] = {}
         self._index = TokenIndex()
         self.rb = RBTree()  # read by the walks; changed only through this class
         self.defer: list[tuple[int, int]] | None = None  # (visit position, key)
-        self._ivl: dict[int, tuple[int, int]] = {}
-        self._ivl_version = -1
+        self._defer_many: list[tuple[np.ndarray, np.ndarray]] = []  # (positions, keys)
 
     # -- reads
     def get(self, t: int) -> int | None:
@@ -59,14 +70,8 @@ class StableTree:
         return self._index.lookup(ts)
 
     def interval(self, t: int) -> tuple[int, int]:
-        """rb.interval(t), cached until the tree's shape changes."""
-        if self._ivl_version != self.rb.version:
-            self._ivl.clear()
-            self._ivl_version = self.rb.version
-        iv = self._ivl.get(t)
-        if iv is None:
-            iv = self._ivl[t] = self.rb.interval(t)
-        return iv
+        """The open interval of search keys whose rbtree walk passes ``t``'s node."""
+        return self.rb.interval(t)
 
     # -- changes
     def __setitem__(self, t: int, v: int) -> None:
@@ -92,18 +97,31 @@ class StableTree:
 
     def add_many(self, ts: np.ndarray, vs: np.ndarray, pos: np.ndarray) -> None:
         """add() of many new keys (none in the tree yet), in the order given."""
-        tl = ts.tolist()
-        self._map.update(zip(tl, vs.tolist(), strict=True))
+        ts = np.array(ts, dtype=np.uint64)  # a copy: the caller may reuse its arrays
+        self._map.update(zip(ts.tolist(), vs.tolist(), strict=True))
         self._index.set_many(ts, vs)
         if self.defer is not None:
-            self.defer.extend(zip(pos.tolist(), tl, strict=True))
+            self._defer_many.append((np.array(pos, dtype=np.int64), ts))
         else:
-            for t in tl:
-                self.rb.insert(t)
+            self.rb.insert_many(ts)
 
     def flush(self) -> None:
-        """End of a batch: the deferred rbtree inserts, in the kernel's order."""
+        """End of a batch: the deferred rbtree inserts, in the kernel's order (visit
+        position, then key), of the keys still in the tree's dict and not yet in the rbtree
+        (a key removed and added again in the batch is inserted once, at its first place)."""
         pending, self.defer = self.defer or [], None
-        for _, t in sorted(pending):
-            if t in self._map and t not in self.rb:
-                self.rb.insert(t)
+        chunks, self._defer_many = self._defer_many, []
+        if pending:
+            p, k = zip(*pending, strict=True)
+            chunks.append((np.array(p, dtype=np.int64), np.array(k, dtype=np.uint64)))
+        if not chunks:
+            return
+        pos = np.concatenate([c[0] for c in chunks])
+        ts = np.concatenate([c[1] for c in chunks])
+        ts = ts[np.lexsort((ts, pos))]
+        found = self._index.lookup(ts)
+        live = found != MISSING
+        unknown = np.flatnonzero(found == UNKNOWN)  # sentinel tokens: ask the dict
+        if unknown.shape[0]:
+            live[unknown] = [t in self._map for t in ts[unknown].tolist()]
+        self.rb.insert_many(ts[live], skip_present=True)
