@@ -836,20 +836,378 @@ static PyTypeObject RBTreeType = {
     .tp_new = RBTree_new,
 };
 
+/* -- TokenMap: uint64 key -> int64 value ------------------------------------------------ */
+
+/* The stable tree's other view (kernel/stabletree.py): content token -> stable node id or
+ * chain, for the page-by-page lookups and for a batch's lookups of thousands of tokens at
+ * once. Open addressing with linear probing and backward-shift deletion, like the
+ * rbtree's index; an empty entry holds the value EMPTY_VAL, which no stable node or chain
+ * id can be. */
+
+#define EMPTY_VAL INT64_MIN
+
+typedef struct {
+    uint64_t key;
+    int64_t val;
+} ment_t;
+
+typedef struct {
+    PyObject_HEAD
+    ment_t *e;
+    size_t mask;
+    int bits;
+    Py_ssize_t count;
+} TokenMap;
+
+static inline size_t mslot(const TokenMap *m, uint64_t key) {
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> (64 - m->bits));
+}
+
+/* The entry of key, or of the empty place where it would go. */
+static inline ment_t *mfind(const TokenMap *m, uint64_t key) {
+    size_t i = mslot(m, key);
+    for (;;) {
+        ment_t *e = &m->e[i];
+        if (e->val == EMPTY_VAL || e->key == key)
+            return e;
+        i = (i + 1) & m->mask;
+    }
+}
+
+static int mresize(TokenMap *m, int bits) {
+    size_t size = (size_t)1 << bits;
+    ment_t *ne = PyMem_Malloc(size * sizeof(ment_t));
+    if (ne == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < size; i++)
+        ne[i].val = EMPTY_VAL;
+    ment_t *old = m->e;
+    size_t oldsize = old ? m->mask + 1 : 0;
+    m->e = ne;
+    m->mask = size - 1;
+    m->bits = bits;
+    for (size_t i = 0; i < oldsize; i++)
+        if (old[i].val != EMPTY_VAL)
+            *mfind(m, old[i].key) = old[i];
+    PyMem_Free(old);
+    return 0;
+}
+
+/* Room for `more` new keys at load <= 1/2. */
+static int mreserve(TokenMap *m, Py_ssize_t more) {
+    size_t need = (size_t)(m->count + more) * 2;
+    int bits = m->bits;
+    while (((size_t)1 << bits) < need)
+        bits++;
+    return bits != m->bits ? mresize(m, bits) : 0;
+}
+
+/* Set key -> val; needs mreserve(m, 1). */
+static inline void mset(TokenMap *m, uint64_t key, int64_t val) {
+    ment_t *e = mfind(m, key);
+    if (e->val == EMPTY_VAL) {
+        e->key = key;
+        m->count++;
+    }
+    e->val = val;
+}
+
+static void mdel(TokenMap *m, ment_t *hole) {
+    size_t i = (size_t)(hole - m->e), j = i;
+    m->count--;
+    for (;;) {
+        m->e[i].val = EMPTY_VAL;
+        for (;;) {
+            j = (j + 1) & m->mask;
+            if (m->e[j].val == EMPTY_VAL)
+                return;
+            size_t home = mslot(m, m->e[j].key);
+            if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
+                continue;
+            break;
+        }
+        m->e[i] = m->e[j];
+        i = j;
+    }
+}
+
+static int as_val(PyObject *o, int64_t *val) {
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v == EMPTY_VAL) {
+        PyErr_SetString(PyExc_ValueError, "TokenMap values are in (-2**63, 2**63)");
+        return -1;
+    }
+    *val = v;
+    return 0;
+}
+
+static PyObject *TokenMap_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":TokenMap", kwlist))
+        return NULL;
+    TokenMap *m = (TokenMap *)type->tp_alloc(type, 0);
+    if (m == NULL)
+        return NULL;
+    m->e = NULL;
+    m->count = 0;
+    if (mresize(m, 4) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return (PyObject *)m;
+}
+
+static void TokenMap_dealloc(TokenMap *m) {
+    PyMem_Free(m->e);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static Py_ssize_t TokenMap_len(TokenMap *m) { return m->count; }
+
+static int TokenMap_contains(TokenMap *m, PyObject *o) {
+    uint64_t key;
+    int r = as_key(o, &key, 1);
+    if (r <= 0)
+        return r;
+    return mfind(m, key)->val != EMPTY_VAL;
+}
+
+static PyObject *TokenMap_subscript(TokenMap *m, PyObject *o) {
+    uint64_t key;
+    int r = as_key(o, &key, 1);
+    if (r < 0)
+        return NULL;
+    ment_t *e = r ? mfind(m, key) : NULL;
+    if (e == NULL || e->val == EMPTY_VAL) {
+        PyErr_SetObject(PyExc_KeyError, o);
+        return NULL;
+    }
+    return PyLong_FromLongLong(e->val);
+}
+
+static int TokenMap_ass_subscript(TokenMap *m, PyObject *o, PyObject *v) {
+    uint64_t key;
+    if (v == NULL) {
+        int r = as_key(o, &key, 1);
+        if (r < 0)
+            return -1;
+        ment_t *e = r ? mfind(m, key) : NULL;
+        if (e == NULL || e->val == EMPTY_VAL) {
+            PyErr_SetObject(PyExc_KeyError, o);
+            return -1;
+        }
+        mdel(m, e);
+        return 0;
+    }
+    int64_t val;
+    if (as_key(o, &key, 0) < 0 || as_val(v, &val) < 0 || mreserve(m, 1) < 0)
+        return -1;
+    mset(m, key, val);
+    return 0;
+}
+
+static PyObject *TokenMap_get(TokenMap *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+        return NULL;
+    }
+    uint64_t key;
+    int r = as_key(args[0], &key, 1);
+    if (r < 0)
+        return NULL;
+    ment_t *e = r ? mfind(m, key) : NULL;
+    if (e == NULL || e->val == EMPTY_VAL) {
+        PyObject *d = nargs == 2 ? args[1] : Py_None;
+        return Py_NewRef(d);
+    }
+    return PyLong_FromLongLong(e->val);
+}
+
+static PyObject *TokenMap_keys(TokenMap *m, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = PyList_New(m->count);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t k = 0;
+    for (size_t i = 0; i <= m->mask; i++) {
+        if (m->e[i].val == EMPTY_VAL)
+            continue;
+        PyObject *key = PyLong_FromUnsignedLongLong(m->e[i].key);
+        if (key == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k++, key);
+    }
+    return out;
+}
+
+static PyObject *TokenMap_iter(TokenMap *m) {
+    PyObject *keys = TokenMap_keys(m, NULL);
+    if (keys == NULL)
+        return NULL;
+    PyObject *it = PyObject_GetIter(keys);
+    Py_DECREF(keys);
+    return it;
+}
+
+/* A C-contiguous buffer of 8-byte signed ints (a numpy int64 array). */
+static int get_vals(PyObject *o, Py_buffer *view, int writable) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(o, view, flags) < 0)
+        return -1;
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    if (view->itemsize != 8 || (strcmp(f, "q") != 0 && strcmp(f, "l") != 0)) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_TypeError, "values must be a contiguous array of int64");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *TokenMap_set_many(TokenMap *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_many(keys, values) takes two arrays");
+        return NULL;
+    }
+    Py_buffer kv, vv;
+    if (get_keys(args[0], &kv) < 0)
+        return NULL;
+    if (get_vals(args[1], &vv, 0) < 0) {
+        PyBuffer_Release(&kv);
+        return NULL;
+    }
+    Py_ssize_t n = kv.len / 8;
+    const uint64_t *keys = kv.buf;
+    const int64_t *vals = vv.buf;
+    PyObject *res = NULL;
+    if (vv.len != kv.len) {
+        PyErr_SetString(PyExc_ValueError, "set_many: keys and values differ in length");
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (vals[i] == EMPTY_VAL) {
+            PyErr_SetString(PyExc_ValueError, "TokenMap values are in (-2**63, 2**63)");
+            goto out;
+        }
+    }
+    if (mreserve(m, n) < 0)
+        goto out;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i + 8 < n)
+            __builtin_prefetch(&m->e[mslot(m, keys[i + 8])], 1);
+        mset(m, keys[i], vals[i]);
+    }
+    res = Py_NewRef(Py_None);
+out:
+    PyBuffer_Release(&kv);
+    PyBuffer_Release(&vv);
+    return res;
+}
+
+static PyObject *TokenMap_lookup_into(TokenMap *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "lookup_into(keys, out, missing)");
+        return NULL;
+    }
+    long long missing = PyLong_AsLongLong(args[2]);
+    if (missing == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer kv, ov;
+    if (get_keys(args[0], &kv) < 0)
+        return NULL;
+    if (get_vals(args[1], &ov, 1) < 0) {
+        PyBuffer_Release(&kv);
+        return NULL;
+    }
+    PyObject *res = NULL;
+    if (ov.len != kv.len) {
+        PyErr_SetString(PyExc_ValueError, "lookup_into: keys and out differ in length");
+    } else {
+        Py_ssize_t n = kv.len / 8;
+        const uint64_t *keys = kv.buf;
+        int64_t *out = ov.buf;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (i + 8 < n)
+                __builtin_prefetch(&m->e[mslot(m, keys[i + 8])]);
+            int64_t v = mfind(m, keys[i])->val;
+            out[i] = v == EMPTY_VAL ? missing : v;
+        }
+        res = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&kv);
+    PyBuffer_Release(&ov);
+    return res;
+}
+
+static PyObject *TokenMap_get_nbytes(TokenMap *m, void *Py_UNUSED(closure)) {
+    return PyLong_FromSize_t((m->mask + 1) * sizeof(ment_t));
+}
+
+static PyMethodDef TokenMap_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))TokenMap_get, METH_FASTCALL,
+     "get(key, default=None): the value of key, or default."},
+    {"keys", (PyCFunction)TokenMap_keys, METH_NOARGS, "keys() -> list: the keys, unordered."},
+    {"set_many", (PyCFunction)(void (*)(void))TokenMap_set_many, METH_FASTCALL,
+     "set_many(keys, values): map[keys[i]] = values[i] for a uint64 and an int64 array, in "
+     "order."},
+    {"lookup_into", (PyCFunction)(void (*)(void))TokenMap_lookup_into, METH_FASTCALL,
+     "lookup_into(keys, out, missing): out[i] = the value of keys[i], or missing (out: a "
+     "writable int64 array of the same length)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef TokenMap_getset[] = {
+    {"nbytes", (getter)TokenMap_get_nbytes, NULL, "bytes allocated for the table", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods TokenMap_as_sequence = {
+    .sq_contains = (objobjproc)TokenMap_contains,
+};
+
+static PyMappingMethods TokenMap_as_mapping = {
+    .mp_length = (lenfunc)TokenMap_len,
+    .mp_subscript = (binaryfunc)TokenMap_subscript,
+    .mp_ass_subscript = (objobjargproc)TokenMap_ass_subscript,
+};
+
+static PyTypeObject TokenMapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ksmfs.kernel._rbtree.TokenMap",
+    .tp_basicsize = sizeof(TokenMap),
+    .tp_dealloc = (destructor)TokenMap_dealloc,
+    .tp_as_sequence = &TokenMap_as_sequence,
+    .tp_as_mapping = &TokenMap_as_mapping,
+    .tp_iter = (getiterfunc)TokenMap_iter,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A hash map from uint64 keys to int64 values, with array lookups.",
+    .tp_methods = TokenMap_methods,
+    .tp_getset = TokenMap_getset,
+    .tp_new = TokenMap_new,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "ksmfs.kernel._rbtree",
-    .m_doc = "The stable tree's rbtree (lib/rbtree.c), compiled; see ksmfs/kernel/rbtree.py.",
+    .m_doc = "The stable tree's rbtree (lib/rbtree.c, compiled; see ksmfs/kernel/rbtree.py) "
+             "and its token -> node map.",
     .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__rbtree(void) {
-    if (PyType_Ready(&RBTreeType) < 0)
+    if (PyType_Ready(&RBTreeType) < 0 || PyType_Ready(&TokenMapType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(m, "RBTree", (PyObject *)&RBTreeType) < 0) {
+    if (PyModule_AddObjectRef(m, "RBTree", (PyObject *)&RBTreeType) < 0
+        || PyModule_AddObjectRef(m, "TokenMap", (PyObject *)&TokenMapType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -1,18 +1,18 @@
-"""One NUMA node's stable tree: content token -> stable node, in three views kept in step.
+"""One NUMA node's stable tree: content token -> stable node, in two views kept in step.
 
 mm/ksm.c keeps one rbtree per NUMA node (root_stable_tree[nid]), ordered by memcmp of
 the KSM pages. Here a content is a token, and a tree is:
 
-- a dict token -> node id (>= 0) or chain (-(cid + 1)): the exact lookup of the
-  page-by-page path (stable_tree_search() finds the same match as the rbtree walk);
-- a TokenIndex of the same pairs, so that a ksmd batch looks up thousands of contents
-  in one vector operation (kernel/ksm_bulk.py);
+- a hash map token -> node id (>= 0) or chain (-(cid + 1)) (TokenMap): the exact lookup
+  of the page-by-page path (stable_tree_search() finds the same match as the rbtree
+  walk), and a ksmd batch looks up thousands of contents in one call (kernel/ksm_bulk.py);
 - the kernel's rbtree of the same keys: its shape decides which nodes a search passes,
-  and passing a node can prune it (stable_node_dup(), spec §8.9). It is the compiled
-  lib/rbtree.c of kernel/_rbtree.c; kernel/rbtree.py is the same algorithm in Python, the
-  reference the compiled tree is tested against (tests/kernel/test_rbtree.py).
+  and passing a node can prune it (stable_node_dup(), spec §8.9).
 
-Every change goes through this class's methods, so the three cannot get out of step.
+Both are compiled (kernel/_rbtree.c): the rbtree is lib/rbtree.c case by case, and
+kernel/rbtree.py, the same algorithm in Python, is the reference it is tested against
+(tests/kernel/test_rbtree.py). Every change goes through this class's methods, so the
+two cannot get out of step.
 """
 
 from __future__ import annotations
@@ -21,32 +21,31 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .tokenindex import MISSING, UNKNOWN, TokenIndex
+from .tokenindex import MISSING
 
 try:
-    from ._rbtree import RBTree
+    from ._rbtree import RBTree, TokenMap
 except ImportError as e:  # a checkout whose extension was never built (or is stale)
     raise ImportError(
-        "ksmfs.kernel._rbtree (the compiled stable-tree rbtree, kernel/_rbtree.c) is not "
+        "ksmfs.kernel._rbtree (the compiled stable tree, kernel/_rbtree.c) is not "
         "built: run `pip install -e .` (or scripts/setup-test.sh) in the repository; it "
         f"needs gcc and the Python headers ({e})"
     ) from None
 
 
 class StableTree:
-    """token -> node id (>= 0) or chain (-(cid + 1)), with a TokenIndex kept in step, and
-    the kernel's rbtree of the same keys.
+    """token -> node id (>= 0) or chain (-(cid + 1)), and the kernel's rbtree of the same
+    keys.
 
     Setting ``defer`` to a list starts a batch whose rbtree inserts wait until flush(),
     to be applied in the order in which the kernel would have inserted them: the list
     holds the (visit position, key) pairs of add(), ``_defer_many`` the arrays of
     add_many()."""
 
-    __slots__ = ("_defer_many", "_index", "_map", "defer", "rb")
+    __slots__ = ("_defer_many", "_map", "defer", "rb")
 
     def __init__(self) -> None:
-        self._map: dict[int, int] = {}
-        self._index = TokenIndex()
+        self._map = TokenMap()
         self.rb = RBTree()  # read by the walks; changed only through this class
         self.defer: list[tuple[int, int]] | None = None  # (visit position, key)
         self._defer_many: list[tuple[np.ndarray, np.ndarray]] = []  # (positions, keys)
@@ -65,9 +64,12 @@ class StableTree:
         return iter(self._map)
 
     def lookup(self, ts: np.ndarray) -> np.ndarray:
-        """The value of every token at once (tokenindex.MISSING when absent, UNKNOWN for
-        a token equal to an index sentinel: ask get())."""
-        return self._index.lookup(ts)
+        """The value of every token at once (tokenindex.MISSING when absent; never
+        tokenindex.UNKNOWN: every uint64 token is looked up)."""
+        ts = np.ascontiguousarray(ts, dtype=np.uint64)
+        out = np.empty(ts.shape[0], dtype=np.int64)
+        self._map.lookup_into(ts, out, MISSING)
+        return out
 
     def interval(self, t: int) -> tuple[int, int]:
         """The open interval of search keys whose rbtree walk passes ``t``'s node."""
@@ -78,12 +80,10 @@ class StableTree:
         """A key's value changes (a node becomes a chain, a chain collapses into its
         dup: rb_replace_node(), the rbtree's shape stays)."""
         self._map[t] = v
-        self._index.set(t, v)
 
     def __delitem__(self, t: int) -> None:
         """rb_erase()."""
         del self._map[t]
-        self._index.delete(t)
         if t in self.rb:
             self.rb.erase(t)
 
@@ -98,8 +98,7 @@ class StableTree:
     def add_many(self, ts: np.ndarray, vs: np.ndarray, pos: np.ndarray) -> None:
         """add() of many new keys (none in the tree yet), in the order given."""
         ts = np.array(ts, dtype=np.uint64)  # a copy: the caller may reuse its arrays
-        self._map.update(zip(ts.tolist(), vs.tolist(), strict=True))
-        self._index.set_many(ts, vs)
+        self._map.set_many(ts, np.ascontiguousarray(vs, dtype=np.int64))
         if self.defer is not None:
             self._defer_many.append((np.array(pos, dtype=np.int64), ts))
         else:
@@ -107,7 +106,7 @@ class StableTree:
 
     def flush(self) -> None:
         """End of a batch: the deferred rbtree inserts, in the kernel's order (visit
-        position, then key), of the keys still in the tree's dict and not yet in the rbtree
+        position, then key), of the keys still in the map and not yet in the rbtree
         (a key removed and added again in the batch is inserted once, at its first place)."""
         pending, self.defer = self.defer or [], None
         chunks, self._defer_many = self._defer_many, []
@@ -119,9 +118,4 @@ class StableTree:
         pos = np.concatenate([c[0] for c in chunks])
         ts = np.concatenate([c[1] for c in chunks])
         ts = ts[np.lexsort((ts, pos))]
-        found = self._index.lookup(ts)
-        live = found != MISSING
-        unknown = np.flatnonzero(found == UNKNOWN)  # sentinel tokens: ask the dict
-        if unknown.shape[0]:
-            live[unknown] = [t in self._map for t in ts[unknown].tolist()]
-        self.rb.insert_many(ts[live], skip_present=True)
+        self.rb.insert_many(ts[self.lookup(ts) != MISSING], skip_present=True)

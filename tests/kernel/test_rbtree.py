@@ -14,8 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ksmfs.kernel._rbtree import RBTree as CTree
+from ksmfs.kernel._rbtree import TokenMap
 from ksmfs.kernel.rbtree import RBTree as PyTree
 from ksmfs.kernel.stabletree import StableTree
+from ksmfs.kernel.tokenindex import MISSING
 
 TOP = (1 << 64) - 1
 IMPLS = [pytest.param(PyTree, id="python"), pytest.param(CTree, id="c")]
@@ -279,3 +281,77 @@ def test_stable_tree_flush_inserts_in_the_kernels_order(
         assert dict(zip(tree, (tree[k] for k in tree), strict=True)) == ref.map
         assert_same_shape(ref.rb, tree.rb)
 
+
+
+# -- TokenMap: the stable tree's token -> node map ---------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["set", "del", "many", "look"]), st.lists(KEYS, max_size=8),
+                  st.integers(-(1 << 63) + 1, (1 << 63) - 1)),
+        max_size=120,
+    )
+)
+def test_token_map_is_a_dict(ops: list[tuple[str, list[int], int]]) -> None:
+    """TokenMap behaves as a dict of the same keys: set (new and existing keys), delete
+    (missing keys: KeyError), set_many (repeated keys: the last value wins), and the array
+    lookup gives each key's value or the missing marker."""
+    m, d = TokenMap(), {}
+    for op, ks, v in ops:
+        if op == "set":
+            for k in ks:
+                m[k] = v
+                d[k] = v
+        elif op == "del":
+            for k in ks:
+                if k in d:
+                    del m[k]
+                    del d[k]
+                else:
+                    with pytest.raises(KeyError):
+                        del m[k]
+        elif op == "many":
+            vals = [(v + i) % (1 << 62) for i in range(len(ks))]
+            m.set_many(np.array(ks, dtype=np.uint64), np.array(vals, dtype=np.int64))
+            d.update(zip(ks, vals, strict=True))
+        out = np.empty(len(ks), dtype=np.int64)
+        m.lookup_into(np.array(ks, dtype=np.uint64), out, MISSING)
+        assert out.tolist() == [d.get(k, MISSING) for k in ks]
+        assert len(m) == len(d)
+        assert sorted(m) == sorted(d)
+        assert all(m[k] == d[k] and m.get(k) == d[k] and k in m for k in d)
+        assert all(m.get(k) is None and k not in m for k in ks if k not in d)
+
+
+def test_token_map_grows_and_shrinks() -> None:
+    """Many keys set and most deleted again (backward-shift deletion keeps every probe
+    run reachable): the survivors keep their values."""
+    rng = np.random.default_rng(3)
+    keys = np.unique(rng.integers(0, 1 << 64, 60000, dtype=np.uint64))
+    keys = keys[rng.permutation(keys.shape[0])]
+    m = TokenMap()
+    m.set_many(keys, np.arange(keys.shape[0], dtype=np.int64))
+    gone = keys[: keys.shape[0] * 3 // 4]
+    for k in gone.tolist():
+        del m[k]
+    out = np.empty(keys.shape[0], dtype=np.int64)
+    m.lookup_into(keys, out, MISSING)
+    n = gone.shape[0]
+    assert (out[:n] == MISSING).all()
+    assert out[n:].tolist() == list(range(n, keys.shape[0]))
+    assert len(m) == keys.shape[0] - n
+
+
+def test_token_map_refuses_bad_input_with_one_line() -> None:
+    m = TokenMap()
+    with pytest.raises(ValueError, match="values"):
+        m[1] = -(1 << 63)
+    with pytest.raises(TypeError, match="int64"):
+        m.set_many(np.array([1], dtype=np.uint64), np.array([1], dtype=np.uint64))
+    with pytest.raises(ValueError, match="length"):
+        m.set_many(np.array([1, 2], dtype=np.uint64), np.array([1], dtype=np.int64))
+    with pytest.raises(OverflowError):
+        m[-1] = 0
+    assert len(m) == 0 and m.get(-1) is None and -1 not in m
