@@ -19,6 +19,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define NIL (-1)
 #define RED 0
@@ -54,6 +55,23 @@ typedef struct {
 #define P(x) (t->n[x].parent)
 #define C(x) (t->n[x].color)
 #define K(x) (t->n[x].key)
+
+/* Large arrays are read at random (a search touches ~20 nodes, a lookup one hash entry):
+ * transparent huge pages save a TLB miss on most of those reads, as numpy asks for its
+ * large arrays. Only a hint; without THP nothing changes. */
+static void hint_huge(void *p, size_t len) {
+#ifdef MADV_HUGEPAGE
+    if (len < ((size_t)4 << 20))
+        return;
+    uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+    uintptr_t e = ((uintptr_t)p + len) & ~(uintptr_t)4095;
+    if (e > a)
+        (void)madvise((void *)a, e - a, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)len;
+#endif
+}
 
 /* -- hash key -> slot ------------------------------------------------------------------ */
 
@@ -111,6 +129,7 @@ static int hresize(RBTree *t, int bits) {
         PyErr_NoMemory();
         return -1;
     }
+    hint_huge(nh, size * sizeof(hent_t));
     for (size_t i = 0; i < size; i++)
         nh[i].slot = NIL;
     hent_t *old = t->h;
@@ -147,6 +166,7 @@ static int reserve(RBTree *t, Py_ssize_t more) {
         }
         t->n = nn;
         t->cap = (int32_t)cap;
+        hint_huge(nn, (size_t)cap * sizeof(node_t));
     }
     int bits = t->hbits;
     while (((size_t)1 << bits) < (size_t)need * 2)
@@ -607,6 +627,32 @@ static int get_keys(PyObject *o, Py_buffer *view) {
     return 0;
 }
 
+/* The searches of a group of keys walked side by side, only to load the nodes on their
+ * paths (and their hash entries) into the cache: the cache misses of independent walks
+ * overlap, where one insert after the other would wait for each miss in turn. The inserts
+ * that follow (each a full walk of its own) find most of their nodes cached. Changes
+ * nothing. */
+#define GROUP 16
+static void touch_paths(const RBTree *t, const uint64_t *keys, int g) {
+    int32_t cur[GROUP];
+    for (int j = 0; j < g; j++) {
+        cur[j] = t->root;
+        __builtin_prefetch(&t->h[hslot(t, keys[j])], 1);
+    }
+    for (int active = g; active;) {
+        active = 0;
+        for (int j = 0; j < g; j++) {
+            int32_t c = cur[j];
+            if (c == NIL)
+                continue;
+            const node_t *n = &t->n[c];
+            c = keys[j] < n->key ? n->left : keys[j] > n->key ? n->right : NIL;
+            cur[j] = c;
+            active += c != NIL;
+        }
+    }
+}
+
 static PyObject *RBTree_insert_many(RBTree *t, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"keys", "skip_present", NULL};
     PyObject *o;
@@ -623,6 +669,8 @@ static PyObject *RBTree_insert_many(RBTree *t, PyObject *args, PyObject *kwds) {
         return NULL;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (i % GROUP == 0)
+            touch_paths(t, keys + i, n - i < GROUP ? (int)(n - i) : GROUP);
         if (insert_key(t, keys[i])) {
             done++;
         } else if (!skip) {
