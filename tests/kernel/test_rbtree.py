@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ksmfs.kernel._rbtree import RBTree as CTree
 from ksmfs.kernel._rbtree import TokenMap
 from ksmfs.kernel.rbtree import RBTree as PyTree
-from ksmfs.kernel.stabletree import StableTree
+from ksmfs.kernel.stabletree import StableTree, _order
 from ksmfs.kernel.tokenindex import MISSING
 
 TOP = (1 << 64) - 1
@@ -355,3 +355,23 @@ def test_token_map_refuses_bad_input_with_one_line() -> None:
     with pytest.raises(OverflowError):
         m[-1] = 0
     assert len(m) == 0 and m.get(-1) is None and -1 not in m
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(st.one_of(st.integers(0, 50), st.integers(-(1 << 40), 1 << 40)),
+                             KEYS), max_size=80),
+    distinct=st.booleans(),
+)
+def test_flush_order_is_the_sorted_pairs(pairs: list[tuple[int, int]], distinct: bool) -> None:
+    """The order of the deferred inserts is that of the sorted (position, key) pairs,
+    whether positions are distinct and close (the linear scatter) or repeat and spread
+    (the fallback)."""
+    if distinct:
+        pairs = list(dict(pairs).items())
+    if not pairs:
+        return
+    pos = np.array([p for p, _ in pairs], dtype=np.int64)
+    ts = np.array([t for _, t in pairs], dtype=np.uint64)
+    got = [(int(pos[i]), int(ts[i])) for i in _order(pos, ts)]
+    assert got == sorted(pairs)
