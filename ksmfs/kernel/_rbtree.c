@@ -1193,6 +1193,13 @@ static PyObject *TokenMap_lookup_into(TokenMap *m, PyObject *const *args, Py_ssi
     return res;
 }
 
+static PyObject *TokenMap_clear(TokenMap *m, PyObject *Py_UNUSED(ignored)) {
+    for (size_t i = 0; i <= m->mask; i++)
+        m->e[i].val = EMPTY_VAL;
+    m->count = 0;
+    Py_RETURN_NONE;
+}
+
 static PyObject *TokenMap_get_nbytes(TokenMap *m, void *Py_UNUSED(closure)) {
     return PyLong_FromSize_t((m->mask + 1) * sizeof(ment_t));
 }
@@ -1201,6 +1208,8 @@ static PyMethodDef TokenMap_methods[] = {
     {"get", (PyCFunction)(void (*)(void))TokenMap_get, METH_FASTCALL,
      "get(key, default=None): the value of key, or default."},
     {"keys", (PyCFunction)TokenMap_keys, METH_NOARGS, "keys() -> list: the keys, unordered."},
+    {"clear", (PyCFunction)TokenMap_clear, METH_NOARGS,
+     "clear(): no keys; the table keeps the size it needed."},
     {"set_many", (PyCFunction)(void (*)(void))TokenMap_set_many, METH_FASTCALL,
      "set_many(keys, values): map[keys[i]] = values[i] for a uint64 and an int64 array, in "
      "order."},

@@ -327,7 +327,8 @@ def test_token_map_is_a_dict(ops: list[tuple[str, list[int], int]]) -> None:
 
 def test_token_map_grows_and_shrinks() -> None:
     """Many keys set and most deleted again (backward-shift deletion keeps every probe
-    run reachable): the survivors keep their values."""
+    run reachable): the survivors keep their values; clear() empties the map and keeps
+    its table."""
     rng = np.random.default_rng(3)
     keys = np.unique(rng.integers(0, 1 << 64, 60000, dtype=np.uint64))
     keys = keys[rng.permutation(keys.shape[0])]
@@ -342,6 +343,12 @@ def test_token_map_grows_and_shrinks() -> None:
     assert (out[:n] == MISSING).all()
     assert out[n:].tolist() == list(range(n, keys.shape[0]))
     assert len(m) == keys.shape[0] - n
+    size = m.nbytes
+    m.clear()
+    m.lookup_into(keys, out, MISSING)
+    assert len(m) == 0 and list(m) == [] and (out == MISSING).all() and m.nbytes == size
+    m[int(keys[0])] = 5
+    assert m[int(keys[0])] == 5 and len(m) == 1
 
 
 def test_token_map_refuses_bad_input_with_one_line() -> None:
