@@ -6,7 +6,7 @@
  * This is ksmfs/kernel/rbtree.py compiled: the same algorithm case by case, so that the
  * tree has, after any sequence of inserts and erases, exactly the shape of the kernel's
  * tree (a search acts on every node it passes, so the shape decides what ksmd does).
- * tests/kernel/test_rbtree_c.py drives both with the same operations and compares every
+ * tests/kernel/test_rbtree.py drives both with the same operations and compares every
  * node's parent, children and colour.
  *
  * Layout: nodes live in an array indexed by slot (key, left, right, parent, colour;
@@ -14,6 +14,8 @@
  * (linear probing, backward-shift deletion) maps a key to its slot for the by-key calls
  * (erase, __contains__, step, node). Keys may be any uint64 (tokens use the full range),
  * so an empty hash entry is marked by its slot, not by a key value.
+ *
+ * The module also has TokenMap (at the end), the stable tree's token -> node map.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
