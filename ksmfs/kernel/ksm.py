@@ -683,9 +683,10 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
                 ]
 
     # ------------------------------------------------------------------ frames
-    def put_frames(self, frames: np.ndarray) -> None:
+    def put_frames(self, frames: np.ndarray, distinct: bool = False) -> None:
         """Drop one mapping of each frame; a frame with no mapping left is freed, and a
-        freed KSM page leaves its stable node stale (ksm_get_folio() will fail)."""
+        freed KSM page leaves its stable node stale (ksm_get_folio() will fail).
+        ``distinct``: no frame is given twice (no grouping needed)."""
         mem = self.mem
         if not frames.shape[0]:
             return
@@ -695,6 +696,9 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             if mem.fmap.a[fr] > 0:
                 return
             uniq = frames
+        elif distinct:
+            mem.fmap.a[frames] -= 1
+            uniq = frames[mem.fmap.a[frames] <= 0]
         else:
             uniq, cnt = np.unique(frames, return_counts=True)
             mem.fmap.a[uniq] -= cnt.astype(np.int32)
@@ -774,9 +778,20 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
     def _dec_merging(self, g: np.ndarray) -> None:
         if not g.shape[0]:
             return
+        for mm, cnt in self._per_mm(g):
+            mm.ksm_merging_pages -= cnt
+
+    def _per_mm(self, g: np.ndarray) -> list[tuple[MM, int]]:
+        """(mm, how many of the pages ``g`` it maps) for every mm mapping one of them."""
         mmids = self._mm_by_gpid(g)
-        for mmid, cnt in zip(*np.unique(mmids, return_counts=True), strict=False):
-            self._mms[int(mmid)].ksm_merging_pages -= int(cnt)
+        lo = int(mmids.min())
+        if int(mmids.max()) - lo < 1 << 16:
+            # a bincount: no sort of a window's worth of ids
+            cnt = np.bincount(mmids - lo)
+            ids = np.flatnonzero(cnt)
+            return [(self._mms[i + lo], c) for i, c in zip(ids.tolist(), cnt[ids].tolist(), strict=True)]
+        u, c = np.unique(mmids, return_counts=True)
+        return [(self._mms[i], n) for i, n in zip(u.tolist(), c.tolist(), strict=True)]
 
     def _free_items_range(self, g0: int, g1: int) -> None:
         if g1 <= g0:
@@ -797,9 +812,8 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             for gi in g.tolist():
                 self.chk_exc.pop(gi, None)
         self.ksm_rmap_items -= g.shape[0]
-        mmids = self._mm_by_gpid(g)
-        for mmid, cnt in zip(*np.unique(mmids, return_counts=True), strict=False):
-            self._mms[int(mmid)].ksm_rmap_items -= int(cnt)
+        for mm, cnt in self._per_mm(g):
+            mm.ksm_rmap_items -= cnt
 
     def _reap_dead_nodes(self) -> None:
         """Finish remove_node_from_stable_tree() for nodes removed in this batch: their

@@ -110,9 +110,10 @@ class BulkMerge(StableNodes):
         def _mmid(self, g: int) -> int: ...
         def _nid(self, frame: int) -> int: ...
         def _oldchecksum(self, g: np.ndarray, fl: np.ndarray) -> np.ndarray: ...
+        def _per_mm(self, g: np.ndarray) -> list[tuple[MM, int]]: ...
         def _remove_one(self, g: int) -> None: ...
         def _remove_from_tree(self, g: np.ndarray) -> None: ...
-        def put_frames(self, frames: np.ndarray) -> None: ...
+        def put_frames(self, frames: np.ndarray, distinct: bool = False) -> None: ...
 
     def _cmp_and_merge_bulk(
         self, g: np.ndarray, f: np.ndarray, kind: np.ndarray, ksm: np.ndarray, fl: np.ndarray,
@@ -539,11 +540,16 @@ class BulkMerge(StableNodes):
                 events += [(p, 0, gi, kf, kf) for p, gi, kf in zip(app_pos.tolist(), ga.tolist(), kfns, strict=False)]
             if hl_on:
                 hl.append(np.stack((app_pos, np.zeros_like(app_pos), ga)))
-            att_g.append(ga)
-            att_n.append(app_nodes.astype(np.int32))
-            old = mem.pte.a[ga].copy()
+            # (a page of the plan's content has checksum and content of its node: no
+            # exception to keep aside, see _attach_ival)
+            mem.iflags.a[ga] = (mem.iflags.a[ga] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
+            mem.ival.a[ga] = app_nodes
+            for mm, cnt in self._per_mm(ga):
+                mm.ksm_merging_pages += cnt
+            old = mem.pte.a[ga]
             mem.pte.a[ga] = self.node_kfn.a[app_nodes]
-            self.put_frames(old.astype(np.int32))
+            # every page of the plan is its frame's only mapping: distinct frames
+            self.put_frames(old, distinct=True)
         if new_plan is not None:
             sh, sg, un = self._merge_new_nodes(
                 g, new_plan, att_g, att_n, repl_g, repl_k, events, tracing, hl if hl_on else None
@@ -634,9 +640,8 @@ class BulkMerge(StableNodes):
             an = np.concatenate(att_n)
             mem.iflags.a[ag] = (mem.iflags.a[ag] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
             self._attach_ival(ag, an)
-            mmids = self._mm_by_gpid(ag)
-            for mmid, cnt in zip(*np.unique(mmids, return_counts=True), strict=False):
-                self._mms[int(mmid)].ksm_merging_pages += int(cnt)
+            for mm, cnt in self._per_mm(ag):
+                mm.ksm_merging_pages += cnt
         if hl:
             rows = np.concatenate(hl, axis=1)
             self._note_appends(rows[2][np.lexsort((rows[1], rows[0]))])

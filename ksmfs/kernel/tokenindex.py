@@ -114,17 +114,23 @@ class TokenIndex:
 
     def lookup(self, ts: np.ndarray) -> np.ndarray:
         """The value of every token, MISSING when absent, UNKNOWN for sentinel tokens."""
-        n = ts.shape[0]
-        res = np.full(n, MISSING, dtype=np.int64)
-        active = np.arange(n)
+        keys, vals = self.keys, self.vals
         h = self._h(ts)
-        tt = ts
-        while active.shape[0]:
-            k = self.keys[h]
-            hit = k == tt
-            if hit.any():
-                res[active[hit]] = self.vals[h[hit]]
-            more = ~hit & (k != EMPTY)
-            active, h, tt = active[more], (h[more] + 1) & self.mask, tt[more]
+        k = keys[h]
+        hit = k == ts
+        res = np.where(hit, vals[h], MISSING)
+        # the first probe finds most keys (or an empty slot); the rest probe on, few
+        more = ~hit & (k != EMPTY)
+        if more.any():
+            active = np.flatnonzero(more)
+            h, tt = h[active], ts[active]
+            while active.shape[0]:
+                h = (h + 1) & self.mask
+                k = keys[h]
+                hit = k == tt
+                if hit.any():
+                    res[active[hit]] = vals[h[hit]]
+                more = ~hit & (k != EMPTY)
+                active, h, tt = active[more], h[more], tt[more]
         res[ts >= TOMB] = UNKNOWN
         return res
