@@ -61,30 +61,35 @@ class TokenIndex:
 
     def set_many(self, ts: np.ndarray, vs: np.ndarray) -> None:
         """set() of distinct keys none of which is in the index yet, with vector probes:
-        each round, every pending key takes its slot if that slot is free and no other
-        pending key of the round wants it; the others move one slot on."""
+        each round, every pending key whose slot is free and not taken by another pending
+        key of the round takes it; the others move one slot on."""
         ts = np.asarray(ts, dtype=np.uint64)
         vs = np.asarray(vs, dtype=np.int64)
         ok = ts < TOMB
         ts, vs = ts[ok], vs[ok]
         if not ts.shape[0]:
             return
-        while (self.used + ts.shape[0]) * 2 > self.keys.shape[0]:
-            self._rehash(self.bits + 1)
+        bits = self.bits
+        while (self.used + ts.shape[0]) * 2 > 1 << bits:
+            bits += 1
+        if bits != self.bits:
+            self._rehash(bits)
         h = self._h(ts)
+        owner = np.empty(self.keys.shape[0], dtype=np.int64)  # scratch, read where written
         while ts.shape[0]:
             k = self.keys[h]
-            free = (k == EMPTY) | (k == TOMB)
-            # one winner per slot: the first pending key that probes it
-            _, first = np.unique(h, return_index=True)
-            win = np.zeros(ts.shape[0], dtype=bool)
-            win[first] = True
-            win &= free
-            hw = h[win]
+            fi = np.flatnonzero((k == EMPTY) | (k == TOMB))
+            # one winner per free slot among the pending keys that probe it (which one
+            # does not matter: a lookup finds a key wherever its probe placed it)
+            hf = h[fi]
+            owner[hf] = fi
+            wi = fi[owner[hf] == fi]
+            hw = h[wi]
             self.used += int(np.count_nonzero(self.keys[hw] == EMPTY))
-            self.keys[hw] = ts[win]
-            self.vals[hw] = vs[win]
-            rest = ~win
+            self.keys[hw] = ts[wi]
+            self.vals[hw] = vs[wi]
+            rest = np.ones(ts.shape[0], dtype=bool)
+            rest[wi] = False
             ts, vs = ts[rest], vs[rest]
             # a loser whose slot is now taken moves on; one that lost to a peer retries
             h = h[rest]
@@ -109,8 +114,8 @@ class TokenIndex:
         live = (self.keys != EMPTY) & (self.keys != TOMB)
         ks, vs = self.keys[live], self.vals[live]
         self._alloc(bits)
-        for t, v in zip(ks.tolist(), vs.tolist(), strict=True):
-            self.set(t, v)
+        # (any placement that linear probing finds is as good: set_many's)
+        self.set_many(ks, vs)
 
     def lookup(self, ts: np.ndarray) -> np.ndarray:
         """The value of every token, MISSING when absent, UNKNOWN for sentinel tokens."""
