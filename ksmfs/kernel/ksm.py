@@ -396,7 +396,15 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             g1 = seg.base + end
             pte = mem.pte.a[g0:g1]
             present = pte >= 0
-            kinds = mem.fnode.a[np.maximum(pte, 0)]
+            if present.all():
+                # no hole: only as many pages as the batch can take are looked at
+                cut = self._window_cut(g0, g1, want)
+                if cut < g1 - g0:
+                    g1, end = g0 + cut, off + cut
+                    pte, present = pte[:cut], present[:cut]
+                kinds = mem.fnode.a[pte]
+            else:
+                kinds = mem.fnode.a[np.maximum(pte, 0)]
             # follow_page(): only normal anonymous pages (KSM pages are anon)
             visit = present & (kinds >= FRAME_ANON)
             if visit.all():
@@ -468,6 +476,27 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             if 4 * (processed - before) < stop:
                 grow = min(grow * 4, 1 << 12)
         return processed, off
+
+    def _window_cut(self, g0: int, g1: int, want: int) -> int:
+        """Pages from g0 that hold ``want`` pages smart_scan cannot skip (present pages
+        assumed): the window need not reach further. A page counts as skippable when its
+        item's age and skip count say so (should_skip_rmap_item(), a KSM page aside), so
+        the cut may include a few more pages than needed, never fewer."""
+        n = g1 - g0
+        if want >= n:
+            return n
+        if not self.smart_scan:
+            return want
+        fl = self.mem.iflags.a[g0:g1]
+        a8 = self.mem.ags.a[g0:g1]
+        lo, cut = 0, want
+        while cut < n:
+            f, a = fl[lo:cut], a8[lo:cut]
+            extra = int(np.count_nonzero(((f & HAS_ITEM) != 0) & ((a & 0xF) >= 3) & ((a >> 4) != 0)))
+            if not extra:
+                break
+            lo, cut = cut, min(n, cut + extra)
+        return cut
 
     def _alloc_rmap_items(self, mm: MM, g: np.ndarray) -> None:
         """get_next_rmap_item() for first-seen pages: a zeroed item (age 0, oldchecksum 0);

@@ -810,11 +810,22 @@ class BulkMerge(StableNodes):
             self.chain_ivl_hi.a[c] = min(hi, (1 << 64) - 1)
             self.chain_ivl_flags.a[c] = (lo >= 0) | ((hi < (1 << 64)) << 1)
             ver[c] = tree.rb.version
-        skeys = np.sort(keys)
         flags = self.chain_ivl_flags.a[cids]
-        left = np.where(flags & 1, np.searchsorted(skeys, self.chain_ivl_lo.a[cids], "right"), 0)
-        right = np.where(flags & 2, np.searchsorted(skeys, self.chain_ivl_hi.a[cids], "left"), skeys.shape[0])
-        hit = cids[right > left]
+        if cids.shape[0] <= 4:
+            # few due chains: a scan of the keys per chain is cheaper than a sort
+            passed = np.zeros(cids.shape[0], dtype=bool)
+            for j, (c, fg) in enumerate(zip(cids.tolist(), flags.tolist(), strict=True)):
+                m = keys > self.chain_ivl_lo.a[c] if fg & 1 else None
+                if fg & 2:
+                    below = keys < self.chain_ivl_hi.a[c]
+                    m = below if m is None else m & below
+                passed[j] = True if m is None else bool(m.any())
+            hit = cids[passed]
+        else:
+            skeys = np.sort(keys)
+            left = np.where(flags & 1, np.searchsorted(skeys, self.chain_ivl_lo.a[cids], "right"), 0)
+            right = np.where(flags & 2, np.searchsorted(skeys, self.chain_ivl_hi.a[cids], "left"), skeys.shape[0])
+            hit = cids[right > left]
         if hit.shape[0]:
             now = self._clock_ns()
             self.chain_prune.a[hit] = now
