@@ -157,6 +157,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         # the kernel's trace_ksm_remove_*() still print the pfn the node was made for
         self._stale_kpfn: dict[int, int] = {}
         self._pos = 0  # visit position in the current batch (orders deferred rbtree inserts)
+        self._scan_mm: MM | None = None  # the mm whose VMA _scan_vma() is in
         self._due_chains = np.zeros(0, dtype=np.int64)
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
@@ -384,6 +385,13 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
     def _scan_vma(self, mm: MM, seg: Segment, off: int, budget: int) -> tuple[int, int]:
         """Visit present anon pages of one mergeable VMA from page ``off``: returns (pages
         processed, page index to resume at)."""
+        self._scan_mm = mm
+        try:
+            return self._scan_vma_windows(mm, seg, off, budget)
+        finally:
+            self._scan_mm = None
+
+    def _scan_vma_windows(self, mm: MM, seg: Segment, off: int, budget: int) -> tuple[int, int]:
         mem = self.mem
         npages = seg.npages
         processed = 0

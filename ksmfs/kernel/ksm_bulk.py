@@ -87,6 +87,7 @@ class BulkMerge(StableNodes):
     # what the mixin reads of Ksm besides the node arrays (set in Ksm.__init__)
     _mm_by_gpid: Callable[[np.ndarray], np.ndarray]
     _mms: dict[int, MM]
+    _scan_mm: MM | None
     _stale_nodes: set[int]
     _trace_queue: list[tuple[int, int, str, dict[str, object]]]
     _due_chains: np.ndarray
@@ -140,7 +141,8 @@ class BulkMerge(StableNodes):
         pos_sc = sc_idx if pos_plain is None else pos_plain[sc_idx]  # their places in g
         cand_tok = tp[sc_idx]
         fp = fpl[sc_idx]
-        unique = ((cand_tok & UNIQUE_BIT) != 0) & (mem.fmap.a[fp] == 1)
+        fm = mem.fmap.a[fp]
+        unique = ((cand_tok & UNIQUE_BIT) != 0) & (fm == 1)
         if self.demoted_unique:
             unique &= ~np.isin(cand_tok, np.fromiter(self.demoted_unique, np.uint64))
         zero = (cand_tok == 0) & bool(self.use_zero_pages)
@@ -185,17 +187,20 @@ class BulkMerge(StableNodes):
             # a zero page merged out of a compound page splits it: at its place in the order
             zc = zero & (mem.fcomp.a[fp] >= 0)
             in_order[pos_sc[zc]] = True
-        classified = self._classify_groups(g, f, pos_c, tok_c, forced, f_c)
+        classified = self._classify_groups(g, f, pos_c, tok_c, forced, f_c, fm[slow_c])
         plans, app, new_plan = classified.blocks, classified.append, classified.new_nodes
         for grp in classified.slow:
             in_order[grp] = True
         some_in_order = bool(in_order.any())
         # bulk: remove from trees, checksum rule, zero pages, never-matching contents
         if pos_plain is None and not some_in_order:
-            gb = g
+            gb, flb = g, fl
         else:
-            gb = g[plain & ~in_order]
-        self._remove_from_tree(gb)
+            bm = plain & ~in_order
+            gb, flb = g[bm], fl[bm]
+        if (flb & np.uint8(STABLE | UNSTABLE | SEQ_ODD)).any():
+            # (``fl`` holds these items' flags: nothing above changed them)
+            self._remove_from_tree(gb)
         # the checksum rule, with the checksums and their comparison from above (leaving
         # the tree restores exactly the oldchecksum that _oldchecksum() reported)
         chg = np.flatnonzero(~stable_cand)
@@ -249,13 +254,14 @@ class BulkMerge(StableNodes):
 
     def _classify_groups(
         self, g: np.ndarray, f: np.ndarray, pos_c: np.ndarray, tok_c: np.ndarray, forced: set[int],
-        f_c: np.ndarray | None = None,
+        f_c: np.ndarray | None = None, fm_c: np.ndarray | None = None,
     ) -> BatchPlans:
         """Split the batch's candidate pages by content. A content whose outcome follows
         from a closed form gets a plan: "append" (a node with room takes every page) or
         "blocks" (fill the node, then blocks of max_page_sharing pages each making a KSM
         page). Everything else (due chain prunes, stale nodes, fork-shared pages, aborted
-        tree walks) goes to the page-by-page path. ``f_c``: the frames of ``pos_c``."""
+        tree walks) goes to the page-by-page path. ``f_c``: the frames of ``pos_c``,
+        ``fm_c`` their map counts."""
         empty = np.zeros(0, dtype=np.int64)
         if not pos_c.shape[0]:
             return BatchPlans([], AppendPlan(empty, empty, empty, empty), None, [])
@@ -266,7 +272,9 @@ class BulkMerge(StableNodes):
         # the usual case, decided page by page without grouping: the contents whose
         # node takes every page of the batch (most of them, once the stable tree is
         # built); only the other pages are grouped by content
-        vals, app, target, cnt, okn = self._append_pages(tok_c, f_c, forced)
+        if fm_c is None:
+            fm_c = self.mem.fmap.a[f_c]
+        vals, app, target, cnt, okn = self._append_pages(tok_c, f_c, fm_c, forced)
         if not app.any():
             return self._classify_sorted(pos_c, tok_c, f_c, forced, vals)
         gn = np.flatnonzero(okn & (cnt > 0))
@@ -282,7 +290,7 @@ class BulkMerge(StableNodes):
         return BatchPlans(res.blocks, fast, res.new_nodes, res.slow)
 
     def _append_pages(
-        self, tok_c: np.ndarray, f_c: np.ndarray, forced: set[int]
+        self, tok_c: np.ndarray, f_c: np.ndarray, fm_c: np.ndarray, forced: set[int]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The "append" plan decided per page (merge_across_nodes): a plain node, or a
         chain whose only dup with room is its head (no stale or single dup: every search
@@ -315,7 +323,10 @@ class BulkMerge(StableNodes):
         okn = cnt <= mps - node_len[: cnt.shape[0]]
         # a page of a compound page (or mapped twice): whether its merge splits or fails
         # depends on the order of the merges, so its whole content takes the other path
-        bad = cand & ((mem.fmap.a[f_c] != 1) | (mem.fcomp.a[f_c] >= 0))
+        shared = fm_c != 1
+        if mem.compounds:
+            shared |= mem.fcomp.a[f_c] >= 0
+        bad = cand & shared
         if forced:
             bad |= cand & np.isin(tok_c, np.fromiter(forced, np.uint64, len(forced)))
         if bad.any():
@@ -544,12 +555,16 @@ class BulkMerge(StableNodes):
             # exception to keep aside, see _attach_ival)
             mem.iflags.a[ga] = (mem.iflags.a[ga] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
             mem.ival.a[ga] = app_nodes
-            for mm, cnt in self._per_mm(ga):
-                mm.ksm_merging_pages += cnt
+            if self._scan_mm is not None:
+                self._scan_mm.ksm_merging_pages += ga.shape[0]  # the window's pages are its
+            else:
+                for mm, cnt in self._per_mm(ga):
+                    mm.ksm_merging_pages += cnt
             old = mem.pte.a[ga]
             mem.pte.a[ga] = self.node_kfn.a[app_nodes]
-            # every page of the plan is its frame's only mapping: distinct frames
-            self.put_frames(old, distinct=True)
+            # every page of the plan is the only mapping of a frame that is no KSM page
+            # and in no compound page (_append_pages): put_frames() would free each
+            mem.free_frames(old)
         if new_plan is not None:
             sh, sg, un = self._merge_new_nodes(
                 g, new_plan, att_g, att_n, repl_g, repl_k, events, tracing, hl if hl_on else None
