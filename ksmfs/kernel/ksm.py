@@ -465,7 +465,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
                 # the freed items leave their trees where the scan passes them, among the
                 # visited pages (get_next_rmap_item -> remove_rmap_item_from_tree)
                 ga = np.concatenate((g, gone))
-                order = np.argsort(ga, kind="stable")
+                order = np.argsort(ga)  # (distinct pages)
                 ga = ga[order]
                 rm = np.concatenate((skip, np.ones(gone.shape[0], dtype=bool)))[order]
                 pte = mem.pte.a[ga]

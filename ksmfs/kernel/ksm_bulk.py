@@ -354,7 +354,7 @@ class BulkMerge(StableNodes):
         slow: list[np.ndarray] = []
         new_plan: NewNodesPlan | None = None
         mem = self.mem
-        order = np.argsort(tok_c, kind="stable")
+        order = _group_order(tok_c)
         ts = tok_c[order]
         ps = pos_c[order]
         fs = f_c[order]
@@ -844,3 +844,16 @@ class BulkMerge(StableNodes):
         if hit.shape[0]:
             now = self._clock_ns()
             self.chain_prune.a[hit] = now
+
+
+def _group_order(keys: np.ndarray) -> np.ndarray:
+    """np.argsort(keys, kind="stable") (equal keys keep their order), from two quicksorts:
+    numpy's stable sort of 64-bit keys is a merge sort, 5x slower on a batch's tokens.
+    The second sort orders (rank of the key, index), which are distinct."""
+    n = keys.shape[0]
+    o1 = np.argsort(keys)
+    ks = keys[o1]
+    rank = np.zeros(n, dtype=np.int64)
+    if n > 1:
+        np.cumsum(ks[1:] != ks[:-1], out=rank[1:])
+    return o1[np.argsort(rank * n + o1)]
