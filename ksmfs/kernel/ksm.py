@@ -506,15 +506,16 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             lo, cut = cut, min(n, cut + extra)
         return cut
 
-    def _alloc_rmap_items(self, mm: MM, g: np.ndarray) -> None:
+    def _alloc_rmap_items(self, mm: MM, g: np.ndarray, contiguous: bool = False) -> None:
         """get_next_rmap_item() for first-seen pages: a zeroed item (age 0, oldchecksum 0);
-        ksm_rmap_items++ globally and for the mm."""
+        ksm_rmap_items++ globally and for the mm. ``contiguous``: g is one range."""
         if not g.shape[0]:
             return
         mem = self.mem
-        mem.iflags.a[g] = HAS_ITEM
-        mem.ags.a[g] = 0
-        mem.ival.a[g] = 0
+        sel = slice(int(g[0]), int(g[-1]) + 1) if contiguous else g
+        mem.iflags.a[sel] = HAS_ITEM
+        mem.ags.a[sel] = 0
+        mem.ival.a[sel] = 0
         self.ksm_rmap_items += g.shape[0]
         mm.ksm_rmap_items += g.shape[0]
 
@@ -542,7 +543,9 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         fl = fl[:stop]
         is_ksm = is_ksm[:stop]
         newm = (fl & HAS_ITEM) == 0
-        if newm.any():
+        if newm.all():
+            self._alloc_rmap_items(mm, np.arange(g0, g1, dtype=np.int64), contiguous=True)
+        elif newm.any():
             self._alloc_rmap_items(mm, g0 + np.flatnonzero(newm))
         if self.smart_scan:
             # should_skip_rmap_item(): age counts visits of non-KSM pages, saturating

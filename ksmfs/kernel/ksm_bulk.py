@@ -209,7 +209,10 @@ class BulkMerge(StableNodes):
         if some_in_order:
             m = ~in_order[chg_pos]
             chg_pos, chk_chg = chg_pos[m], chk_chg[m]
-        mem.ival.a[g[chg_pos]] = chk_chg
+        if chg_pos.shape[0] == n and int(g[-1]) - int(g[0]) + 1 == n:
+            mem.ival.a[int(g[0]) : int(g[-1]) + 1] = chk_chg  # (g ascends: one range)
+        else:
+            mem.ival.a[g[chg_pos]] = chk_chg
         # the contents no other page can meet (and zero pages): in no plan
         uz = ~slow_c
         keep_pos = pos_sc[uz]
