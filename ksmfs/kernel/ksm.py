@@ -54,6 +54,7 @@ from .mm import (
     Segment,
 )
 from .stabletree import StableTree
+from .tokenindex import TokenDict
 from .trace import TraceBuffer
 from .versions import KernelProfile
 
@@ -148,7 +149,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         self._init_nodes()  # node and chain arrays (ksm_nodes.py)
         # trees: token -> node id (>= 0) or chain (-(cid + 1)); unstable: token -> gpid
         self.stable_tree: list[StableTree] = [StableTree()]
-        self.unstable_tree: list[dict[int, int]] = [{}]
+        self.unstable_tree: list[TokenDict] = [TokenDict()]
         self.demoted_unique: set[int] = set()
         self._pending_dead: list[int] = []
         self.chk_exc: dict[int, int] = {}  # gpid -> oldchecksum of stable items (rare)
@@ -1170,7 +1171,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         self.merge_across_nodes = value
         trees = 1 if value else max(1, self.mem.nr_nodes)
         self.stable_tree = [StableTree() for _ in range(trees)]
-        self.unstable_tree = [{} for _ in range(trees)]
+        self.unstable_tree = [TokenDict() for _ in range(trees)]
 
     def set_sleep_millisecs(self, value: int) -> None:
         # sleep_millisecs_store(): wake_up_interruptible(&ksm_iter_wait) after every store;

@@ -29,7 +29,7 @@ import numpy as np
 from .ksm_defs import SEQ_ODD, STABLE, UNSTABLE, calc_checksum
 from .ksm_nodes import StableNodes
 from .mm import FRAME_FILE, FRAME_SHMEM, MM, UNIQUE_BIT
-from .tokenindex import MISSING, UNKNOWN
+from .tokenindex import MISSING, UNKNOWN, TokenDict
 
 
 @dataclass
@@ -93,7 +93,7 @@ class BulkMerge(StableNodes):
     _due_chains: np.ndarray
     _pos: int
     demoted_unique: set[int]
-    unstable_tree: list[dict[int, int]]
+    unstable_tree: list[TokenDict]
     max_page_sharing: int
     merge_across_nodes: int
     stable_node_chains_prune_millisecs: int
@@ -475,7 +475,7 @@ class BulkMerge(StableNodes):
             return None, rest
         mem = self.mem
         ut = self.unstable_tree[0]
-        tr = np.fromiter((ut.get(t, -1) for t in uniq[cand].tolist()), np.int64, cand.shape[0])
+        tr = ut.lookup(uniq[cand])
         trs = np.maximum(tr, 0)
         trf = mem.iflags.a[trs]
         valid = (tr >= 0) & ((trf & UNSTABLE) != 0) & (((trf & SEQ_ODD) != 0) == seq_odd)
@@ -692,7 +692,7 @@ class BulkMerge(StableNodes):
         unshared = 0
         if lone.any():
             gl = gp[first[lone]]
-            self.unstable_tree[0].update(zip(plan.tokens[lone].tolist(), gl.tolist(), strict=False))
+            self.unstable_tree[0].set_many(plan.tokens[lone], gl.astype(np.int64))
             mem.iflags.a[gl] = (mem.iflags.a[gl] & ~np.uint8(SEQ_ODD | STABLE)) | UNSTABLE | seq_flag
             unshared += gl.shape[0]
         mk = ~lone

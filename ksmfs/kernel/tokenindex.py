@@ -7,6 +7,8 @@ dict lookup per content.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -134,13 +136,13 @@ class TokenIndex:
             # the probes that run past the last slot wrap around to the first free ones
             self.set_many(ks[~fits], vs[~fits])
 
-    def lookup(self, ts: np.ndarray) -> np.ndarray:
-        """The value of every token, MISSING when absent, UNKNOWN for sentinel tokens."""
-        keys, vals = self.keys, self.vals
+    def _find(self, ts: np.ndarray) -> np.ndarray:
+        """The slot of every token, -1 when absent (and for sentinel tokens)."""
+        keys = self.keys
         h = self._h(ts)
         k = keys[h]
         hit = k == ts
-        res = np.where(hit, vals[h], MISSING)
+        slot = np.where(hit, h, -1)
         # the first probe finds most keys (or an empty slot); the rest probe on, few
         more = ~hit & (k != EMPTY)
         if more.any():
@@ -151,8 +153,77 @@ class TokenIndex:
                 k = keys[h]
                 hit = k == tt
                 if hit.any():
-                    res[active[hit]] = vals[h[hit]]
+                    slot[active[hit]] = h[hit]
                 more = ~hit & (k != EMPTY)
                 active, h, tt = active[more], h[more], tt[more]
+        slot[ts >= TOMB] = -1
+        return slot
+
+    def lookup(self, ts: np.ndarray) -> np.ndarray:
+        """The value of every token, MISSING when absent, UNKNOWN for sentinel tokens."""
+        slot = self._find(ts)
+        res = np.where(slot >= 0, self.vals[slot], MISSING)
         res[ts >= TOMB] = UNKNOWN
+        return res
+
+    def upsert_many(self, ts: np.ndarray, vs: np.ndarray) -> None:
+        """set() of distinct keys, some of which may be in the index already."""
+        ts = np.asarray(ts, dtype=np.uint64)
+        vs = np.asarray(vs, dtype=np.int64)
+        slot = self._find(ts)
+        there = slot >= 0
+        if there.any():
+            self.vals[slot[there]] = vs[there]
+            ts, vs = ts[~there], vs[~there]
+        self.set_many(ts, vs)
+
+
+class TokenDict:
+    """token -> value (>= 0): a dict, for the reads and writes of the page-by-page path,
+    with a TokenIndex kept in step, so that a batch looks up thousands of tokens in one
+    vector operation (the unstable trees, Ksm.unstable_tree: token -> rmap_item). Every
+    write goes through these methods."""
+
+    __slots__ = ("_index", "_map")
+
+    def __init__(self) -> None:
+        self._map: dict[int, int] = {}
+        self._index = TokenIndex()
+
+    def get(self, t: int, default: int | None = None) -> int | None:
+        return self._map.get(t, default)
+
+    def __getitem__(self, t: int) -> int:
+        return self._map[t]
+
+    def __contains__(self, t: int) -> bool:
+        return t in self._map
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._map)
+
+    def __setitem__(self, t: int, v: int) -> None:
+        self._map[t] = v
+        self._index.set(t, v)
+
+    def set_many(self, ts: np.ndarray, vs: np.ndarray) -> None:
+        """self[t] = v for distinct tokens."""
+        self._map.update(zip(ts.tolist(), vs.tolist(), strict=True))
+        self._index.upsert_many(ts, vs)
+
+    def clear(self) -> None:
+        self._map.clear()
+        self._index = TokenIndex(self._index.bits)  # the size it needed last time
+
+    def lookup(self, ts: np.ndarray, default: int = -1) -> np.ndarray:
+        """The value of every token at once, ``default`` when absent."""
+        res = self._index.lookup(ts)
+        unk = res == UNKNOWN
+        res[res == MISSING] = default
+        if unk.any():  # sentinel tokens are not indexed
+            for i in np.flatnonzero(unk).tolist():
+                res[i] = self._map.get(int(ts[i]), default)
         return res
