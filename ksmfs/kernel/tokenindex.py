@@ -7,8 +7,6 @@ dict lookup per content.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -76,6 +74,9 @@ class TokenIndex:
             bits += 1
         if bits != self.bits:
             self._rehash(bits)
+        if not self.used:  # an empty table (no tombstone either): one sort places all
+            self._place(ts, vs)
+            return
         h = self._h(ts)
         owner = np.empty(self.keys.shape[0], dtype=np.int64)  # scratch, read where written
         while ts.shape[0]:
@@ -97,6 +98,20 @@ class TokenIndex:
             h = h[rest]
             taken = (self.keys[h] != EMPTY) & (self.keys[h] != TOMB)
             h = np.where(taken, (h + 1) & self.mask, h)
+
+    def get(self, t: int) -> int | None:
+        """The value of one token (None when absent; a sentinel token is never indexed)."""
+        if t >= 0xFFFFFFFFFFFFFFFE:
+            return None
+        keys = self.keys
+        h = self._h1(t)
+        while True:
+            k = int(keys[h])
+            if k == t:
+                return int(self.vals[h])
+            if k == 0xFFFFFFFFFFFFFFFF:
+                return None
+            h = (h + 1) & self.mask
 
     def delete(self, t: int) -> None:
         if t >= 0xFFFFFFFFFFFFFFFE:
@@ -120,6 +135,10 @@ class TokenIndex:
         live = (self.keys != EMPTY) & (self.keys != TOMB)
         ks, vs = self.keys[live], self.vals[live]
         self._alloc(bits)
+        self._place(ks, vs)
+
+    def _place(self, ks: np.ndarray, vs: np.ndarray) -> None:
+        """Put distinct keys into the empty table (see _rehash)."""
         n = ks.shape[0]
         if not n:
             return
@@ -179,43 +198,40 @@ class TokenIndex:
 
 
 class TokenDict:
-    """token -> value (>= 0): a dict, for the reads and writes of the page-by-page path,
-    with a TokenIndex kept in step, so that a batch looks up thousands of tokens in one
-    vector operation (the unstable trees, Ksm.unstable_tree: token -> rmap_item). Every
-    write goes through these methods."""
+    """token -> value (>= 0) with single reads and writes for the page-by-page path and
+    vector ones for a batch (the unstable trees, Ksm.unstable_tree: token -> rmap_item):
+    a TokenIndex, and a dict for the two sentinel tokens it cannot hold."""
 
-    __slots__ = ("_index", "_map")
+    __slots__ = ("_index", "_side")
 
     def __init__(self) -> None:
-        self._map: dict[int, int] = {}
         self._index = TokenIndex()
+        self._side: dict[int, int] = {}
 
     def get(self, t: int, default: int | None = None) -> int | None:
-        return self._map.get(t, default)
-
-    def __getitem__(self, t: int) -> int:
-        return self._map[t]
+        v = self._side.get(t) if t >= 0xFFFFFFFFFFFFFFFE else self._index.get(t)
+        return default if v is None else v
 
     def __contains__(self, t: int) -> bool:
-        return t in self._map
-
-    def __len__(self) -> int:
-        return len(self._map)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._map)
+        return self.get(t) is not None
 
     def __setitem__(self, t: int, v: int) -> None:
-        self._map[t] = v
-        self._index.set(t, v)
+        if t >= 0xFFFFFFFFFFFFFFFE:
+            self._side[t] = v
+        else:
+            self._index.set(t, v)
 
     def set_many(self, ts: np.ndarray, vs: np.ndarray) -> None:
         """self[t] = v for distinct tokens."""
-        self._map.update(zip(ts.tolist(), vs.tolist(), strict=True))
-        self._index.upsert_many(ts, vs)
+        ts = np.asarray(ts, dtype=np.uint64)
+        sent = ts >= TOMB
+        if sent.any():
+            for t, v in zip(ts[sent].tolist(), np.asarray(vs)[sent].tolist(), strict=True):
+                self._side[t] = v
+        self._index.upsert_many(ts, vs)  # (skips the sentinels)
 
     def clear(self) -> None:
-        self._map.clear()
+        self._side.clear()
         self._index = TokenIndex(self._index.bits)  # the size it needed last time
 
     def lookup(self, ts: np.ndarray, default: int = -1) -> np.ndarray:
@@ -223,7 +239,7 @@ class TokenDict:
         res = self._index.lookup(ts)
         unk = res == UNKNOWN
         res[res == MISSING] = default
-        if unk.any():  # sentinel tokens are not indexed
+        if unk.any():
             for i in np.flatnonzero(unk).tolist():
-                res[i] = self._map.get(int(ts[i]), default)
+                res[i] = self._side.get(int(ts[i]), default)
         return res

@@ -104,4 +104,5 @@ def test_token_dict_matches_dict(seq: list[tuple[str, list[int]]]) -> None:
         probe = sorted(set(ref) | set(range(0, 301, 7)) | {(1 << 64) - 1, (1 << 64) - 2})
         got = d.lookup(np.array(probe, dtype=np.uint64), -1).tolist()
         assert got == [ref.get(t, -1) for t in probe]
-        assert len(d) == len(ref) and all(d.get(t) == v for t, v in ref.items())
+        assert all(d.get(t) == v and t in d for t, v in ref.items())
+        assert all(d.get(t) is None for t in probe if t not in ref)
