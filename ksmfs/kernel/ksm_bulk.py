@@ -385,24 +385,19 @@ class BulkMerge(StableNodes):
         app_group = np.zeros(starts_a.shape[0], dtype=bool)
         if vals_p is not None:
             # (the contents whose node takes all their pages were taken by _append_pages)
-            vals = vals_p[order][starts_a]
+            vals = vals_p[order[starts_a]]
             new_plan, rest_a = self._classify_new(
                 np.arange(starts_a.shape[0]), vals, uniq, sizes_a, ok_a, forced, mps, seq_odd, ps, starts_a
             )
-            rest = rest_a.tolist()
         else:
-            rest = list(range(starts_a.shape[0]))
-        starts = starts_a.tolist()
-        sizes = sizes_a.tolist()
-        oks = ok_a.tolist()
+            rest_a = np.arange(starts_a.shape[0])
         stable_trees = self.stable_tree
         unstable_trees = self.unstable_tree
-        uniq_l = uniq.tolist()
-        for i in rest:
-            t = uniq_l[i]
-            k = sizes[i]
-            if t in forced or not oks[i]:
-                slow.append(ps[starts[i] : starts[i] + k])
+        # (Python values only for the contents left to this loop)
+        for i, t, k, ok, start in zip(rest_a.tolist(), uniq[rest_a].tolist(), sizes_a[rest_a].tolist(),
+                                      ok_a[rest_a].tolist(), starts_a[rest_a].tolist(), strict=True):
+            if t in forced or not ok:
+                slow.append(ps[start : start + k])
                 continue
             nid = 0 if nid_a is None else nid_a[i]
             e = stable_trees[nid].get(t)
@@ -421,7 +416,7 @@ class BulkMerge(StableNodes):
                 # search (pruning or not) picks the head, and a new dup is made when it
                 # is full; a dup with room further down the list takes the exact path
                 if len(dl) < 2 or (node_kfn[dla] < 0).any() or (lens <= 0).any() or cand[1:].any():
-                    slow.append(ps[starts[i] : starts[i] + k])
+                    slow.append(ps[start : start + k])
                     continue
                 if now >= self.chain_prune.a[cid] + prune_ns:
                     self._set_prune_time(cid, now)  # the first search prunes (no other effect)
@@ -429,7 +424,7 @@ class BulkMerge(StableNodes):
             if e is not None:
                 ln = int(node_len[e])
                 if node_kfn[e] < 0 or ln == 0:
-                    slow.append(ps[starts[i] : starts[i] + k])  # a stale node: exact path
+                    slow.append(ps[start : start + k])  # a stale node: exact path
                     continue
                 room = mps - ln if ln < mps else 0
                 if k <= room:
@@ -444,13 +439,13 @@ class BulkMerge(StableNodes):
                     page = self._get_mergeable_page(tr)
                     if (page is None or int(mem.ftoken.a[page]) != t or int(mem.fmap.a[page]) != 1
                             or int(mem.fcomp.a[page]) >= 0 or e is not None):
-                        slow.append(ps[starts[i] : starts[i] + k])  # aborted walks: exact path
+                        slow.append(ps[start : start + k])  # aborted walks: exact path
                         continue
                     tree_item = tr
             # append what fits, then blocks of max_page_sharing pages: in each block the
             # first page waits in the unstable tree, the second pairs with it and becomes a
             # new KSM page (a new dup once one exists), the rest append (spec §3.6)
-            plans.append(BlocksPlan(ps[starts[i] : starts[i] + k], e if e is not None else -1, t, room, tree_item, cid))
+            plans.append(BlocksPlan(ps[start : start + k], e if e is not None else -1, t, room, tree_item, cid))
         sel = np.repeat(app_group, sizes_a)
         app_pos = ps[sel]
         app_nodes = np.repeat(gnode[app_group], sizes_a[app_group])
