@@ -19,7 +19,8 @@ names this module calls:
   step with a hash index (vector lookups) and the kernel's rbtree (whose shape decides
   which nodes a search passes and may prune);
 - ksm_defs.py: the rmap_item flag bits and calc_checksum().
-The unstable tree is a dict token -> rmap_item per NUMA node: the memcmp-ordered rbtree
+The unstable tree is a TokenMap (kernel/_rbtree.c: a hash map with array lookups)
+token -> rmap_item per NUMA node: the memcmp-ordered rbtree
 finds the same match, and only the matching item's page decides an abort
 (_unstable_tree_search_insert()).
 """
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._rbtree import TokenMap
 from .errors import KsmError
 from .ksm_bulk import BulkMerge
 from .ksm_defs import (
@@ -54,7 +56,6 @@ from .mm import (
     Segment,
 )
 from .stabletree import StableTree
-from .tokenindex import TokenDict
 from .trace import TraceBuffer
 from .versions import KernelProfile
 
@@ -149,7 +150,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         self._init_nodes()  # node and chain arrays (ksm_nodes.py)
         # trees: token -> node id (>= 0) or chain (-(cid + 1)); unstable: token -> gpid
         self.stable_tree: list[StableTree] = [StableTree()]
-        self.unstable_tree: list[TokenDict] = [TokenDict()]
+        self.unstable_tree: list[TokenMap] = [TokenMap()]
         self.demoted_unique: set[int] = set()
         self._pending_dead: list[int] = []
         self.chk_exc: dict[int, int] = {}  # gpid -> oldchecksum of stable items (rare)
@@ -1171,7 +1172,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         self.merge_across_nodes = value
         trees = 1 if value else max(1, self.mem.nr_nodes)
         self.stable_tree = [StableTree() for _ in range(trees)]
-        self.unstable_tree = [TokenDict() for _ in range(trees)]
+        self.unstable_tree = [TokenMap() for _ in range(trees)]
 
     def set_sleep_millisecs(self, value: int) -> None:
         # sleep_millisecs_store(): wake_up_interruptible(&ksm_iter_wait) after every store;

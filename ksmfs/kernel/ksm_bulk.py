@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._rbtree import TokenMap
 from .ksm_defs import SEQ_ODD, STABLE, UNSTABLE, calc_checksum
 from .ksm_nodes import StableNodes
 from .mm import FRAME_FILE, FRAME_SHMEM, MM, UNIQUE_BIT
-from .tokenindex import MISSING, UNKNOWN, TokenDict
+from .tokenindex import MISSING, UNKNOWN
 
 
 @dataclass
@@ -93,7 +94,7 @@ class BulkMerge(StableNodes):
     _due_chains: np.ndarray
     _pos: int
     demoted_unique: set[int]
-    unstable_tree: list[TokenDict]
+    unstable_tree: list[TokenMap]
     max_page_sharing: int
     merge_across_nodes: int
     stable_node_chains_prune_millisecs: int
@@ -470,7 +471,8 @@ class BulkMerge(StableNodes):
             return None, rest
         mem = self.mem
         ut = self.unstable_tree[0]
-        tr = ut.lookup(uniq[cand])
+        tr = np.empty(cand.shape[0], dtype=np.int64)
+        ut.lookup_into(np.ascontiguousarray(uniq[cand], dtype=np.uint64), tr, -1)
         trs = np.maximum(tr, 0)
         trf = mem.iflags.a[trs]
         valid = (tr >= 0) & ((trf & UNSTABLE) != 0) & (((trf & SEQ_ODD) != 0) == seq_odd)
@@ -687,7 +689,8 @@ class BulkMerge(StableNodes):
         unshared = 0
         if lone.any():
             gl = gp[first[lone]]
-            self.unstable_tree[0].set_many(plan.tokens[lone], gl.astype(np.int64))
+            self.unstable_tree[0].set_many(np.ascontiguousarray(plan.tokens[lone], dtype=np.uint64),
+                                           gl.astype(np.int64))
             mem.iflags.a[gl] = (mem.iflags.a[gl] & ~np.uint8(SEQ_ODD | STABLE)) | UNSTABLE | seq_flag
             unshared += gl.shape[0]
         mk = ~lone

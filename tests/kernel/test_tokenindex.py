@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ksmfs.kernel.tokenindex import MISSING, UNKNOWN, TokenDict, TokenIndex
+from ksmfs.kernel.tokenindex import MISSING, UNKNOWN, TokenIndex
 
 # small key spaces make collisions, long probe runs and wrap-arounds at the table's end
 tokens = st.one_of(
@@ -71,38 +71,3 @@ def test_rehash_wraps_around_the_table_end() -> None:
     assert np.array_equal(np.sort(index.keys), np.sort(before))
     assert index.lookup(np.array(last, dtype=np.uint64)).tolist() == list(range(5))
 
-
-dict_ops = st.lists(
-    st.tuples(st.sampled_from(["set", "set_many", "upsert", "clear"]), st.lists(tokens, max_size=40)),
-    max_size=40,
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(dict_ops)
-def test_token_dict_matches_dict(seq: list[tuple[str, list[int]]]) -> None:
-    """TokenDict (the unstable trees): item writes, set_many over keys that may be there
-    already, and clear() keep its vector lookup equal to a dict's get()."""
-    d = TokenDict()
-    ref: dict[int, int] = {}
-    value = 0
-    for op, ts in seq:
-        if op == "set":
-            for t in ts:
-                value += 1
-                d[t] = value
-                ref[t] = value
-        elif op == "clear":
-            d.clear()
-            ref.clear()
-        else:  # set_many and upsert: distinct keys, present or not
-            keys = list(dict.fromkeys(ts))
-            vals = list(range(value + 1, value + 1 + len(keys)))
-            value += len(keys)
-            d.set_many(np.array(keys, dtype=np.uint64), np.array(vals, dtype=np.int64))
-            ref.update(zip(keys, vals, strict=True))
-        probe = sorted(set(ref) | set(range(0, 301, 7)) | {(1 << 64) - 1, (1 << 64) - 2})
-        got = d.lookup(np.array(probe, dtype=np.uint64), -1).tolist()
-        assert got == [ref.get(t, -1) for t in probe]
-        assert all(d.get(t) == v and t in d for t, v in ref.items())
-        assert all(d.get(t) is None for t in probe if t not in ref)
