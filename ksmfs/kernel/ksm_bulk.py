@@ -569,9 +569,14 @@ class BulkMerge(StableNodes):
             sh, sg, un = self._merge_new_nodes(
                 g, new_plan, att_g, att_n, repl_g, repl_k, events, tracing, hl if hl_on else None
             )
+            # the new KSM pages' items (the first in att_g): each page's checksum is its
+            # content's, the node's (classified as unchanged), so none is kept aside
+            known = sum(a.shape[0] for a in att_g)
             shared += sh
             sharing += sg
             unshared += un
+        else:
+            known = 0
         for plan in plans:
             pos, t = plan.pos, plan.token
             gg = g[pos]
@@ -647,14 +652,17 @@ class BulkMerge(StableNodes):
         if repl_g:
             rg = np.concatenate(repl_g)
             rk = np.concatenate(repl_k)
-            old = mem.pte.a[rg].copy()
+            old = mem.pte.a[rg]
             mem.pte.a[rg] = rk
-            self.put_frames(old.astype(np.int32))
+            # each page (or tree item) merged here was its frame's only mapping
+            # (_classify_groups, _classify_new): distinct frames
+            self.put_frames(old.astype(np.int32), distinct=True)
         if att_g:
             ag = np.concatenate(att_g)
             an = np.concatenate(att_n)
             mem.iflags.a[ag] = (mem.iflags.a[ag] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
-            self._attach_ival(ag, an)
+            mem.ival.a[ag[:known]] = an[:known]
+            self._attach_ival(ag[known:], an[known:])
             for mm, cnt in self._per_mm(ag):
                 mm.ksm_merging_pages += cnt
         if hl:
