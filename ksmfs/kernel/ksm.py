@@ -19,10 +19,10 @@ names this module calls:
   step with a hash index (vector lookups) and the kernel's rbtree (whose shape decides
   which nodes a search passes and may prune);
 - ksm_defs.py: the rmap_item flag bits and calc_checksum().
-The unstable tree is a TokenMap (kernel/_rbtree.c: a hash map with array lookups)
-token -> rmap_item per NUMA node: the memcmp-ordered rbtree
-finds the same match, and only the matching item's page decides an abort
-(_unstable_tree_search_insert()).
+The unstable tree is a hash map token -> rmap_item per NUMA node (a TokenMap of
+kernel/_rbtree.c: a batch looks up or inserts thousands of tokens in one call): the
+memcmp-ordered rbtree finds the same match, and only the matching item's page decides an
+abort (_unstable_tree_search_insert()).
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ through Ksm._cmp_and_merge_one(), the port of cmp_and_merge_page().
 _cmp_and_merge_bulk() classifies the window's pages before touching a tree: attached KSM
 pages are no-ops, changed checksums become volatile, zero pages merge into the zero
 page, contents no other frame holds go to the unstable tree. Candidate contents are
-grouped (_classify_groups) into plans with a closed form: an AppendPlan (a node with
-room takes every page of its content), a NewNodesPlan (contents new to the stable tree
+sorted (_classify_groups) into plans with a closed form: an AppendPlan (a node with
+room takes every page of its content; decided page by page, _append_pages(), since a
+node stands for one content), a NewNodesPlan (contents new to the stable tree
 that fit one KSM page, decided for all at once) and BlocksPlans (fill the node, then
 blocks of max_page_sharing pages each making a KSM page). _merge_groups() carries them
 out with vector operations, with the counter changes of the page-by-page path summed.
@@ -289,8 +290,10 @@ class BulkMerge(StableNodes):
         res = self._classify_sorted(pos_c[rest], tok_c[rest], f_c[rest], forced, vals[rest])
         a2 = res.append
         if a2.pos.shape[0]:
-            fast = AppendPlan(np.concatenate((fast.pos, a2.pos)), np.concatenate((fast.nodes, a2.nodes)),
-                              np.concatenate((gn, a2.group_nodes)), np.concatenate((fast.group_sizes, a2.group_sizes)))
+            fast = AppendPlan(
+                np.concatenate((fast.pos, a2.pos)), np.concatenate((fast.nodes, a2.nodes)),
+                np.concatenate((gn, a2.group_nodes)), np.concatenate((fast.group_sizes, a2.group_sizes)),
+            )
         return BatchPlans(res.blocks, fast, res.new_nodes, res.slow)
 
     def _append_pages(
