@@ -575,11 +575,12 @@ class BulkMerge(StableNodes):
             # the new KSM pages' items (the first in att_g): each page's checksum is its
             # content's, the node's (classified as unchanged), so none is kept aside
             known = sum(a.shape[0] for a in att_g)
+            own = att_g[0].shape[0] if att_g else 0  # its pages of the window (then tree items)
             shared += sh
             sharing += sg
             unshared += un
         else:
-            known = 0
+            known = own = 0
         for plan in plans:
             pos, t = plan.pos, plan.token
             gg = g[pos]
@@ -666,8 +667,15 @@ class BulkMerge(StableNodes):
             mem.iflags.a[ag] = (mem.iflags.a[ag] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
             mem.ival.a[ag[:known]] = an[:known]
             self._attach_ival(ag[known:], an[known:])
-            for mm, cnt in self._per_mm(ag):
-                mm.ksm_merging_pages += cnt
+            others = ag
+            if own and self._scan_mm is not None:
+                # the new KSM pages' own pages are the window's, of the scanned mm; their
+                # tree items and the blocks' pages may be any mm's
+                self._scan_mm.ksm_merging_pages += own
+                others = ag[own:]
+            if others.shape[0]:
+                for mm, cnt in self._per_mm(others):
+                    mm.ksm_merging_pages += cnt
         if hl:
             rows = np.concatenate(hl, axis=1)
             self._note_appends(rows[2][np.lexsort((rows[1], rows[0]))])
