@@ -532,7 +532,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             a8 = mem.ags.a[g0:g1]
             skip = ((fl & HAS_ITEM) != 0) & ~is_ksm & ((a8 & 0xF) >= 3) & ((a8 >> 4) != 0)
             if skip.any():
-                cum = np.cumsum(~skip)
+                cum = np.cumsum(~skip, dtype=np.int32)
                 stop = int(np.searchsorted(cum, want)) + 1 if cum[-1] >= want else g1 - g0
                 skip = skip[:stop]
                 nskip = int(np.count_nonzero(skip))
@@ -603,12 +603,14 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             fl = mem.iflags.a[g]
             ival = mem.ival.a[g]
         # (a skipped page is never a KSM page, so never attached)
-        attached = ksm & ((fl & STABLE) != 0) & (ival == kind.astype(np.uint32))
+        # (ival as int32: a node id reads the same; a checksum >= 2**31 turns negative and
+        # cannot equal a KSM page's node, kind >= 0)
+        attached = ksm & ((fl & STABLE) != 0) & (ival.view(np.int32) == kind)
         if attached.any():
             # an item already attached to its KSM page: nothing to do (the usual case)
-            rest = ~attached
-            if not rest.any():
+            if attached.all():
                 return
+            rest = ~attached
             g, f, kind, ksm, fl = g[rest], f[rest], kind[rest], ksm[rest], fl[rest]
             if skip is not None:
                 skip = skip[rest]
