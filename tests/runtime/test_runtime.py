@@ -126,11 +126,28 @@ def test_slice_size_follows_the_time_per_page():
     assert pacer.next_slice_pages(1000, target / 10) == 2000  # fast: only doubles
     assert pacer.next_slice_pages(1000, 1000 * target) == pacer.MIN_SLICE_PAGES
     assert pacer.next_slice_pages(1000, 1.2 * target) == 1000  # near the target: kept
-    assert pacer.next_slice_pages(1000, 0.7 * target) == 1000
+    assert pacer.next_slice_pages(1000, 0.9 * target) == 1000
+    assert pacer.next_slice_pages(1000, 0.7 * target) == int(1000 / 0.7)  # grows to what fits
     assert pacer.next_slice_pages(10, 0.01 * target) == 1000  # cut short by the batch's end
     pacer.slice_pages = pacer.MAX_SLICE_PAGES
     assert pacer.next_slice_pages(pacer.MAX_SLICE_PAGES, target / 100) == pacer.MAX_SLICE_PAGES
     assert pacer.next_slice_pages(0, 0.0) == pacer.MAX_SLICE_PAGES  # nothing to learn from
+
+
+def test_slices_grow_back_where_the_fixed_cost_is_half_the_target():
+    """After a slow slice cut the size to MIN_SLICE_PAGES, slices grow back even when a
+    slice's fixed cost alone is over half SLICE_TARGET_S (as measured late in the 16M
+    merging pass: 32-page slices of 0.52-0.58 ms): with a fixed cost of 0.55 of the target
+    and 0.0002 of it per page, a slice reaches the target at 2250 pages."""
+    pacer = KsmdPacer(Kernel(version="6.18"))
+    target = pacer.SLICE_TARGET_S
+    pacer.slice_pages = pacer.next_slice_pages(4441, 0.123)  # one window page by page
+    assert pacer.slice_pages < 2 * pacer.MIN_SLICE_PAGES
+    for _ in range(30):
+        p = pacer.slice_pages
+        pacer.slice_pages = pacer.next_slice_pages(p, target * (0.55 + 0.0002 * p))
+    # (grows while under 0.8 of the target: 0.55 + 0.0002 p < 0.8 up to p = 1250)
+    assert 1250 <= pacer.slice_pages <= 2250
 
 
 async def test_a_pass_starts_with_small_slices(autojump_clock):
