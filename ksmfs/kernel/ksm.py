@@ -163,6 +163,9 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         self._due_chains = np.zeros(0, dtype=np.int64)
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
+        # not a kernel counter: pages the vector path (exact=False) sent page by page,
+        # where a search could have a side effect (diagnostics; tests/kernel/test_slices.py)
+        self.pages_in_order = 0
         self._thread_wakeups = 0
         self._iter_wakeups = 0
         # trace records of vector merges: (visit position, order, event, fields)
@@ -616,6 +619,8 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
                 skip = skip[rest]
         if self.exact or self._tree_has_special() or self._detaches_from_chain(g, fl, ksm):
             # searches have side effects now: every page in visit order, walks included
+            if not self.exact:
+                self.pages_in_order += g.shape[0]
             sk = skip.tolist() if skip is not None else None
             for i, gi in enumerate(g.tolist()):
                 self._pos = i

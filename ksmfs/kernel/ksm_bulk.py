@@ -104,6 +104,7 @@ class BulkMerge(StableNodes):
     pages_shared: int
     pages_sharing: int
     pages_unshared: int
+    pages_in_order: int
 
     if TYPE_CHECKING:  # the port's functions it calls (ksm.py)
         def _emit(self, event: str, pid: int | None = None, comm: str = "ksmd", **fields: object) -> None: ...
@@ -236,6 +237,7 @@ class BulkMerge(StableNodes):
         # in order: everything whose outcome depends on other pages of the same content;
         # the trace records of the vector merges are written at their pages' places
         if some_in_order:
+            self.pages_in_order += int(np.count_nonzero(in_order))
             for i in np.flatnonzero(in_order).tolist():
                 self._pos = i
                 self._flush_trace(i)
@@ -441,8 +443,11 @@ class BulkMerge(StableNodes):
                 tf = int(mem.iflags.a[tr])
                 if (tf & UNSTABLE) and bool(tf & SEQ_ODD) == seq_odd:
                     page = self._get_mergeable_page(tr)
+                    # (with a node ``e`` too: once it is full, a page's stable_tree_search() fails
+                    # and unstable_tree_search_insert() finds this item, as for the first
+                    # page of a block, which this plan's first block starts with)
                     if (page is None or int(mem.ftoken.a[page]) != t or int(mem.fmap.a[page]) != 1
-                            or int(mem.fcomp.a[page]) >= 0 or e is not None):
+                            or int(mem.fcomp.a[page]) >= 0):
                         slow.append(ps[start : start + k])  # aborted walks: exact path
                         continue
                     tree_item = tr

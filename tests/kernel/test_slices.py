@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_oracle import Driver, first_difference, op, scan, setup, snapshot
+from test_oracle import KSM_EVENTS, Driver, first_difference, op, scan, setup, snapshot
 
 from ksmfs.kernel import MADV_MERGEABLE, Kernel, KsmError, knobs
 from ksmfs.kfs.table import PID
@@ -116,3 +117,37 @@ def test_ksmd_begin_is_none_while_ksmd_would_wait() -> None:
     # a reader between slices sees pages_scanned grow page by page, as ksm_do_scan counts
     assert seen == list(range(30, 100, 30))
     assert k.ksm.pages_scanned == 100
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3])  # a plain full node, then a chain
+def test_a_slice_after_a_blocks_first_page_stays_on_the_vector_path(blocks: int) -> None:
+    """A slice that ends right after the first page of a block (which waits in the
+    unstable tree while the content's KSM page is full) leaves the next slice a content
+    with both a full stable node and an unstable tree item. Its pages take the vector
+    path (a page-by-page window of the 16M scenario's zero pages cost ~120 ms in the
+    mount) and end in the exact kernel's state."""
+    mps, pages = 4, 40
+    kernels = [Kernel(exact=True), Kernel()]
+    for k in kernels:
+        k.trace.enabled = {e for e in KSM_EVENTS if e in k.version.trace_events}
+        knobs.store(k, "max_page_sharing", str(mps).encode())
+        knobs.store(k, "pages_to_scan", str(pages).encode())
+        knobs.store(k, "run", b"1")
+        pid = k.spawn("a")
+        addr = k.mmap(pid, pages)
+        k.write(pid, addr, [7] * pages)
+        k.madvise(pid, addr, pages, MADV_MERGEABLE)
+        while k.ksm.full_scans < 1:  # the first pass: checksums only
+            k.ksm_do_scan(pages)
+            k.advance(20)
+        batch = k.ksm.begin_batch(pages)
+        # each run of 4 pages makes a full KSM page; the next page waits in the unstable tree
+        assert not k.ksm.scan_slice(batch, blocks * mps + 1)
+        assert k.ksm.pages_unshared == 1 and k.ksm.pages_shared == blocks
+        before = k.ksm.pages_in_order
+        assert k.ksm.scan_slice(batch, pages)
+        if not k.ksm.exact:
+            assert k.ksm.pages_in_order == before
+    assert kernels[1].ksm.pages_shared == pages // mps
+    diff = first_difference(snapshot(kernels[0]), snapshot(kernels[1]))
+    assert not diff, diff
