@@ -246,7 +246,6 @@ class KsmdPacer:
         self.batches = 0
         self.slices = 0
         self.slice_pages = self.FIRST_SLICE_PAGES  # adapted to SLICE_TARGET_S as slices run
-        self._regrow = False  # since a slow slice: grow up to 0.8 of the target
         self.in_batch = False
         self._batch_done = trio.Event()
 
@@ -271,29 +270,26 @@ class KsmdPacer:
 
     def next_slice_pages(self, pages: int, seconds: float) -> int:
         """The size of the next slice after one of ``pages`` pages took ``seconds`` of
-        CPU time.  A slice within half to 1.5 times SLICE_TARGET_S keeps its size: each
+        CPU time.  A slice within 0.8 to 1.5 times SLICE_TARGET_S keeps its size: each
         slice has a fixed cost (~0.3 ms in the 16M-page merging pass, measured), and a
         size that follows every wobble (the slice after a burst of FUSE requests runs on
         cold caches) makes more, smaller slices.  A slower one shrinks to what fits at
         its time per page (the fixed cost included), a faster one grows to that, at most
-        twofold per slice.  After a slow slice the band starts at 0.8, until a slice
-        reaches it: one slow slice (a window sent page by page) cuts the next to a few
-        dozen pages, and where the fixed cost alone is over half the target (0.5-0.6 ms
-        late in the 16M merging pass, measured) such slices never grew again: 32-page
-        slices to the pass's end, eight times its CPU time."""
+        twofold per slice.  The band starts at 0.8, not lower: after one slow slice (a
+        window sent page by page) the next are cut to a few dozen pages, and where the
+        fixed cost alone is over half the target (0.5-0.6 ms late in the 16M merging
+        pass, measured) such slices never grew again: 32-page slices to the pass's end,
+        eight times its CPU time."""
         target = self.SLICE_TARGET_S
         if pages <= 0:
             return self.slice_pages
         fit = int(target * pages / max(seconds, 1e-9))
         if seconds > 1.5 * target:
             new = fit
-            self._regrow = True
-        elif seconds < (0.8 if self._regrow else 0.5) * target and pages >= self.slice_pages:
+        elif seconds < 0.8 * target and pages >= self.slice_pages:
             new = min(fit, 2 * self.slice_pages)
         else:
             new = self.slice_pages  # on target, or cut short by the batch's end
-            if seconds >= 0.8 * target:
-                self._regrow = False
         return max(self.MIN_SLICE_PAGES, min(new, self.MAX_SLICE_PAGES))
 
     async def _run_batch(self, batch: ScanBatch) -> None:

@@ -126,7 +126,8 @@ def test_slice_size_follows_the_time_per_page():
     assert pacer.next_slice_pages(1000, target / 10) == 2000  # fast: only doubles
     assert pacer.next_slice_pages(1000, 1000 * target) == pacer.MIN_SLICE_PAGES
     assert pacer.next_slice_pages(1000, 1.2 * target) == 1000  # near the target: kept
-    assert pacer.next_slice_pages(1000, 0.7 * target) == 1000
+    assert pacer.next_slice_pages(1000, 0.9 * target) == 1000
+    assert pacer.next_slice_pages(1000, 0.7 * target) == int(1000 / 0.7)  # grows to what fits
     assert pacer.next_slice_pages(10, 0.01 * target) == 1000  # cut short by the batch's end
     pacer.slice_pages = pacer.MAX_SLICE_PAGES
     assert pacer.next_slice_pages(pacer.MAX_SLICE_PAGES, target / 100) == pacer.MAX_SLICE_PAGES
@@ -147,9 +148,6 @@ def test_slices_grow_back_where_the_fixed_cost_is_half_the_target():
         pacer.slice_pages = pacer.next_slice_pages(p, target * (0.55 + 0.0002 * p))
     # (grows while under 0.8 of the target: 0.55 + 0.0002 p < 0.8 up to p = 1250)
     assert 1250 <= pacer.slice_pages <= 2250
-    # then the usual band again: a slice at 0.7 of the target keeps its size
-    p = pacer.slice_pages
-    assert pacer.next_slice_pages(p, 0.7 * target) == p
 
 
 async def test_a_pass_starts_with_small_slices(autojump_clock):
