@@ -8,11 +8,14 @@ with a content token, a mapcount and a stable-node link (folio_stable_node()).
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ksmfs.linux import PAGE_SIZE as PAGE_SIZE
+
+from .errors import KsmError
 
 PAGE_SHIFT = 12
 HPAGE_PMD_NR = 512  # base pages of a transparent huge page (2 MiB on x86-64)
@@ -45,6 +48,9 @@ VM_KSM_INCOMPATIBLE = (
 PTE_NONE = -1  # never faulted (reads would map the shared zero page: not anon, not scanned)
 PTE_KSM_ZERO = -2  # KSM-placed zero page (use_zero_pages)
 PTE_SWAP0 = -3  # swap slot s is stored as PTE_SWAP0 - s
+# frame numbers live in the int32 PTEs (and stable nodes' kpfn): 2^31 - 1 frames at most,
+# 8 TiB of simulated memory
+FRAME_MAX = (1 << 31) - 1
 
 # frame kinds kept in frame_node when the frame is not a KSM page
 FRAME_ANON = -1
@@ -78,12 +84,13 @@ class GrowArray:
             new[: self.n] = self.a[: self.n]
             self.a = new
 
-    def extend(self, count: int) -> int:
-        """Append ``count`` fill-valued slots; returns the first new index."""
+    def extend(self, count: int, init: bool = True) -> int:
+        """Append ``count`` fill-valued slots (``init=False``: the caller sets them all at
+        once, so the fill need not be written first); returns the first new index."""
         start = self.n
         self.reserve(start + count)
         self.n = start + count
-        if self.fill:
+        if self.fill and init:
             self.a[start : start + count] = self.fill
         return start
 
@@ -169,21 +176,39 @@ class PhysMem:
                 break
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
 
+    def _extend_frames(self, count: int, init: bool = True) -> None:
+        """``count`` new frames at the end: free, mapcount 0, base pages (``init=False``:
+        token, mapcount, kind and node are left for the caller to set)."""
+        if self.ftoken.n + count > FRAME_MAX:
+            raise KsmError(errno.ENOMEM, f"out of frames: {self.ftoken.n} + {count} frames "
+                                         f"exceed the simulation's limit of {FRAME_MAX}")
+        for arr in (self.ftoken, self.fmap, self.fnode, self.fnid):
+            if arr is not None:
+                arr.extend(count, init)
+        self.fcomp.extend(count)
+
     def alloc_frames(self, tokens: np.ndarray, kind: int = FRAME_ANON, nid: int = 0) -> np.ndarray:
         """Allocate one frame per token (mapcount 1); returns the frame numbers."""
         n = int(tokens.shape[0])
-        reuse = self._take_free(n) if self.nr_free_frames else np.zeros(0, dtype=np.int32)
+        if not self.nr_free_frames:
+            # the usual case while memory is filled: new frames at the end, set by slices
+            start = self.ftoken.n
+            self._extend_frames(n, init=False)
+            sl = slice(start, start + n)
+            self.ftoken.a[sl] = tokens
+            self.fmap.a[sl] = 1
+            self.fnode.a[sl] = kind
+            if self.fnid is not None:
+                self.fnid.a[sl] = nid
+            return np.arange(start, start + n, dtype=np.int32)
+        reuse = self._take_free(n)
         take = reuse.shape[0]
         self.nr_free_frames -= take
         frames = np.empty(n, dtype=np.int32)
         frames[:take] = reuse
         if n > take:
-            start = self.ftoken.extend(n - take)
-            self.fmap.extend(n - take)
-            self.fnode.extend(n - take)
-            self.fcomp.extend(n - take)
-            if self.fnid is not None:
-                self.fnid.extend(n - take)
+            start = self.ftoken.n
+            self._extend_frames(n - take)
             frames[take:] = np.arange(start, start + n - take, dtype=np.int32)
         self.ftoken.a[frames] = tokens
         self.fmap.a[frames] = 1

@@ -119,6 +119,9 @@ class SimBackend:
     def start(self) -> None:
         for name, value in self.scenario.ksm.items():
             store_knob(self.kernel, name, value, "[ksm]")
+        # the page arrays sized once for the initial processes: growing them by doubling
+        # would copy them, and hold old and new at once, several times on the way
+        self.kernel.mem.reserve(sum(v.pages for p in self.scenario.processes for v in p.vmas))
         for spec in self.scenario.processes:
             self.spawn(spec)
 
@@ -203,7 +206,8 @@ class SimBackend:
             with _call(f"{who}: VMA {v.name!r}"):
                 addr = k.mmap(pid, v.pages, shared=v.shared)
                 proc.vmas[v.name] = addr
-                k.write(pid, addr, self.contents.fill(spec.name, v))
+                for first, tokens in self.contents.fill_parts(spec.name, v):
+                    k.write(pid, addr + first * PAGE_SIZE, tokens)
                 if v.mergeable:
                     k.madvise(pid, addr, v.pages, MADV_MERGEABLE)
         self.processes[spec.name] = proc
