@@ -619,8 +619,8 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         t = self._unstable_tree_search_insert(g, f, token, nid)
         if t is None:
             return
-        comp = int(mem.fcomp.a[f])
-        if comp >= 0 and comp == int(mem.fcomp.a[int(mem.pte.a[t])]):
+        comp = mem.compound_of(f)
+        if comp >= 0 and comp == mem.compound_of(int(mem.pte.a[t])):
             # both pages in one compound page: try_to_merge_one_page()'s split_huge_page()
             # fails (ksmd holds a reference through each page), so try_to_merge_two_pages()
             # fails; cmp_and_merge_page() then splits it and merges nothing this pass (this

@@ -170,7 +170,7 @@ class BulkMerge(StableNodes):
             self._remove_from_tree(g[spos[~late]])
         if zero.any() and mem.compounds:
             # a zero page merged out of a compound page splits it: at its place in the order
-            zc = zero & (mem.fcomp.a[fp] >= 0)
+            zc = zero & mem.in_compound(fp)
             in_order[pos_plain[stable_cand][zc]] = True
         classified = self._classify_groups(g, f, pos_c, tok_c, forced)
         plans, app, new_plan = classified.blocks, classified.append, classified.new_nodes
@@ -253,7 +253,7 @@ class BulkMerge(StableNodes):
         sizes_a = np.diff(np.concatenate((starts_a, [ts.shape[0]])))
         # a page of a compound page: whether its merge splits or fails (two pages of one
         # compound) depends on the order of the merges: the page-by-page path
-        single = (mem.fmap.a[f[ps]] == 1) & (mem.fcomp.a[f[ps]] < 0)
+        single = (mem.fmap.a[f[ps]] == 1) & ~mem.in_compound(f[ps])
         ok_a = np.minimum.reduceat(single.astype(np.int8), starts_a) > 0
         nid_a = None
         if not self.merge_across_nodes:
@@ -353,7 +353,7 @@ class BulkMerge(StableNodes):
                 if (tf & UNSTABLE) and bool(tf & SEQ_ODD) == seq_odd:
                     page = self._get_mergeable_page(tr)
                     if (page is None or int(mem.ftoken.a[page]) != t or int(mem.fmap.a[page]) != 1
-                            or int(mem.fcomp.a[page]) >= 0 or e is not None):
+                            or mem.compound_of(page) >= 0 or e is not None):
                         slow.append(ps[starts[i] : starts[i] + k])  # aborted walks: exact path
                         continue
                     tree_item = tr
@@ -391,7 +391,7 @@ class BulkMerge(StableNodes):
         valid = (tr >= 0) & ((trf & UNSTABLE) != 0) & (((trf & SEQ_ODD) != 0) == seq_odd)
         page = self._mergeable_pages(trs)
         fine = (page >= 0) & (mem.ftoken.a[np.maximum(page, 0)] == uniq[cand])
-        fine &= (mem.fmap.a[np.maximum(page, 0)] == 1) & (mem.fcomp.a[np.maximum(page, 0)] < 0)
+        fine &= (mem.fmap.a[np.maximum(page, 0)] == 1) & ~mem.in_compound(np.maximum(page, 0))
         k = sizes[cand]
         # a valid tree item whose walk would abort stays with the exact path
         simple = np.where(valid, fine & (k + 1 <= mps), k <= mps)

@@ -107,8 +107,10 @@ class PhysMem:
         # NUMA node of each frame; not kept at all on a single-node machine
         self.fnid = GrowArray(np.uint8) if nr_nodes > 1 else None
         # compound page (transparent huge page) of each frame, -1 for a base page; the
-        # frames of each compound by id (only ksmd's merges split them: split_huge_page())
-        self.fcomp = GrowArray(np.int32, -1)
+        # frames of each compound by id (only ksmd's merges split them: split_huge_page()).
+        # Kept only from the first compound page on (4 bytes a frame that a machine
+        # without THPs never needs): read it through compound_of() / in_compound().
+        self.fcomp: GrowArray | None = None
         self.compounds: dict[int, np.ndarray] = {}
         self._next_compound = 0
         self._free_hint = 0
@@ -185,7 +187,8 @@ class PhysMem:
         for arr in (self.ftoken, self.fmap, self.fnode, self.fnid):
             if arr is not None:
                 arr.extend(count, init)
-        self.fcomp.extend(count)
+        if self.fcomp is not None:
+            self.fcomp.extend(count)
 
     def alloc_frames(self, tokens: np.ndarray, kind: int = FRAME_ANON, nid: int = 0) -> np.ndarray:
         """Allocate one frame per token (mapcount 1); returns the frame numbers."""
@@ -213,7 +216,8 @@ class PhysMem:
         self.ftoken.a[frames] = tokens
         self.fmap.a[frames] = 1
         self.fnode.a[frames] = kind
-        self.fcomp.a[frames] = -1
+        if self.fcomp is not None:
+            self.fcomp.a[frames] = -1
         if self.fnid is not None:
             self.fnid.a[frames] = nid
         return frames
@@ -223,6 +227,9 @@ class PhysMem:
         cid = self._next_compound
         self._next_compound += 1
         fr = np.asarray(frames, dtype=np.int32).copy()
+        if self.fcomp is None:
+            self.fcomp = GrowArray(np.int32, -1, self.ftoken.a.shape[0])
+            self.fcomp.extend(self.ftoken.n)
         self.fcomp.a[fr] = cid
         self.compounds[cid] = fr
         return cid
@@ -230,12 +237,24 @@ class PhysMem:
     def split_compounds(self, frames: np.ndarray) -> None:
         """split_huge_page() of the compound pages holding any of ``frames``: all their
         frames become base pages."""
-        if not self.compounds:
+        if not self.compounds or self.fcomp is None:
             return
-        cids = self.fcomp.a[frames]
+        fcomp = self.fcomp.a
+        cids = fcomp[frames]
         for cid in np.unique(cids[cids >= 0]).tolist():
             fr = self.compounds.pop(int(cid))
-            self.fcomp.a[fr[self.fcomp.a[fr] == cid]] = -1
+            fcomp[fr[fcomp[fr] == cid]] = -1
+
+    def compound_of(self, frame: int) -> int:
+        """The compound page id of a frame, -1 for a base page."""
+        return -1 if self.fcomp is None else int(self.fcomp.a[frame])
+
+    def in_compound(self, frames: np.ndarray) -> np.ndarray:
+        """Per frame: is it a page of a compound (transparent huge) page?"""
+        if self.fcomp is None:
+            return np.zeros(frames.shape[0], dtype=bool)
+        in_comp: np.ndarray = self.fcomp.a[frames] >= 0
+        return in_comp
 
     def free_frames(self, frames: np.ndarray) -> None:
         n = int(frames.shape[0])
@@ -244,7 +263,8 @@ class PhysMem:
         self.fnode.a[frames] = FRAME_FREE
         self.fmap.a[frames] = 0
         # a freed subpage leaves its compound (the rest stays one large folio)
-        self.fcomp.a[frames] = -1
+        if self.fcomp is not None:
+            self.fcomp.a[frames] = -1
         self.nr_free_frames += n
 
     # -- swap -----------------------------------------------------------------------------
