@@ -135,7 +135,7 @@ def _shuffle_draws(rng: random.Random, n: int) -> np.ndarray:
             k = np.frexp(bound.astype(np.float64))[1].astype(np.uint64)  # bit_length
             r = (w >> (np.uint64(32) - k)).astype(np.int64)
             acc = r < bound
-            new = np.cumsum(acc) - acc
+            new: np.ndarray = np.cumsum(acc) - acc
             if np.array_equal(new, guess):
                 break
             guess = new
