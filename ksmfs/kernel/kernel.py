@@ -256,6 +256,9 @@ class Kernel:
             mem.pte.a[base : base + v.npages] = src
             fr = src[src >= 0]
             if fr.shape[0]:
+                # each of these PTEs is counted in its page's mapcount already: a count
+                # at most doubles
+                mem.ensure_mapcount(2 * int(mem.fmap.a[fr].max()))
                 np.add.at(mem.fmap.a, fr, 1)
             sw = src[src <= PTE_SWAP0]
             for s in (PTE_SWAP0 - sw).tolist():
@@ -598,7 +601,7 @@ class Kernel:
                         fr = int(mem.alloc_frames(t[i : i + 1], FRAME_ANON, self._nid(mm))[0])
                         self._install_frames[key] = fr
                     else:
-                        mem.fmap.a[fr] += 1
+                        mem.map_add(fr)
                     mem.pte.a[g0 + i] = fr
             for sel, kind in ((anon, FRAME_ANON), (k == INSTALL_FILE, FRAME_FILE)):
                 idx = np.flatnonzero(sel)

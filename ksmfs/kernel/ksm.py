@@ -658,7 +658,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         # try_to_merge_one_page(): a page of a huge page is merged after split_huge_page()
         mem.split_compounds(np.array([old], dtype=np.int32))
         mem.pte.a[g] = kfn
-        mem.fmap.a[kfn] += 1
+        mem.map_add(kfn)
         self.put_frames(np.array([old], dtype=np.int32))
 
     def _merge_with_zero_page(self, g: np.ndarray, pos: np.ndarray | None = None) -> None:
@@ -691,14 +691,14 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             return
         if frames.shape[0] == 1:
             fr = int(frames[0])
-            mem.fmap.a[fr] -= 1
-            if mem.fmap.a[fr] > 0:
+            if mem.fmap.a[fr] > 1:
+                mem.fmap.a[fr] -= 1
                 return
+            mem.fmap.a[fr] = 0
             uniq = frames
         else:
             uniq, cnt = np.unique(frames, return_counts=True)
-            mem.fmap.a[uniq] -= cnt.astype(np.int32)
-            uniq = uniq[mem.fmap.a[uniq] <= 0]
+            uniq = mem.map_put(uniq, cnt)
         if not uniq.shape[0]:
             return
         nodes = mem.fnode.a[uniq]

@@ -456,7 +456,7 @@ class BulkMerge(StableNodes):
             # one content per node: the groups' nodes are distinct, so += is exact
             gn, gs = app.group_nodes, app.group_sizes
             self.node_len.a[gn] += gs.astype(np.int32)
-            mem.fmap.a[self.node_kfn.a[gn]] += gs.astype(np.int32)
+            mem.map_add(self.node_kfn.a[gn], gs)
             ga = g[app_pos]
             sharing += ga.shape[0]
             if tracing:
@@ -493,7 +493,7 @@ class BulkMerge(StableNodes):
                 att_n.append(np.full(head.shape[0], node, np.int32))
                 repl_g.append(head)
                 repl_k.append(np.full(head.shape[0], kfn, np.int32))
-                mem.fmap.a[kfn] += head.shape[0]
+                mem.map_add(kfn, head.shape[0])
                 gg = gg[room:]
             seqv = gg.astype(np.int64)
             bpos = pos[room:] if node >= 0 and room else pos  # visit positions of seqv
@@ -544,7 +544,7 @@ class BulkMerge(StableNodes):
                 others = np.delete(blk, 1)
                 repl_g.append(others)
                 repl_k.append(np.full(others.shape[0], kfn, np.int32))
-                mem.fmap.a[kfn] += others.shape[0]
+                mem.map_add(kfn, others.shape[0])
         self.pages_shared += shared
         self.pages_sharing += sharing
         self.pages_unshared += unshared
@@ -626,7 +626,7 @@ class BulkMerge(StableNodes):
         att_n += [node_of_page.astype(np.int32), nodes[has].astype(np.int32)]
         repl_g.append(others)
         repl_k.append(others_k.astype(np.int32))
-        np.add.at(mem.fmap.a, kfn, (length - 1).astype(np.int32))
+        mem.map_add(kfn, length - 1)
         if hl is not None:
             # stable_tree_append() order: the sequence's first item, then the KSM page's,
             # both at the KSM page's place, then the others at theirs

@@ -52,6 +52,9 @@ PTE_SWAP0 = -3  # swap slot s is stored as PTE_SWAP0 - s
 # 8 TiB of simulated memory
 FRAME_MAX = (1 << 31) - 1
 
+MAPCOUNT16_MAX = (1 << 16) - 1
+MAPCOUNT_MAX = (1 << 31) - 1  # page_mapcount() is an atomic_t
+
 # frame kinds kept in frame_node when the frame is not a KSM page
 FRAME_ANON = -1
 FRAME_FILE = -2  # page-cache page of a private file mapping: present but not anon
@@ -102,7 +105,10 @@ class PhysMem:
         self.nr_nodes = nr_nodes
         # per frame
         self.ftoken = GrowArray(np.uint64)  # content token (0: the zero page)
-        self.fmap = GrowArray(np.int32)  # mapcount
+        # mapcount: 16 bits while every count fits (2 bytes a frame less), widened to 32
+        # bits by ensure_mapcount() before a change would pass MAPCOUNT16_MAX; change it
+        # only through map_add() / map_put()
+        self.fmap = GrowArray(np.uint16)
         self.fnode = GrowArray(np.int32, FRAME_FREE)  # stable node id, or a FRAME_* kind
         # NUMA node of each frame; not kept at all on a single-node machine
         self.fnid = GrowArray(np.uint8) if nr_nodes > 1 else None
@@ -221,6 +227,42 @@ class PhysMem:
         if self.fnid is not None:
             self.fnid.a[frames] = nid
         return frames
+
+    def ensure_mapcount(self, top: int) -> None:
+        """Make fmap able to hold a mapcount of ``top``: widen it from 16 to 32 bits once a
+        count would pass MAPCOUNT16_MAX (a KSM page shared by more than 65535 PTEs: a large
+        max_page_sharing, or many forks)."""
+        if top <= MAPCOUNT16_MAX or self.fmap.a.dtype == np.int32:
+            if top > MAPCOUNT_MAX:
+                raise KsmError(errno.EOVERFLOW, f"a mapcount of {top} is more than the "
+                                                f"kernel's atomic_t holds ({MAPCOUNT_MAX})")
+            return
+        self.fmap.a = self.fmap.a.astype(np.int32)
+        self.ensure_mapcount(top)
+
+    def map_add(self, frames: np.ndarray | int, counts: np.ndarray | int = 1) -> None:
+        """Add ``counts`` mappings to ``frames`` (repeated frames add up, as np.add.at)."""
+        fr = np.atleast_1d(np.asarray(frames))
+        if not fr.shape[0]:
+            return
+        c = np.asarray(counts, dtype=np.int64)
+        added = int(c.sum()) if c.ndim else int(c) * fr.shape[0]
+        top = int(self.fmap.a[fr].max()) + added  # at most what any frame can reach
+        if top > MAPCOUNT16_MAX:
+            self.ensure_mapcount(top)
+        a = self.fmap.a
+        if fr.shape[0] == 1:
+            a[fr[0]] += int(c.sum()) if c.ndim else int(c)
+        else:
+            np.add.at(a, fr, c.astype(a.dtype))
+
+    def map_put(self, frames: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Drop ``counts`` mappings of distinct ``frames``; returns those left with none."""
+        a = self.fmap.a
+        left = a[frames].astype(np.int64) - counts
+        a[frames] = np.maximum(left, 0)
+        gone: np.ndarray = frames[left <= 0]
+        return gone
 
     def make_compound(self, frames: np.ndarray) -> int:
         """Make anonymous frames (HPAGE_PMD_NR of them) one compound page; its id."""
