@@ -193,7 +193,7 @@ def read_pagemap(fd: int, start: int, npages: int, chunk: int = 1 << 20) -> np.n
     while done < npages:
         n = min(chunk, npages - done)
         buf = out[done : done + n].view(np.uint8)
-        got = os.preadv(fd, [buf], ((start >> PAGE_SHIFT) + done) * 8)
+        got = os.preadv(fd, [buf.data], ((start >> PAGE_SHIFT) + done) * 8)
         if got != n * 8:
             raise ProcessLookupError(f"short pagemap read ({got} of {n * 8} bytes)")
         done += n
@@ -223,9 +223,10 @@ class KPageFlags:
         base = np.concatenate(([0], np.cumsum(hi - lo)))
         vals = np.zeros(int(base[-1]), dtype=np.uint64)
         for a, b, o in zip(lo.tolist(), hi.tolist(), base[:-1].tolist(), strict=True):
-            os.preadv(self.fd, [vals[o : o + b - a].view(np.uint8)], a * 8)
+            os.preadv(self.fd, [vals[o : o + b - a].view(np.uint8).data], a * 8)
         run = np.searchsorted(lo, u, side="right") - 1
-        return vals[base[run] + (u - lo[run])][inv]
+        flags: np.ndarray = vals[base[run] + (u - lo[run])][inv]
+        return flags
 
     def forget(self) -> None:
         """Nothing is cached: flags are read fresh every time (they change)."""
@@ -247,7 +248,7 @@ def read_mem_runs(fd: int, addrs: np.ndarray, buf: np.ndarray) -> np.ndarray:
     for s, e in zip(starts, ends, strict=True):
         view = flat[s * PAGE_SIZE : e * PAGE_SIZE]
         try:
-            got = os.preadv(fd, [view], int(addrs[s]))
+            got = os.preadv(fd, [view.data], int(addrs[s]))
         except OSError:
             got = 0
         if got < (e - s) * PAGE_SIZE:

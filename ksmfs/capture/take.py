@@ -70,7 +70,7 @@ class Hasher:
         self.zero = xxhash.xxh3_64_intdigest(bytes(PAGE_SIZE), self.seed)
 
     def pages(self, buf: np.ndarray, n: int) -> np.ndarray:
-        mv = memoryview(buf.reshape(-1))
+        mv = buf.reshape(-1).data
         f = xxhash.xxh3_64_intdigest
         seed = self.seed
         d = np.fromiter((f(mv[i : i + PAGE_SIZE], seed) for i in range(0, n * PAGE_SIZE, PAGE_SIZE)),

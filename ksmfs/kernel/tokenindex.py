@@ -106,11 +106,28 @@ class TokenIndex:
             h = (h + 1) & self.mask
 
     def _rehash(self, bits: int) -> None:
+        """Move the live keys into a table of 2**bits slots, with vector operations: in
+        an empty table, linear probing puts the keys taken in order of their home slot
+        at i + max(home_j - j for j <= i) (one sort and a running maximum instead of a
+        Python loop, which cost ~1.4 us per key: 90 ms for 65536 keys in one ksmd slice)."""
         live = (self.keys != EMPTY) & (self.keys != TOMB)
         ks, vs = self.keys[live], self.vals[live]
         self._alloc(bits)
-        for t, v in zip(ks.tolist(), vs.tolist(), strict=True):
-            self.set(t, v)
+        n = ks.shape[0]
+        if not n:
+            return
+        h = self._h(ks)
+        order = np.argsort(h)  # any order among keys of one home slot is a valid table
+        ks, vs, h = ks[order], vs[order], h[order]
+        i = np.arange(n, dtype=np.int64)
+        pos = i + np.maximum.accumulate(h - i)
+        fits = pos <= self.mask
+        self.keys[pos[fits]] = ks[fits]
+        self.vals[pos[fits]] = vs[fits]
+        self.used = int(np.count_nonzero(fits))
+        if not fits.all():
+            # the probes that run past the last slot wrap around to the first free ones
+            self.set_many(ks[~fits], vs[~fits])
 
     def lookup(self, ts: np.ndarray) -> np.ndarray:
         """The value of every token, MISSING when absent, UNKNOWN for sentinel tokens."""

@@ -334,7 +334,8 @@ class _Checker:
         if key not in obj:
             if default is ...:
                 raise self.fail(path + (key,), "missing (required)")
-            return default
+            d: int = default
+            return d
         v = obj[key]
         if isinstance(v, bool) or not isinstance(v, int):
             raise self.fail(path + (key,), f"must be an integer, not {_tname(v)}")
@@ -348,7 +349,8 @@ class _Checker:
         if key not in obj:
             if default is ...:
                 raise self.fail(path + (key,), "missing (required)")
-            return default
+            ds: str = default
+            return ds
         v = obj[key]
         if not isinstance(v, str):
             raise self.fail(path + (key,), f"must be a string, not {_tname(v)}")
@@ -469,7 +471,8 @@ class _Checker:
         if name == "advisor_mode":
             if value not in ("none", "scan-time"):
                 raise self.fail(path, f"must be \"none\" or \"scan-time\", not {value!r}")
-            return value
+            mode: str = value
+            return mode
         if name in ("use_zero_pages", "smart_scan"):
             if isinstance(value, bool):
                 return int(value)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -324,16 +325,16 @@ def exclusive_lock() -> Iterator[None]:
 
 def find_ksmd() -> int:
     """The pid of the ksmd kernel thread (parent kthreadd, pid 2)."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat") as f:
+            with open(f"/proc/{name}/stat") as f:
                 stat = f.read()
         except OSError:
             continue
         if stat.split(" ", 2)[1] == "(ksmd)":
-            return int(entry.name)
+            return int(name)
     raise RealBackendError("no ksmd kernel thread found")
 
 
@@ -745,7 +746,7 @@ class Worker:
                     except OSError:
                         pass
             return
-        for close in (lambda: os.close(self._in), self._out.close):
+        for close in (functools.partial(os.close, self._in), self._out.close):
             try:
                 close()
             except OSError:
