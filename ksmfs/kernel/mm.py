@@ -246,10 +246,14 @@ class PhysMem:
         if not fr.shape[0]:
             return
         c = np.asarray(counts, dtype=np.int64)
-        added = int(c.sum()) if c.ndim else int(c) * fr.shape[0]
-        top = int(self.fmap.a[fr].max()) + added  # at most what any frame can reach
-        if top > MAPCOUNT16_MAX:
-            self.ensure_mapcount(top)
+        if self.fmap.a.dtype != np.int32:
+            cur = int(self.fmap.a[fr].max())
+            if cur + (int(c.sum()) if c.ndim else int(c) * fr.shape[0]) > MAPCOUNT16_MAX:
+                # that bound is loose for many distinct frames: the exact new maximum
+                u, inv = np.unique(fr, return_inverse=True)
+                tot = np.zeros(u.shape[0], dtype=np.int64)
+                np.add.at(tot, inv, np.broadcast_to(c, fr.shape))
+                self.ensure_mapcount(int((self.fmap.a[u].astype(np.int64) + tot).max()))
         a = self.fmap.a
         if fr.shape[0] == 1:
             a[fr[0]] += int(c.sum()) if c.ndim else int(c)
