@@ -228,6 +228,13 @@ class Contents:
         cache[key] = lay  # newest last
         return lay
 
+    def release(self) -> None:
+        """Drop the cached pool tokens and layouts (they are computed again if a later
+        step needs them): the processes are filled, and at 64M pages they are tens of MiB
+        at the time ksmd's trees grow."""
+        self._pool_cache.clear()
+        self._layout_cache.clear()
+
     def unique(self, n: int) -> np.ndarray:
         """n fresh tokens with bit 63 set, never handed out before in this run."""
         start = self._next_unique

@@ -125,6 +125,7 @@ class SimBackend:
         self.kernel.mem.reserve(sum(v.pages for p in self.scenario.processes for v in p.vmas))
         for spec in self.scenario.processes:
             self.spawn(spec)
+        self.contents.release()
 
     def start_ksmd(self) -> None:
         store_knob(self.kernel, "run", 1, "start")
