@@ -5,8 +5,9 @@
 #   1. installs the Debian packages pyfuse3 needs to build and run (fuse3, libfuse3-dev,
 #      pkg-config, gcc, Python headers and venv), plus any extra ones, only if missing;
 #   2. creates REPO/.venv with Python >= 3.11 (reused when it is healthy);
-#   3. pip install -e 'REPO[plot,test]' (versions pinned in pyproject.toml), skipped when
-#      pyproject.toml has not changed since the last successful install;
+#   3. pip install -e 'REPO[plot,test]' (versions pinned in pyproject.toml; it also compiles
+#      the C extension ksmfs/kernel/_rbtree.c), skipped when neither pyproject.toml nor the
+#      C source has changed since the last successful install;
 #   4. puts `ksmfs` on PATH: a link to REPO/.venv/bin/ksmfs in /usr/local/bin (root) or
 #      ~/.local/bin (other users, when that is on PATH); an existing file of another
 #      ksmfs is left alone.
@@ -92,11 +93,12 @@ ksmfs_venv() {
 
 ksmfs_pip_install() {
     local stamp="$KSMFS_VENV/.ksmfs-installed" want
-    want="$(sha256sum "$KSMFS_REPO/pyproject.toml" | cut -d' ' -f1) $KSMFS_REPO"
-    # Reinstall when pyproject.toml changed (new pins or entry points) or when the editable
-    # install points at another checkout.
+    want="$(cd "$KSMFS_REPO" && sha256sum pyproject.toml ksmfs/kernel/*.c | sha256sum | cut -d' ' -f1) $KSMFS_REPO"
+    # Reinstall when pyproject.toml changed (new pins, entry points, extensions), when a C
+    # extension's source changed (pip compiles it), or when the editable install points at
+    # another checkout; also when the compiled extension is gone (git clean).
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-        && "$KSMFS_VENV/bin/python" -c 'import ksmfs, pytest' 2>/dev/null \
+        && "$KSMFS_VENV/bin/python" -c 'import ksmfs, ksmfs.kernel._rbtree, pytest' 2>/dev/null \
         && [ -x "$KSMFS_VENV/bin/ksmfs" ]; then
         return 0
     fi

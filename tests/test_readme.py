@@ -98,6 +98,14 @@ def test_setup_test_in_fresh_clone(fresh_clone: tuple[Path, dict[str, str]]) -> 
         capture_output=True, text=True, check=True, cwd="/",
     )
     assert where.stdout.strip() == str(clone / "ksmfs/__init__.py")
+    # pip compiled the stable tree's C extension (kernel/_rbtree.c) in the clone
+    built = subprocess.run(
+        [str(clone / ".venv/bin/python"), "-c",
+         "import ksmfs.kernel._rbtree as m; print(m.__file__)"],
+        capture_output=True, text=True, cwd="/",
+    )
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.startswith(str(clone / "ksmfs/kernel/_rbtree."))
     again = _run(["scripts/setup-test.sh"], clone, env, timeout=300)
     assert "pip install" not in again and "apt-get install" not in again
     assert "ready: ksmfs 0.1.0" in again

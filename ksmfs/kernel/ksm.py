@@ -930,7 +930,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             elif self._stable_node_dup(-e - 1, prune) is None:
                 cur = rb.root  # the chain was empty and has been freed
                 continue
-            cur = rb.left[cur] if token < cur else rb.right[cur]
+            cur = rb.step(cur, token)
 
     def _stable_tree_search(self, token: int, nid: int) -> int | None:
         """stable_tree_search() for a page that is not a KSM page: a node that can take one

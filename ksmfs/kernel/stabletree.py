@@ -1,16 +1,18 @@
-"""One NUMA node's stable tree: content token -> stable node, in three views kept in step.
+"""One NUMA node's stable tree: content token -> stable node, in two views kept in step.
 
 mm/ksm.c keeps one rbtree per NUMA node (root_stable_tree[nid]), ordered by memcmp of
 the KSM pages. Here a content is a token, and a tree is:
 
-- a dict token -> node id (>= 0) or chain (-(cid + 1)): the exact lookup of the
-  page-by-page path (stable_tree_search() finds the same match as the rbtree walk);
-- a TokenIndex of the same pairs, so that a ksmd batch looks up thousands of contents
-  in one vector operation (kernel/ksm_bulk.py);
-- the kernel's rbtree (kernel/rbtree.py) of the same keys: its shape decides which nodes
-  a search passes, and passing a node can prune it (stable_node_dup(), spec §8.9).
+- a hash map token -> node id (>= 0) or chain (-(cid + 1)) (TokenMap): the exact lookup
+  of the page-by-page path (stable_tree_search() finds the same match as the rbtree
+  walk), and a ksmd batch looks up thousands of contents in one call (kernel/ksm_bulk.py);
+- the kernel's rbtree of the same keys: its shape decides which nodes a search passes,
+  and passing a node can prune it (stable_node_dup(), spec §8.9).
 
-Every change goes through this class's methods, so the three cannot get out of step.
+Both are compiled (kernel/_rbtree.c): the rbtree is lib/rbtree.c case by case, and
+kernel/rbtree.py, the same algorithm in Python, is the reference it is tested against
+(tests/kernel/test_rbtree.py). Every change goes through this class's methods, so the
+two cannot get out of step.
 """
 
 from __future__ import annotations
@@ -19,26 +21,34 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .rbtree import RBTree
-from .tokenindex import TokenIndex
+from .tokenindex import MISSING
+
+try:
+    from ._rbtree import RBTree, TokenMap
+except ImportError as e:  # a checkout whose extension was never built (or is stale)
+    raise ImportError(
+        "ksmfs.kernel._rbtree (the compiled stable tree, kernel/_rbtree.c) is not "
+        "built: run `pip install -e .` (or scripts/setup-test.sh) in the repository; it "
+        f"needs gcc and the Python headers ({e})"
+    ) from None
 
 
 class StableTree:
-    """token -> node id (>= 0) or chain (-(cid + 1)), with a TokenIndex kept in step, and
-    the kernel's rbtree of the same keys.
+    """token -> node id (>= 0) or chain (-(cid + 1)), and the kernel's rbtree of the same
+    keys.
 
-    ``defer`` holds keys added by a batch whose rbtree inserts wait until the batch ends,
-    to be applied in the order in which the kernel would have inserted them."""
+    Setting ``defer`` to a list starts a batch whose rbtree inserts wait until flush(),
+    to be applied in the order in which the kernel would have inserted them: the list
+    holds the (visit position, key) pairs of add(), ``_defer_many`` the arrays of
+    add_many()."""
 
-    __slots__ = ("_index", "_ivl", "_ivl_version", "_map", "defer", "rb")
+    __slots__ = ("_defer_many", "_map", "defer", "rb")
 
     def __init__(self) -> None:
-        self._map: dict[int, int] = {}
-        self._index = TokenIndex()
+        self._map = TokenMap()
         self.rb = RBTree()  # read by the walks; changed only through this class
         self.defer: list[tuple[int, int]] | None = None  # (visit position, key)
-        self._ivl: dict[int, tuple[int, int]] = {}
-        self._ivl_version = -1
+        self._defer_many: list[tuple[np.ndarray, np.ndarray]] = []  # (positions, keys)
 
     # -- reads
     def get(self, t: int) -> int | None:
@@ -54,31 +64,26 @@ class StableTree:
         return iter(self._map)
 
     def lookup(self, ts: np.ndarray) -> np.ndarray:
-        """The value of every token at once (tokenindex.MISSING when absent, UNKNOWN for
-        a token equal to an index sentinel: ask get())."""
-        return self._index.lookup(ts)
+        """The value of every token at once (tokenindex.MISSING when absent; never
+        tokenindex.UNKNOWN: every uint64 token is looked up)."""
+        ts = np.ascontiguousarray(ts, dtype=np.uint64)
+        out = np.empty(ts.shape[0], dtype=np.int64)
+        self._map.lookup_into(ts, out, MISSING)
+        return out
 
     def interval(self, t: int) -> tuple[int, int]:
-        """rb.interval(t), cached until the tree's shape changes."""
-        if self._ivl_version != self.rb.version:
-            self._ivl.clear()
-            self._ivl_version = self.rb.version
-        iv = self._ivl.get(t)
-        if iv is None:
-            iv = self._ivl[t] = self.rb.interval(t)
-        return iv
+        """The open interval of search keys whose rbtree walk passes ``t``'s node."""
+        return self.rb.interval(t)
 
     # -- changes
     def __setitem__(self, t: int, v: int) -> None:
         """A key's value changes (a node becomes a chain, a chain collapses into its
         dup: rb_replace_node(), the rbtree's shape stays)."""
         self._map[t] = v
-        self._index.set(t, v)
 
     def __delitem__(self, t: int) -> None:
         """rb_erase()."""
         del self._map[t]
-        self._index.delete(t)
         if t in self.rb:
             self.rb.erase(t)
 
@@ -92,18 +97,44 @@ class StableTree:
 
     def add_many(self, ts: np.ndarray, vs: np.ndarray, pos: np.ndarray) -> None:
         """add() of many new keys (none in the tree yet), in the order given."""
-        tl = ts.tolist()
-        self._map.update(zip(tl, vs.tolist(), strict=True))
-        self._index.set_many(ts, vs)
+        ts = np.array(ts, dtype=np.uint64)  # a copy: the caller may reuse its arrays
+        self._map.set_many(ts, np.ascontiguousarray(vs, dtype=np.int64))
         if self.defer is not None:
-            self.defer.extend(zip(pos.tolist(), tl, strict=True))
+            self._defer_many.append((np.array(pos, dtype=np.int64), ts))
         else:
-            for t in tl:
-                self.rb.insert(t)
+            self.rb.insert_many(ts)
 
     def flush(self) -> None:
-        """End of a batch: the deferred rbtree inserts, in the kernel's order."""
+        """End of a batch: the deferred rbtree inserts, in the kernel's order (visit
+        position, then key), of the keys still in the map and not yet in the rbtree
+        (a key removed and added again in the batch is inserted once, at its first place)."""
         pending, self.defer = self.defer or [], None
-        for _, t in sorted(pending):
-            if t in self._map and t not in self.rb:
-                self.rb.insert(t)
+        chunks, self._defer_many = self._defer_many, []
+        if pending:
+            p, k = zip(*pending, strict=True)
+            chunks.append((np.array(p, dtype=np.int64), np.array(k, dtype=np.uint64)))
+        if not chunks:
+            return
+        pos = np.concatenate([c[0] for c in chunks])
+        ts = np.concatenate([c[1] for c in chunks])
+        if ts.shape[0]:
+            ts = ts[_order(pos, ts)]
+        self.rb.insert_many(ts[self.lookup(ts) != MISSING], skip_present=True)
+
+
+def _order(pos: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """The permutation that sorts the (position, key) pairs. Visit positions lie within
+    a batch and are nearly always distinct (a page makes at most one new stable node), so
+    a scatter into a table of the positions sorts them in linear time; np.lexsort
+    (~10-30 ms for 100 000 pairs) is the fallback for positions that repeat or spread too
+    far."""
+    n = pos.shape[0]
+    lo = int(pos.min())
+    span = int(pos.max()) - lo + 1
+    if span <= 4 * n + 65536:
+        at = np.full(span, -1, dtype=np.int64)
+        at[pos - lo] = np.arange(n)
+        order = at[at >= 0]
+        if order.shape[0] == n:  # no position twice
+            return order
+    return np.lexsort((ts, pos))

@@ -1,0 +1,1274 @@
+/*
+ * ksmfs.kernel._rbtree: the stable tree's red-black tree of uint64 content tokens, with
+ * the exact rebalancing of lib/rbtree.c (__rb_insert(), __rb_erase_augmented() without
+ * the augmentation, ____rb_erase_color()).
+ *
+ * This is ksmfs/kernel/rbtree.py compiled: the same algorithm case by case, so that the
+ * tree has, after any sequence of inserts and erases, exactly the shape of the kernel's
+ * tree (a search acts on every node it passes, so the shape decides what ksmd does).
+ * tests/kernel/test_rbtree.py drives both with the same operations and compares every
+ * node's parent, children and colour.
+ *
+ * Layout: nodes live in an array indexed by slot (key, left, right, parent, colour;
+ * NIL = -1; freed slots are chained through `parent`), and an open-addressing hash
+ * (linear probing, backward-shift deletion) maps a key to its slot for the by-key calls
+ * (erase, __contains__, step, node). Keys may be any uint64 (tokens use the full range),
+ * so an empty hash entry is marked by its slot, not by a key value.
+ *
+ * The module also has TokenMap (at the end), the stable tree's token -> node map.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define NIL (-1)
+#define RED 0
+#define BLACK 1
+
+typedef struct {
+    uint64_t key;
+    int32_t left, right, parent;
+    int32_t color;
+} node_t;
+
+typedef struct {
+    uint64_t key;
+    int64_t slot; /* NIL: empty */
+} hent_t;
+
+typedef struct {
+    PyObject_HEAD
+    node_t *n;
+    int32_t cap;      /* slots allocated */
+    int32_t used;     /* high-water mark of slots */
+    int32_t free;     /* head of the free-slot list */
+    int32_t root;
+    Py_ssize_t count;
+    unsigned long long version; /* bumped by every insert and erase */
+    hent_t *h;
+    size_t hmask;     /* hash capacity - 1 (a power of two) */
+    int hbits;
+} RBTree;
+
+#define L(x) (t->n[x].left)
+#define R(x) (t->n[x].right)
+#define P(x) (t->n[x].parent)
+#define C(x) (t->n[x].color)
+#define K(x) (t->n[x].key)
+
+/* Large arrays are read at random (a search touches ~20 nodes, a lookup one hash entry):
+ * transparent huge pages save a TLB miss on most of those reads, as numpy asks for its
+ * large arrays. Only a hint; without THP nothing changes. */
+static void hint_huge(void *p, size_t len) {
+#ifdef MADV_HUGEPAGE
+    if (len < ((size_t)4 << 20))
+        return;
+    uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+    uintptr_t e = ((uintptr_t)p + len) & ~(uintptr_t)4095;
+    if (e > a)
+        (void)madvise((void *)a, e - a, MADV_HUGEPAGE);
+#else
+    (void)p;
+    (void)len;
+#endif
+}
+
+/* -- hash key -> slot ------------------------------------------------------------------ */
+
+static inline size_t hslot(const RBTree *t, uint64_t key) {
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> (64 - t->hbits));
+}
+
+static int32_t find(const RBTree *t, uint64_t key) {
+    size_t i = hslot(t, key);
+    for (;;) {
+        const hent_t *e = &t->h[i];
+        if (e->slot == NIL)
+            return NIL;
+        if (e->key == key)
+            return (int32_t)e->slot;
+        i = (i + 1) & t->hmask;
+    }
+}
+
+static void hput(RBTree *t, uint64_t key, int32_t slot) {
+    size_t i = hslot(t, key);
+    while (t->h[i].slot != NIL)
+        i = (i + 1) & t->hmask;
+    t->h[i].key = key;
+    t->h[i].slot = slot;
+}
+
+static void hdel(RBTree *t, uint64_t key) {
+    size_t i = hslot(t, key);
+    while (t->h[i].key != key || t->h[i].slot == NIL)
+        i = (i + 1) & t->hmask;
+    /* backward-shift deletion: move later entries of the probe run into the hole */
+    size_t j = i;
+    for (;;) {
+        t->h[i].slot = NIL;
+        for (;;) {
+            j = (j + 1) & t->hmask;
+            if (t->h[j].slot == NIL)
+                return;
+            size_t home = hslot(t, t->h[j].key);
+            /* the entry at j may move to i unless its home lies cyclically in (i, j] */
+            if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
+                continue;
+            break;
+        }
+        t->h[i] = t->h[j];
+        i = j;
+    }
+}
+
+static int hresize(RBTree *t, int bits) {
+    size_t size = (size_t)1 << bits;
+    hent_t *nh = PyMem_Malloc(size * sizeof(hent_t));
+    if (nh == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    hint_huge(nh, size * sizeof(hent_t));
+    for (size_t i = 0; i < size; i++)
+        nh[i].slot = NIL;
+    hent_t *old = t->h;
+    size_t oldsize = old ? t->hmask + 1 : 0;
+    t->h = nh;
+    t->hmask = size - 1;
+    t->hbits = bits;
+    for (size_t i = 0; i < oldsize; i++)
+        if (old[i].slot != NIL)
+            hput(t, old[i].key, (int32_t)old[i].slot);
+    PyMem_Free(old);
+    return 0;
+}
+
+/* Room for `more` new keys (nodes and hash, load <= 1/2) before a change starts, so that
+ * no change can fail half-way. */
+static int reserve(RBTree *t, Py_ssize_t more) {
+    Py_ssize_t need = t->count + more;
+    if (need > INT32_MAX - 1) {
+        PyErr_SetString(PyExc_OverflowError, "rbtree: more than 2**31 - 2 keys");
+        return -1;
+    }
+    Py_ssize_t free_slots = (Py_ssize_t)t->cap - t->count;
+    if (more > free_slots) {
+        Py_ssize_t cap = t->cap ? t->cap : 64;
+        while (cap < need)
+            cap *= 2;
+        if (cap > INT32_MAX)
+            cap = INT32_MAX;
+        node_t *nn = PyMem_Realloc(t->n, (size_t)cap * sizeof(node_t));
+        if (nn == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        t->n = nn;
+        t->cap = (int32_t)cap;
+        hint_huge(nn, (size_t)cap * sizeof(node_t));
+    }
+    int bits = t->hbits;
+    while (((size_t)1 << bits) < (size_t)need * 2)
+        bits++;
+    if (bits != t->hbits || t->h == NULL)
+        return hresize(t, bits);
+    return 0;
+}
+
+static int32_t alloc_slot(RBTree *t) {
+    int32_t s;
+    if (t->free != NIL) {
+        s = t->free;
+        t->free = P(s);
+    } else {
+        s = t->used++;
+    }
+    return s;
+}
+
+/* -- lib/rbtree.c ---------------------------------------------------------------------- */
+
+/* __rb_change_child() */
+static inline void change_child(RBTree *t, int32_t old, int32_t new, int32_t parent) {
+    if (parent != NIL) {
+        if (L(parent) == old)
+            L(parent) = new;
+        else
+            R(parent) = new;
+    } else {
+        t->root = new;
+    }
+}
+
+/* __rb_rotate_set_parents() */
+static inline void rotate_set_parents(RBTree *t, int32_t old, int32_t new, int color) {
+    int32_t parent = P(old);
+    P(new) = parent;
+    C(new) = C(old);
+    P(old) = new;
+    C(old) = color;
+    change_child(t, old, new, parent);
+}
+
+/* __rb_insert() */
+static void insert_color(RBTree *t, int32_t node) {
+    int32_t parent = P(node), gparent, tmp;
+    for (;;) {
+        if (parent == NIL) {
+            P(node) = NIL;
+            C(node) = BLACK;
+            break;
+        }
+        if (C(parent) == BLACK)
+            break;
+        gparent = P(parent);
+        tmp = R(gparent);
+        if (parent != tmp) { /* parent == gparent->rb_left */
+            if (tmp != NIL && C(tmp) == RED) {
+                /* Case 1 - color flips */
+                P(tmp) = gparent;
+                C(tmp) = BLACK;
+                P(parent) = gparent;
+                C(parent) = BLACK;
+                node = gparent;
+                parent = P(node);
+                C(node) = RED;
+                continue;
+            }
+            tmp = R(parent);
+            if (node == tmp) {
+                /* Case 2 - left rotate at parent */
+                tmp = L(node);
+                R(parent) = tmp;
+                L(node) = parent;
+                if (tmp != NIL) {
+                    P(tmp) = parent;
+                    C(tmp) = BLACK;
+                }
+                P(parent) = node;
+                C(parent) = RED;
+                parent = node;
+                tmp = R(node);
+            }
+            /* Case 3 - right rotate at gparent */
+            L(gparent) = tmp;
+            R(parent) = gparent;
+            if (tmp != NIL) {
+                P(tmp) = gparent;
+                C(tmp) = BLACK;
+            }
+            rotate_set_parents(t, gparent, parent, RED);
+            break;
+        } else {
+            tmp = L(gparent);
+            if (tmp != NIL && C(tmp) == RED) {
+                /* Case 1 - color flips */
+                P(tmp) = gparent;
+                C(tmp) = BLACK;
+                P(parent) = gparent;
+                C(parent) = BLACK;
+                node = gparent;
+                parent = P(node);
+                C(node) = RED;
+                continue;
+            }
+            tmp = L(parent);
+            if (node == tmp) {
+                /* Case 2 - right rotate at parent */
+                tmp = R(node);
+                L(parent) = tmp;
+                R(node) = parent;
+                if (tmp != NIL) {
+                    P(tmp) = parent;
+                    C(tmp) = BLACK;
+                }
+                P(parent) = node;
+                C(parent) = RED;
+                parent = node;
+                tmp = L(node);
+            }
+            /* Case 3 - left rotate at gparent */
+            R(gparent) = tmp;
+            L(parent) = gparent;
+            if (tmp != NIL) {
+                P(tmp) = gparent;
+                C(tmp) = BLACK;
+            }
+            rotate_set_parents(t, gparent, parent, RED);
+            break;
+        }
+    }
+}
+
+/* rb_link_node() at the BST place of key, then rb_insert_color(). Needs reserve(t, 1).
+ * 1: inserted, 0: the key is already in the tree (nothing changes). */
+static int insert_key(RBTree *t, uint64_t key) {
+    int32_t parent = NIL, cur = t->root;
+    int go_left = 0;
+    while (cur != NIL) {
+        uint64_t ck = K(cur);
+        if (key == ck)
+            return 0;
+        parent = cur;
+        go_left = key < ck;
+        cur = go_left ? L(cur) : R(cur);
+    }
+    t->version++;
+    int32_t s = alloc_slot(t);
+    node_t *n = &t->n[s];
+    n->key = key;
+    n->parent = parent;
+    n->left = NIL;
+    n->right = NIL;
+    n->color = RED;
+    if (parent == NIL)
+        t->root = s;
+    else if (go_left)
+        L(parent) = s;
+    else
+        R(parent) = s;
+    hput(t, key, s);
+    t->count++;
+    insert_color(t, s);
+    return 1;
+}
+
+/* ____rb_erase_color() */
+static void erase_color(RBTree *t, int32_t parent) {
+    int32_t node = NIL, sibling, tmp1, tmp2;
+    for (;;) {
+        sibling = R(parent);
+        if (node != sibling) { /* node == parent->rb_left */
+            if (C(sibling) == RED) {
+                /* Case 1 - left rotate at parent */
+                tmp1 = L(sibling);
+                R(parent) = tmp1;
+                L(sibling) = parent;
+                P(tmp1) = parent;
+                C(tmp1) = BLACK;
+                rotate_set_parents(t, parent, sibling, RED);
+                sibling = tmp1;
+            }
+            tmp1 = R(sibling);
+            if (tmp1 == NIL || C(tmp1) == BLACK) {
+                tmp2 = L(sibling);
+                if (tmp2 == NIL || C(tmp2) == BLACK) {
+                    /* Case 2 - sibling color flip */
+                    P(sibling) = parent;
+                    C(sibling) = RED;
+                    if (C(parent) == RED) {
+                        C(parent) = BLACK;
+                    } else {
+                        node = parent;
+                        parent = P(node);
+                        if (parent != NIL)
+                            continue;
+                    }
+                    break;
+                }
+                /* Case 3 - right rotate at sibling */
+                tmp1 = R(tmp2);
+                L(sibling) = tmp1;
+                R(tmp2) = sibling;
+                R(parent) = tmp2;
+                if (tmp1 != NIL) {
+                    P(tmp1) = sibling;
+                    C(tmp1) = BLACK;
+                }
+                tmp1 = sibling;
+                sibling = tmp2;
+            }
+            /* Case 4 - left rotate at parent + color flips */
+            tmp2 = L(sibling);
+            R(parent) = tmp2;
+            L(sibling) = parent;
+            P(tmp1) = sibling;
+            C(tmp1) = BLACK;
+            if (tmp2 != NIL)
+                P(tmp2) = parent;
+            rotate_set_parents(t, parent, sibling, BLACK);
+            break;
+        } else {
+            sibling = L(parent);
+            if (C(sibling) == RED) {
+                /* Case 1 - right rotate at parent */
+                tmp1 = R(sibling);
+                L(parent) = tmp1;
+                R(sibling) = parent;
+                P(tmp1) = parent;
+                C(tmp1) = BLACK;
+                rotate_set_parents(t, parent, sibling, RED);
+                sibling = tmp1;
+            }
+            tmp1 = L(sibling);
+            if (tmp1 == NIL || C(tmp1) == BLACK) {
+                tmp2 = R(sibling);
+                if (tmp2 == NIL || C(tmp2) == BLACK) {
+                    /* Case 2 - sibling color flip */
+                    P(sibling) = parent;
+                    C(sibling) = RED;
+                    if (C(parent) == RED) {
+                        C(parent) = BLACK;
+                    } else {
+                        node = parent;
+                        parent = P(node);
+                        if (parent != NIL)
+                            continue;
+                    }
+                    break;
+                }
+                /* Case 3 - left rotate at sibling */
+                tmp1 = L(tmp2);
+                R(sibling) = tmp1;
+                L(tmp2) = sibling;
+                L(parent) = tmp2;
+                if (tmp1 != NIL) {
+                    P(tmp1) = sibling;
+                    C(tmp1) = BLACK;
+                }
+                tmp1 = sibling;
+                sibling = tmp2;
+            }
+            /* Case 4 - right rotate at parent + color flips */
+            tmp2 = R(sibling);
+            L(parent) = tmp2;
+            R(sibling) = parent;
+            P(tmp1) = sibling;
+            C(tmp1) = BLACK;
+            if (tmp2 != NIL)
+                P(tmp2) = parent;
+            rotate_set_parents(t, parent, sibling, BLACK);
+            break;
+        }
+    }
+}
+
+/* rb_erase(): __rb_erase_augmented() then ____rb_erase_color(). */
+static void erase_slot(RBTree *t, int32_t node) {
+    int32_t child = R(node), tmp = L(node), parent, rebalance;
+    t->version++;
+    if (tmp == NIL) {
+        /* Case 1: node to erase has no more than 1 child (easy!) */
+        int pcolor = C(node);
+        parent = P(node);
+        change_child(t, node, child, parent);
+        if (child != NIL) {
+            P(child) = parent;
+            C(child) = pcolor;
+            rebalance = NIL;
+        } else {
+            rebalance = pcolor == BLACK ? parent : NIL;
+        }
+    } else if (child == NIL) {
+        /* Still case 1, but this time the child is node->rb_left */
+        parent = P(node);
+        P(tmp) = parent;
+        C(tmp) = C(node);
+        change_child(t, node, tmp, parent);
+        rebalance = NIL;
+    } else {
+        int32_t successor = child, child2;
+        tmp = L(child);
+        if (tmp == NIL) {
+            /* Case 2: node's successor is its right child */
+            parent = successor;
+            child2 = R(successor);
+        } else {
+            /* Case 3: node's successor is leftmost under node's right child subtree */
+            do {
+                parent = successor;
+                successor = tmp;
+                tmp = L(tmp);
+            } while (tmp != NIL);
+            child2 = R(successor);
+            L(parent) = child2;
+            R(successor) = child;
+            P(child) = successor;
+        }
+        tmp = L(node);
+        L(successor) = tmp;
+        P(tmp) = successor;
+        int32_t nparent = P(node);
+        int ncolor = C(node);
+        change_child(t, node, successor, nparent);
+        if (child2 != NIL) {
+            P(child2) = parent;
+            C(child2) = BLACK;
+            rebalance = NIL;
+        } else {
+            rebalance = C(successor) == BLACK ? parent : NIL;
+        }
+        P(successor) = nparent;
+        C(successor) = ncolor;
+    }
+    hdel(t, K(node));
+    P(node) = t->free;
+    t->free = node;
+    t->count--;
+    if (rebalance != NIL)
+        erase_color(t, rebalance);
+}
+
+/* -- Python interface ------------------------------------------------------------------ */
+
+/* An int in [0, 2**64) -> key. 1: ok; -1: error set; 0 (only when `quiet`: lookups,
+ * where such a key is simply absent): not an int of that range. */
+static int as_key(PyObject *o, uint64_t *key, int quiet) {
+    PyObject *i = PyNumber_Index(o); /* ints, and numpy's integer scalars */
+    if (i == NULL) {
+        if (quiet && PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            return 0;
+        }
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(i);
+    Py_DECREF(i);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return -1;
+        PyErr_Clear();
+        if (quiet)
+            return 0;
+        PyErr_SetString(PyExc_OverflowError, "rbtree keys are in [0, 2**64)");
+        return -1;
+    }
+    *key = (uint64_t)v;
+    return 1;
+}
+
+static PyObject *key_or_none(const RBTree *t, int32_t s) {
+    if (s == NIL)
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(K(s));
+}
+
+static int32_t slot_of(RBTree *t, PyObject *o) {
+    uint64_t key;
+    int r = as_key(o, &key, 1);
+    if (r < 0)
+        return -2;
+    int32_t s = r ? find(t, key) : NIL;
+    if (s == NIL) {
+        PyErr_SetObject(PyExc_KeyError, o);
+        return -2;
+    }
+    return s;
+}
+
+static PyObject *RBTree_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":RBTree", kwlist))
+        return NULL;
+    RBTree *t = (RBTree *)type->tp_alloc(type, 0);
+    if (t == NULL)
+        return NULL;
+    t->n = NULL;
+    t->cap = t->used = t->count = 0;
+    t->free = t->root = NIL;
+    t->version = 0;
+    t->h = NULL;
+    t->hbits = 4;
+    if (hresize(t, t->hbits) < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return (PyObject *)t;
+}
+
+static void RBTree_dealloc(RBTree *t) {
+    PyMem_Free(t->n);
+    PyMem_Free(t->h);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static Py_ssize_t RBTree_len(RBTree *t) { return t->count; }
+
+static int RBTree_contains(RBTree *t, PyObject *o) {
+    uint64_t key;
+    int r = as_key(o, &key, 1);
+    if (r <= 0)
+        return r;
+    return find(t, key) != NIL;
+}
+
+static PyObject *RBTree_insert(RBTree *t, PyObject *o) {
+    uint64_t key;
+    if (as_key(o, &key, 0) < 0 || reserve(t, 1) < 0)
+        return NULL;
+    if (!insert_key(t, key)) {
+        PyErr_Format(PyExc_KeyError, "key %llu already in the tree", (unsigned long long)key);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *RBTree_erase(RBTree *t, PyObject *o) {
+    int32_t s = slot_of(t, o);
+    if (s == -2)
+        return NULL;
+    erase_slot(t, s);
+    Py_RETURN_NONE;
+}
+
+/* A C-contiguous buffer of 8-byte unsigned ints (a numpy uint64 array). */
+static int get_keys(PyObject *o, Py_buffer *view) {
+    if (PyObject_GetBuffer(o, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    if (view->itemsize != 8 || (strcmp(f, "Q") != 0 && strcmp(f, "L") != 0)) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_TypeError, "keys must be a contiguous array of uint64");
+        return -1;
+    }
+    return 0;
+}
+
+/* The searches of a group of keys walked side by side, only to load the nodes on their
+ * paths (and their hash entries) into the cache: the cache misses of independent walks
+ * overlap, where one insert after the other would wait for each miss in turn. The inserts
+ * that follow (each a full walk of its own) find most of their nodes cached. Changes
+ * nothing. */
+#define GROUP 16
+static void touch_paths(const RBTree *t, const uint64_t *keys, int g) {
+    int32_t cur[GROUP];
+    for (int j = 0; j < g; j++) {
+        cur[j] = t->root;
+        __builtin_prefetch(&t->h[hslot(t, keys[j])], 1);
+    }
+    for (int active = g; active;) {
+        active = 0;
+        for (int j = 0; j < g; j++) {
+            int32_t c = cur[j];
+            if (c == NIL)
+                continue;
+            const node_t *n = &t->n[c];
+            c = keys[j] < n->key ? n->left : keys[j] > n->key ? n->right : NIL;
+            cur[j] = c;
+            active += c != NIL;
+        }
+    }
+}
+
+static PyObject *RBTree_insert_many(RBTree *t, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"keys", "skip_present", NULL};
+    PyObject *o;
+    int skip = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|$p:insert_many", kwlist, &o, &skip))
+        return NULL;
+    Py_buffer view;
+    if (get_keys(o, &view) < 0)
+        return NULL;
+    Py_ssize_t n = view.len / 8, done = 0;
+    const uint64_t *keys = view.buf;
+    if (reserve(t, n) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i % GROUP == 0)
+            touch_paths(t, keys + i, n - i < GROUP ? (int)(n - i) : GROUP);
+        if (insert_key(t, keys[i])) {
+            done++;
+        } else if (!skip) {
+            PyErr_Format(PyExc_KeyError, "key %llu already in the tree",
+                         (unsigned long long)keys[i]);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(done);
+}
+
+static PyObject *RBTree_step(RBTree *t, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "step(node, key) takes two arguments");
+        return NULL;
+    }
+    int32_t s = slot_of(t, args[0]);
+    uint64_t key;
+    if (s == -2 || as_key(args[1], &key, 0) < 0)
+        return NULL;
+    return key_or_none(t, key < K(s) ? L(s) : R(s));
+}
+
+static PyObject *RBTree_node(RBTree *t, PyObject *o) {
+    int32_t s = slot_of(t, o);
+    if (s == -2)
+        return NULL;
+    PyObject *p = key_or_none(t, P(s)), *l = key_or_none(t, L(s)), *r = key_or_none(t, R(s));
+    PyObject *res = NULL;
+    if (p && l && r)
+        res = Py_BuildValue("(OOOi)", p, l, r, (int)C(s));
+    Py_XDECREF(p);
+    Py_XDECREF(l);
+    Py_XDECREF(r);
+    return res;
+}
+
+static PyObject *RBTree_path(RBTree *t, PyObject *o) {
+    uint64_t key;
+    if (as_key(o, &key, 0) < 0)
+        return NULL;
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (int32_t cur = t->root; cur != NIL;) {
+        PyObject *k = PyLong_FromUnsignedLongLong(K(cur));
+        if (k == NULL || PyList_Append(out, k) < 0) {
+            Py_XDECREF(k);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(k);
+        if (key == K(cur))
+            break;
+        cur = key < K(cur) ? L(cur) : R(cur);
+    }
+    return out;
+}
+
+static PyObject *RBTree_interval(RBTree *t, PyObject *o) {
+    uint64_t key;
+    if (as_key(o, &key, 0) < 0)
+        return NULL;
+    int has_lo = 0, has_hi = 0;
+    uint64_t lo = 0, hi = 0;
+    for (int32_t cur = t->root; cur != NIL && K(cur) != key;) {
+        if (key < K(cur)) {
+            hi = K(cur);
+            has_hi = 1;
+            cur = L(cur);
+        } else {
+            lo = K(cur);
+            has_lo = 1;
+            cur = R(cur);
+        }
+    }
+    PyObject *plo = has_lo ? PyLong_FromUnsignedLongLong(lo) : PyLong_FromLong(-1);
+    PyObject *phi;
+    if (has_hi) {
+        phi = PyLong_FromUnsignedLongLong(hi);
+    } else {
+        PyObject *one = PyLong_FromLong(1), *sh = PyLong_FromLong(64);
+        phi = (one && sh) ? PyNumber_Lshift(one, sh) : NULL;
+        Py_XDECREF(one);
+        Py_XDECREF(sh);
+    }
+    PyObject *res = NULL;
+    if (plo && phi)
+        res = PyTuple_Pack(2, plo, phi);
+    Py_XDECREF(plo);
+    Py_XDECREF(phi);
+    return res;
+}
+
+/* check(): black height of the subtree at n, or -1 with AssertionError set. */
+static long check_walk(RBTree *t, int32_t n, int has_lo, uint64_t lo, int has_hi, uint64_t hi,
+                       Py_ssize_t *seen) {
+    if (n == NIL)
+        return 1;
+    const char *bad = NULL;
+    if (n < 0 || n >= t->used)
+        bad = "link to a slot out of range";
+    else if (++*seen > t->count)
+        bad = "more nodes reachable than keys (a cycle?)";
+    else if ((has_lo && K(n) <= lo) || (has_hi && K(n) >= hi))
+        bad = "keys out of order";
+    else if (find(t, K(n)) != n)
+        bad = "hash does not map the key to its node";
+    else if (C(n) != RED && C(n) != BLACK)
+        bad = "bad colour";
+    else if (C(n) == RED && ((L(n) != NIL && C(L(n)) == RED) || (R(n) != NIL && C(R(n)) == RED)))
+        bad = "red node with a red child";
+    else if ((L(n) != NIL && P(L(n)) != n) || (R(n) != NIL && P(R(n)) != n))
+        bad = "bad parent link";
+    if (bad) {
+        PyErr_SetString(PyExc_AssertionError, bad);
+        return -1;
+    }
+    long a = check_walk(t, L(n), has_lo, lo, 1, K(n), seen);
+    if (a < 0)
+        return -1;
+    long b = check_walk(t, R(n), 1, K(n), has_hi, hi, seen);
+    if (b < 0)
+        return -1;
+    if (a != b) {
+        PyErr_SetString(PyExc_AssertionError, "unequal black heights");
+        return -1;
+    }
+    return a + (C(n) == BLACK);
+}
+
+static PyObject *RBTree_check(RBTree *t, PyObject *Py_UNUSED(ignored)) {
+    if (t->root != NIL && (P(t->root) != NIL || C(t->root) != BLACK)) {
+        PyErr_SetString(PyExc_AssertionError, "root has a parent or is red");
+        return NULL;
+    }
+    Py_ssize_t seen = 0;
+    long h = check_walk(t, t->root, 0, 0, 0, 0, &seen);
+    if (h < 0)
+        return NULL;
+    if (seen != t->count) {
+        PyErr_SetString(PyExc_AssertionError, "keys not reachable from the root");
+        return NULL;
+    }
+    return PyLong_FromLong(h);
+}
+
+static PyObject *RBTree_get_root(RBTree *t, void *Py_UNUSED(closure)) {
+    return key_or_none(t, t->root);
+}
+
+static PyObject *RBTree_get_version(RBTree *t, void *Py_UNUSED(closure)) {
+    return PyLong_FromUnsignedLongLong(t->version);
+}
+
+static PyObject *RBTree_get_nbytes(RBTree *t, void *Py_UNUSED(closure)) {
+    return PyLong_FromSize_t((size_t)t->cap * sizeof(node_t) + (t->hmask + 1) * sizeof(hent_t));
+}
+
+static PyMethodDef RBTree_methods[] = {
+    {"insert", (PyCFunction)RBTree_insert, METH_O,
+     "insert(key): rb_link_node() at key's BST place, then rb_insert_color(). KeyError if "
+     "the key is in the tree."},
+    {"insert_many", (PyCFunction)(void (*)(void))RBTree_insert_many,
+     METH_VARARGS | METH_KEYWORDS,
+     "insert_many(keys, *, skip_present=False) -> int: insert() of every key of a uint64 "
+     "array, in order; with skip_present, keys already in the tree (or earlier in keys) "
+     "are passed over instead of raising KeyError. Returns the number inserted."},
+    {"erase", (PyCFunction)RBTree_erase, METH_O, "erase(key): rb_erase(). KeyError if absent."},
+    {"step", (PyCFunction)(void (*)(void))RBTree_step, METH_FASTCALL,
+     "step(node, key): the child of node on the side of key (left when key < node), or "
+     "None: one step of a search for key."},
+    {"node", (PyCFunction)RBTree_node, METH_O,
+     "node(key) -> (parent, left, right, colour): the links of key's node (None: no node; "
+     "colour 0 red, 1 black)."},
+    {"path", (PyCFunction)RBTree_path, METH_O,
+     "path(key): the keys a search for key visits, root first."},
+    {"interval", (PyCFunction)RBTree_interval, METH_O,
+     "interval(key) -> (lo, hi): the open interval of search keys whose walk passes key's "
+     "node (-1 and 2**64 for no bound)."},
+    {"check", (PyCFunction)RBTree_check, METH_NOARGS,
+     "check() -> int: verify the red-black properties and the index; the black height."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef RBTree_getset[] = {
+    {"root", (getter)RBTree_get_root, NULL, "the root's key, or None", NULL},
+    {"version", (getter)RBTree_get_version, NULL,
+     "bumped by every insert and erase (the shape may change)", NULL},
+    {"nbytes", (getter)RBTree_get_nbytes, NULL, "bytes allocated for nodes and index", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods RBTree_as_sequence = {
+    .sq_length = (lenfunc)RBTree_len,
+    .sq_contains = (objobjproc)RBTree_contains,
+};
+
+static PyTypeObject RBTreeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ksmfs.kernel._rbtree.RBTree",
+    .tp_basicsize = sizeof(RBTree),
+    .tp_dealloc = (destructor)RBTree_dealloc,
+    .tp_as_sequence = &RBTree_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A red-black tree of uint64 keys with the exact rebalancing of lib/rbtree.c.",
+    .tp_methods = RBTree_methods,
+    .tp_getset = RBTree_getset,
+    .tp_new = RBTree_new,
+};
+
+/* -- TokenMap: uint64 key -> int64 value ------------------------------------------------ */
+
+/* The stable tree's other view (kernel/stabletree.py): content token -> stable node id or
+ * chain, for the page-by-page lookups and for a batch's lookups of thousands of tokens at
+ * once. Open addressing with linear probing and backward-shift deletion, like the
+ * rbtree's index; an empty entry holds the value EMPTY_VAL, which no stable node or chain
+ * id can be. */
+
+#define EMPTY_VAL INT64_MIN
+
+typedef struct {
+    uint64_t key;
+    int64_t val;
+} ment_t;
+
+typedef struct {
+    PyObject_HEAD
+    ment_t *e;
+    size_t mask;
+    int bits;
+    Py_ssize_t count;
+} TokenMap;
+
+static inline size_t mslot(const TokenMap *m, uint64_t key) {
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> (64 - m->bits));
+}
+
+/* The entry of key, or of the empty place where it would go. */
+static inline ment_t *mfind(const TokenMap *m, uint64_t key) {
+    size_t i = mslot(m, key);
+    for (;;) {
+        ment_t *e = &m->e[i];
+        if (e->val == EMPTY_VAL || e->key == key)
+            return e;
+        i = (i + 1) & m->mask;
+    }
+}
+
+static int mresize(TokenMap *m, int bits) {
+    size_t size = (size_t)1 << bits;
+    ment_t *ne = PyMem_Malloc(size * sizeof(ment_t));
+    if (ne == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < size; i++)
+        ne[i].val = EMPTY_VAL;
+    ment_t *old = m->e;
+    size_t oldsize = old ? m->mask + 1 : 0;
+    m->e = ne;
+    m->mask = size - 1;
+    m->bits = bits;
+    for (size_t i = 0; i < oldsize; i++)
+        if (old[i].val != EMPTY_VAL)
+            *mfind(m, old[i].key) = old[i];
+    PyMem_Free(old);
+    return 0;
+}
+
+/* Room for `more` new keys at load <= 1/2. */
+static int mreserve(TokenMap *m, Py_ssize_t more) {
+    size_t need = (size_t)(m->count + more) * 2;
+    int bits = m->bits;
+    while (((size_t)1 << bits) < need)
+        bits++;
+    return bits != m->bits ? mresize(m, bits) : 0;
+}
+
+/* Set key -> val; needs mreserve(m, 1). */
+static inline void mset(TokenMap *m, uint64_t key, int64_t val) {
+    ment_t *e = mfind(m, key);
+    if (e->val == EMPTY_VAL) {
+        e->key = key;
+        m->count++;
+    }
+    e->val = val;
+}
+
+static void mdel(TokenMap *m, ment_t *hole) {
+    size_t i = (size_t)(hole - m->e), j = i;
+    m->count--;
+    for (;;) {
+        m->e[i].val = EMPTY_VAL;
+        for (;;) {
+            j = (j + 1) & m->mask;
+            if (m->e[j].val == EMPTY_VAL)
+                return;
+            size_t home = mslot(m, m->e[j].key);
+            if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
+                continue;
+            break;
+        }
+        m->e[i] = m->e[j];
+        i = j;
+    }
+}
+
+static int as_val(PyObject *o, int64_t *val) {
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v == EMPTY_VAL) {
+        PyErr_SetString(PyExc_ValueError, "TokenMap values are in (-2**63, 2**63)");
+        return -1;
+    }
+    *val = v;
+    return 0;
+}
+
+static PyObject *TokenMap_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":TokenMap", kwlist))
+        return NULL;
+    TokenMap *m = (TokenMap *)type->tp_alloc(type, 0);
+    if (m == NULL)
+        return NULL;
+    m->e = NULL;
+    m->count = 0;
+    if (mresize(m, 4) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return (PyObject *)m;
+}
+
+static void TokenMap_dealloc(TokenMap *m) {
+    PyMem_Free(m->e);
+    Py_TYPE(m)->tp_free((PyObject *)m);
+}
+
+static Py_ssize_t TokenMap_len(TokenMap *m) { return m->count; }
+
+static int TokenMap_contains(TokenMap *m, PyObject *o) {
+    uint64_t key;
+    int r = as_key(o, &key, 1);
+    if (r <= 0)
+        return r;
+    return mfind(m, key)->val != EMPTY_VAL;
+}
+
+static PyObject *TokenMap_subscript(TokenMap *m, PyObject *o) {
+    uint64_t key;
+    int r = as_key(o, &key, 1);
+    if (r < 0)
+        return NULL;
+    ment_t *e = r ? mfind(m, key) : NULL;
+    if (e == NULL || e->val == EMPTY_VAL) {
+        PyErr_SetObject(PyExc_KeyError, o);
+        return NULL;
+    }
+    return PyLong_FromLongLong(e->val);
+}
+
+static int TokenMap_ass_subscript(TokenMap *m, PyObject *o, PyObject *v) {
+    uint64_t key;
+    if (v == NULL) {
+        int r = as_key(o, &key, 1);
+        if (r < 0)
+            return -1;
+        ment_t *e = r ? mfind(m, key) : NULL;
+        if (e == NULL || e->val == EMPTY_VAL) {
+            PyErr_SetObject(PyExc_KeyError, o);
+            return -1;
+        }
+        mdel(m, e);
+        return 0;
+    }
+    int64_t val;
+    if (as_key(o, &key, 0) < 0 || as_val(v, &val) < 0 || mreserve(m, 1) < 0)
+        return -1;
+    mset(m, key, val);
+    return 0;
+}
+
+static PyObject *TokenMap_get(TokenMap *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get(key, default=None)");
+        return NULL;
+    }
+    uint64_t key;
+    int r = as_key(args[0], &key, 1);
+    if (r < 0)
+        return NULL;
+    ment_t *e = r ? mfind(m, key) : NULL;
+    if (e == NULL || e->val == EMPTY_VAL) {
+        PyObject *d = nargs == 2 ? args[1] : Py_None;
+        return Py_NewRef(d);
+    }
+    return PyLong_FromLongLong(e->val);
+}
+
+static PyObject *TokenMap_keys(TokenMap *m, PyObject *Py_UNUSED(ignored)) {
+    PyObject *out = PyList_New(m->count);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t k = 0;
+    for (size_t i = 0; i <= m->mask; i++) {
+        if (m->e[i].val == EMPTY_VAL)
+            continue;
+        PyObject *key = PyLong_FromUnsignedLongLong(m->e[i].key);
+        if (key == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k++, key);
+    }
+    return out;
+}
+
+static PyObject *TokenMap_iter(TokenMap *m) {
+    PyObject *keys = TokenMap_keys(m, NULL);
+    if (keys == NULL)
+        return NULL;
+    PyObject *it = PyObject_GetIter(keys);
+    Py_DECREF(keys);
+    return it;
+}
+
+/* A C-contiguous buffer of 8-byte signed ints (a numpy int64 array). */
+static int get_vals(PyObject *o, Py_buffer *view, int writable) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(o, view, flags) < 0)
+        return -1;
+    const char *f = view->format ? view->format : "B";
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    if (view->itemsize != 8 || (strcmp(f, "q") != 0 && strcmp(f, "l") != 0)) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_TypeError, "values must be a contiguous array of int64");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *TokenMap_set_many(TokenMap *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_many(keys, values) takes two arrays");
+        return NULL;
+    }
+    Py_buffer kv, vv;
+    if (get_keys(args[0], &kv) < 0)
+        return NULL;
+    if (get_vals(args[1], &vv, 0) < 0) {
+        PyBuffer_Release(&kv);
+        return NULL;
+    }
+    Py_ssize_t n = kv.len / 8;
+    const uint64_t *keys = kv.buf;
+    const int64_t *vals = vv.buf;
+    PyObject *res = NULL;
+    if (vv.len != kv.len) {
+        PyErr_SetString(PyExc_ValueError, "set_many: keys and values differ in length");
+        goto out;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (vals[i] == EMPTY_VAL) {
+            PyErr_SetString(PyExc_ValueError, "TokenMap values are in (-2**63, 2**63)");
+            goto out;
+        }
+    }
+    if (mreserve(m, n) < 0)
+        goto out;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i + 8 < n)
+            __builtin_prefetch(&m->e[mslot(m, keys[i + 8])], 1);
+        mset(m, keys[i], vals[i]);
+    }
+    res = Py_NewRef(Py_None);
+out:
+    PyBuffer_Release(&kv);
+    PyBuffer_Release(&vv);
+    return res;
+}
+
+static PyObject *TokenMap_lookup_into(TokenMap *m, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "lookup_into(keys, out, missing)");
+        return NULL;
+    }
+    long long missing = PyLong_AsLongLong(args[2]);
+    if (missing == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer kv, ov;
+    if (get_keys(args[0], &kv) < 0)
+        return NULL;
+    if (get_vals(args[1], &ov, 1) < 0) {
+        PyBuffer_Release(&kv);
+        return NULL;
+    }
+    PyObject *res = NULL;
+    if (ov.len != kv.len) {
+        PyErr_SetString(PyExc_ValueError, "lookup_into: keys and out differ in length");
+    } else {
+        Py_ssize_t n = kv.len / 8;
+        const uint64_t *keys = kv.buf;
+        int64_t *out = ov.buf;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (i + 8 < n)
+                __builtin_prefetch(&m->e[mslot(m, keys[i + 8])]);
+            int64_t v = mfind(m, keys[i])->val;
+            out[i] = v == EMPTY_VAL ? missing : v;
+        }
+        res = Py_NewRef(Py_None);
+    }
+    PyBuffer_Release(&kv);
+    PyBuffer_Release(&ov);
+    return res;
+}
+
+static PyObject *TokenMap_clear(TokenMap *m, PyObject *Py_UNUSED(ignored)) {
+    for (size_t i = 0; i <= m->mask; i++)
+        m->e[i].val = EMPTY_VAL;
+    m->count = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *TokenMap_get_nbytes(TokenMap *m, void *Py_UNUSED(closure)) {
+    return PyLong_FromSize_t((m->mask + 1) * sizeof(ment_t));
+}
+
+static PyMethodDef TokenMap_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))TokenMap_get, METH_FASTCALL,
+     "get(key, default=None): the value of key, or default."},
+    {"keys", (PyCFunction)TokenMap_keys, METH_NOARGS, "keys() -> list: the keys, unordered."},
+    {"clear", (PyCFunction)TokenMap_clear, METH_NOARGS,
+     "clear(): no keys; the table keeps the size it needed."},
+    {"set_many", (PyCFunction)(void (*)(void))TokenMap_set_many, METH_FASTCALL,
+     "set_many(keys, values): map[keys[i]] = values[i] for a uint64 and an int64 array, in "
+     "order."},
+    {"lookup_into", (PyCFunction)(void (*)(void))TokenMap_lookup_into, METH_FASTCALL,
+     "lookup_into(keys, out, missing): out[i] = the value of keys[i], or missing (out: a "
+     "writable int64 array of the same length)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef TokenMap_getset[] = {
+    {"nbytes", (getter)TokenMap_get_nbytes, NULL, "bytes allocated for the table", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods TokenMap_as_sequence = {
+    .sq_contains = (objobjproc)TokenMap_contains,
+};
+
+static PyMappingMethods TokenMap_as_mapping = {
+    .mp_length = (lenfunc)TokenMap_len,
+    .mp_subscript = (binaryfunc)TokenMap_subscript,
+    .mp_ass_subscript = (objobjargproc)TokenMap_ass_subscript,
+};
+
+static PyTypeObject TokenMapType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ksmfs.kernel._rbtree.TokenMap",
+    .tp_basicsize = sizeof(TokenMap),
+    .tp_dealloc = (destructor)TokenMap_dealloc,
+    .tp_as_sequence = &TokenMap_as_sequence,
+    .tp_as_mapping = &TokenMap_as_mapping,
+    .tp_iter = (getiterfunc)TokenMap_iter,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A hash map from uint64 keys to int64 values, with array lookups.",
+    .tp_methods = TokenMap_methods,
+    .tp_getset = TokenMap_getset,
+    .tp_new = TokenMap_new,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "ksmfs.kernel._rbtree",
+    .m_doc = "The stable tree's rbtree (lib/rbtree.c, compiled; see ksmfs/kernel/rbtree.py) "
+             "and its token -> node map.",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__rbtree(void) {
+    if (PyType_Ready(&RBTreeType) < 0 || PyType_Ready(&TokenMapType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "RBTree", (PyObject *)&RBTreeType) < 0
+        || PyModule_AddObjectRef(m, "TokenMap", (PyObject *)&TokenMapType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
