@@ -19,9 +19,10 @@ names this module calls:
   step with a hash index (vector lookups) and the kernel's rbtree (whose shape decides
   which nodes a search passes and may prune);
 - ksm_defs.py: the rmap_item flag bits and calc_checksum().
-The unstable tree is a dict token -> rmap_item per NUMA node: the memcmp-ordered rbtree
-finds the same match, and only the matching item's page decides an abort
-(_unstable_tree_search_insert()).
+The unstable tree is a hash map token -> rmap_item per NUMA node (a TokenMap of
+kernel/_rbtree.c: a batch looks up or inserts thousands of tokens in one call): the
+memcmp-ordered rbtree finds the same match, and only the matching item's page decides an
+abort (_unstable_tree_search_insert()).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._rbtree import TokenMap
 from .errors import KsmError
 from .ksm_bulk import BulkMerge
 from .ksm_defs import (
@@ -148,7 +150,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         self._init_nodes()  # node and chain arrays (ksm_nodes.py)
         # trees: token -> node id (>= 0) or chain (-(cid + 1)); unstable: token -> gpid
         self.stable_tree: list[StableTree] = [StableTree()]
-        self.unstable_tree: list[dict[int, int]] = [{}]
+        self.unstable_tree: list[TokenMap] = [TokenMap()]
         self.demoted_unique: set[int] = set()
         self._pending_dead: list[int] = []
         self.chk_exc: dict[int, int] = {}  # gpid -> oldchecksum of stable items (rare)
@@ -157,6 +159,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         # the kernel's trace_ksm_remove_*() still print the pfn the node was made for
         self._stale_kpfn: dict[int, int] = {}
         self._pos = 0  # visit position in the current batch (orders deferred rbtree inserts)
+        self._scan_mm: MM | None = None  # the mm whose VMA _scan_vma() is in
         self._due_chains = np.zeros(0, dtype=np.int64)
         self.advisor = AdvisorCtx()
         self.ksmd_cpu_ns = 0
@@ -384,6 +387,13 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
     def _scan_vma(self, mm: MM, seg: Segment, off: int, budget: int) -> tuple[int, int]:
         """Visit present anon pages of one mergeable VMA from page ``off``: returns (pages
         processed, page index to resume at)."""
+        self._scan_mm = mm
+        try:
+            return self._scan_vma_windows(mm, seg, off, budget)
+        finally:
+            self._scan_mm = None
+
+    def _scan_vma_windows(self, mm: MM, seg: Segment, off: int, budget: int) -> tuple[int, int]:
         mem = self.mem
         npages = seg.npages
         processed = 0
@@ -396,7 +406,15 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             g1 = seg.base + end
             pte = mem.pte.a[g0:g1]
             present = pte >= 0
-            kinds = mem.fnode.a[np.maximum(pte, 0)]
+            if present.all():
+                # no hole: only as many pages as the batch can take are looked at
+                cut = self._window_cut(g0, g1, want)
+                if cut < g1 - g0:
+                    g1, end = g0 + cut, off + cut
+                    pte, present = pte[:cut], present[:cut]
+                kinds = mem.fnode.a[pte]
+            else:
+                kinds = mem.fnode.a[np.maximum(pte, 0)]
             # follow_page(): only normal anonymous pages (KSM pages are anon)
             visit = present & (kinds >= FRAME_ANON)
             if visit.all():
@@ -449,7 +467,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
                 # the freed items leave their trees where the scan passes them, among the
                 # visited pages (get_next_rmap_item -> remove_rmap_item_from_tree)
                 ga = np.concatenate((g, gone))
-                order = np.argsort(ga, kind="stable")
+                order = np.argsort(ga)  # (distinct pages)
                 ga = ga[order]
                 rm = np.concatenate((skip, np.ones(gone.shape[0], dtype=bool)))[order]
                 pte = mem.pte.a[ga]
@@ -469,15 +487,37 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
                 grow = min(grow * 4, 1 << 12)
         return processed, off
 
-    def _alloc_rmap_items(self, mm: MM, g: np.ndarray) -> None:
+    def _window_cut(self, g0: int, g1: int, want: int) -> int:
+        """Pages from g0 that hold ``want`` pages smart_scan cannot skip (present pages
+        assumed): the window need not reach further. A page counts as skippable when its
+        item's age and skip count say so (should_skip_rmap_item(), a KSM page aside), so
+        the cut may include a few more pages than needed, never fewer."""
+        n = g1 - g0
+        if want >= n:
+            return n
+        if not self.smart_scan:
+            return want
+        fl = self.mem.iflags.a[g0:g1]
+        a8 = self.mem.ags.a[g0:g1]
+        lo, cut = 0, want
+        while cut < n:
+            f, a = fl[lo:cut], a8[lo:cut]
+            extra = int(np.count_nonzero(((f & HAS_ITEM) != 0) & ((a & 0xF) >= 3) & ((a >> 4) != 0)))
+            if not extra:
+                break
+            lo, cut = cut, min(n, cut + extra)
+        return cut
+
+    def _alloc_rmap_items(self, mm: MM, g: np.ndarray, contiguous: bool = False) -> None:
         """get_next_rmap_item() for first-seen pages: a zeroed item (age 0, oldchecksum 0);
-        ksm_rmap_items++ globally and for the mm."""
+        ksm_rmap_items++ globally and for the mm. ``contiguous``: g is one range."""
         if not g.shape[0]:
             return
         mem = self.mem
-        mem.iflags.a[g] = HAS_ITEM
-        mem.ags.a[g] = 0
-        mem.ival.a[g] = 0
+        sel = slice(int(g[0]), int(g[-1]) + 1) if contiguous else g
+        mem.iflags.a[sel] = HAS_ITEM
+        mem.ags.a[sel] = 0
+        mem.ival.a[sel] = 0
         self.ksm_rmap_items += g.shape[0]
         mm.ksm_rmap_items += g.shape[0]
 
@@ -492,7 +532,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             a8 = mem.ags.a[g0:g1]
             skip = ((fl & HAS_ITEM) != 0) & ~is_ksm & ((a8 & 0xF) >= 3) & ((a8 >> 4) != 0)
             if skip.any():
-                cum = np.cumsum(~skip)
+                cum = np.cumsum(~skip, dtype=np.int32)
                 stop = int(np.searchsorted(cum, want)) + 1 if cum[-1] >= want else g1 - g0
                 skip = skip[:stop]
                 nskip = int(np.count_nonzero(skip))
@@ -505,7 +545,9 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         fl = fl[:stop]
         is_ksm = is_ksm[:stop]
         newm = (fl & HAS_ITEM) == 0
-        if newm.any():
+        if newm.all():
+            self._alloc_rmap_items(mm, np.arange(g0, g1, dtype=np.int64), contiguous=True)
+        elif newm.any():
             self._alloc_rmap_items(mm, g0 + np.flatnonzero(newm))
         if self.smart_scan:
             # should_skip_rmap_item(): age counts visits of non-KSM pages, saturating
@@ -561,12 +603,14 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             fl = mem.iflags.a[g]
             ival = mem.ival.a[g]
         # (a skipped page is never a KSM page, so never attached)
-        attached = ksm & ((fl & STABLE) != 0) & (ival == kind.astype(np.uint32))
+        # (ival as int32: a node id reads the same; a checksum >= 2**31 turns negative and
+        # cannot equal a KSM page's node, kind >= 0)
+        attached = ksm & ((fl & STABLE) != 0) & (ival.view(np.int32) == kind)
         if attached.any():
             # an item already attached to its KSM page: nothing to do (the usual case)
-            rest = ~attached
-            if not rest.any():
+            if attached.all():
                 return
+            rest = ~attached
             g, f, kind, ksm, fl = g[rest], f[rest], kind[rest], ksm[rest], fl[rest]
             if skip is not None:
                 skip = skip[rest]
@@ -683,9 +727,10 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
                 ]
 
     # ------------------------------------------------------------------ frames
-    def put_frames(self, frames: np.ndarray) -> None:
+    def put_frames(self, frames: np.ndarray, distinct: bool = False) -> None:
         """Drop one mapping of each frame; a frame with no mapping left is freed, and a
-        freed KSM page leaves its stable node stale (ksm_get_folio() will fail)."""
+        freed KSM page leaves its stable node stale (ksm_get_folio() will fail).
+        ``distinct``: no frame is given twice (no grouping needed)."""
         mem = self.mem
         if not frames.shape[0]:
             return
@@ -696,6 +741,8 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
                 return
             mem.fmap.a[fr] = 0
             uniq = frames
+        elif distinct:
+            uniq = mem.map_put(frames, 1)
         else:
             uniq, cnt = np.unique(frames, return_counts=True)
             uniq = mem.map_put(uniq, cnt)
@@ -774,9 +821,20 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
     def _dec_merging(self, g: np.ndarray) -> None:
         if not g.shape[0]:
             return
+        for mm, cnt in self._per_mm(g):
+            mm.ksm_merging_pages -= cnt
+
+    def _per_mm(self, g: np.ndarray) -> list[tuple[MM, int]]:
+        """(mm, how many of the pages ``g`` it maps) for every mm mapping one of them."""
         mmids = self._mm_by_gpid(g)
-        for mmid, cnt in zip(*np.unique(mmids, return_counts=True), strict=False):
-            self._mms[int(mmid)].ksm_merging_pages -= int(cnt)
+        lo = int(mmids.min())
+        if int(mmids.max()) - lo < 1 << 16:
+            # a bincount: no sort of a window's worth of ids
+            cnt = np.bincount(mmids - lo)
+            ids = np.flatnonzero(cnt)
+            return [(self._mms[i + lo], c) for i, c in zip(ids.tolist(), cnt[ids].tolist(), strict=True)]
+        u, c = np.unique(mmids, return_counts=True)
+        return [(self._mms[i], n) for i, n in zip(u.tolist(), c.tolist(), strict=True)]
 
     def _free_items_range(self, g0: int, g1: int) -> None:
         if g1 <= g0:
@@ -797,9 +855,8 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             for gi in g.tolist():
                 self.chk_exc.pop(gi, None)
         self.ksm_rmap_items -= g.shape[0]
-        mmids = self._mm_by_gpid(g)
-        for mmid, cnt in zip(*np.unique(mmids, return_counts=True), strict=False):
-            self._mms[int(mmid)].ksm_rmap_items -= int(cnt)
+        for mm, cnt in self._per_mm(g):
+            mm.ksm_rmap_items -= cnt
 
     def _reap_dead_nodes(self) -> None:
         """Finish remove_node_from_stable_tree() for nodes removed in this batch: their
@@ -1116,7 +1173,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         self.merge_across_nodes = value
         trees = 1 if value else max(1, self.mem.nr_nodes)
         self.stable_tree = [StableTree() for _ in range(trees)]
-        self.unstable_tree = [{} for _ in range(trees)]
+        self.unstable_tree = [TokenMap() for _ in range(trees)]
 
     def set_sleep_millisecs(self, value: int) -> None:
         # sleep_millisecs_store(): wake_up_interruptible(&ksm_iter_wait) after every store;

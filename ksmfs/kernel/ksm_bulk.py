@@ -8,8 +8,9 @@ through Ksm._cmp_and_merge_one(), the port of cmp_and_merge_page().
 _cmp_and_merge_bulk() classifies the window's pages before touching a tree: attached KSM
 pages are no-ops, changed checksums become volatile, zero pages merge into the zero
 page, contents no other frame holds go to the unstable tree. Candidate contents are
-grouped (_classify_groups) into plans with a closed form: an AppendPlan (a node with
-room takes every page of its content), a NewNodesPlan (contents new to the stable tree
+sorted (_classify_groups) into plans with a closed form: an AppendPlan (a node with
+room takes every page of its content; decided page by page, _append_pages(), since a
+node stands for one content), a NewNodesPlan (contents new to the stable tree
 that fit one KSM page, decided for all at once) and BlocksPlans (fill the node, then
 blocks of max_page_sharing pages each making a KSM page). _merge_groups() carries them
 out with vector operations, with the counter changes of the page-by-page path summed.
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._rbtree import TokenMap
 from .ksm_defs import SEQ_ODD, STABLE, UNSTABLE, calc_checksum
 from .ksm_nodes import StableNodes
 from .mm import FRAME_FILE, FRAME_SHMEM, MM, UNIQUE_BIT
@@ -87,12 +89,13 @@ class BulkMerge(StableNodes):
     # what the mixin reads of Ksm besides the node arrays (set in Ksm.__init__)
     _mm_by_gpid: Callable[[np.ndarray], np.ndarray]
     _mms: dict[int, MM]
+    _scan_mm: MM | None
     _stale_nodes: set[int]
     _trace_queue: list[tuple[int, int, str, dict[str, object]]]
     _due_chains: np.ndarray
     _pos: int
     demoted_unique: set[int]
-    unstable_tree: list[dict[int, int]]
+    unstable_tree: list[TokenMap]
     max_page_sharing: int
     merge_across_nodes: int
     stable_node_chains_prune_millisecs: int
@@ -110,9 +113,10 @@ class BulkMerge(StableNodes):
         def _mmid(self, g: int) -> int: ...
         def _nid(self, frame: int) -> int: ...
         def _oldchecksum(self, g: np.ndarray, fl: np.ndarray) -> np.ndarray: ...
+        def _per_mm(self, g: np.ndarray) -> list[tuple[MM, int]]: ...
         def _remove_one(self, g: int) -> None: ...
         def _remove_from_tree(self, g: np.ndarray) -> None: ...
-        def put_frames(self, frames: np.ndarray) -> None: ...
+        def put_frames(self, frames: np.ndarray, distinct: bool = False) -> None: ...
 
     def _cmp_and_merge_bulk(
         self, g: np.ndarray, f: np.ndarray, kind: np.ndarray, ksm: np.ndarray, fl: np.ndarray,
@@ -121,39 +125,50 @@ class BulkMerge(StableNodes):
         """The vector path of _cmp_and_merge_pages() (no search has side effects). No page
         here is attached to its KSM page, so a KSM page is one inherited through fork."""
         mem = self.mem
+        n = g.shape[0]
         forked = ksm
         plain = ~ksm if skip is None else ~ksm & ~skip
         tok = mem.ftoken.a[f]
-        chk = calc_checksum(tok[plain])
-        gp = g[plain]
-        stable_cand = chk == self._oldchecksum(gp, fl[plain])
+        # the plain pages (neither fork-shared nor skipped): usually all of them
+        if plain.all():
+            pos_plain = None
+            tp, gp, flp, fpl = tok, g, fl, f
+        else:
+            pos_plain = np.flatnonzero(plain)
+            tp, gp, flp, fpl = tok[pos_plain], g[pos_plain], fl[pos_plain], f[pos_plain]
+        chk = calc_checksum(tp)
+        stable_cand = chk == self._oldchecksum(gp, flp)
         # classify before touching any tree: which contents could meet another page?
-        cand_tok = tok[plain][stable_cand]
-        fp = f[plain][stable_cand]
-        unique = ((cand_tok & UNIQUE_BIT) != 0) & (mem.fmap.a[fp] == 1)
+        sc_idx = np.flatnonzero(stable_cand)
+        pos_sc = sc_idx if pos_plain is None else pos_plain[sc_idx]  # their places in g
+        cand_tok = tp[sc_idx]
+        fp = fpl[sc_idx]
+        fm = mem.fmap.a[fp]
+        unique = ((cand_tok & UNIQUE_BIT) != 0) & (fm == 1)
         if self.demoted_unique:
             unique &= ~np.isin(cand_tok, np.fromiter(self.demoted_unique, np.uint64))
         zero = (cand_tok == 0) & bool(self.use_zero_pages)
         if self._due_chains.shape[0]:
             self._prune_passed_chains(cand_tok[~zero])
         slow_c = ~unique & ~zero
-        pos_plain = np.flatnonzero(plain)
-        pos_c = pos_plain[stable_cand][slow_c]
+        pos_c = pos_sc[slow_c]
         tok_c = cand_tok[slow_c]
-        in_play = set(tok_c.tolist())
-        forced = set(tok[forked].tolist())
-        in_order = np.zeros(g.shape[0], dtype=bool)
-        in_order[forked] = True
-        if in_play:
+        f_c = fp[slow_c]
+        any_forked = bool(forked.any())
+        forced: set[int] = set(tok[forked].tolist()) if any_forked else set()
+        in_order = np.zeros(n, dtype=bool)
+        if any_forked:
+            in_order[forked] = True
+        if tok_c.shape[0]:
             # an item still attached to a node whose content is in play must leave it at its
             # place in the visit order: the node's fill level decides later merges
-            st_plain = (fl[plain] & STABLE) != 0
+            st_plain = (flp & STABLE) != 0
             if st_plain.any():
-                nodes = mem.ival.a[gp[st_plain]].astype(np.int64)
-                ntok = self.node_token.a[nodes].tolist()
-                hit = np.fromiter((int(t) in in_play for t in ntok), bool, len(ntok))
-                in_order[pos_plain[st_plain][hit]] = True
-                forced.update(int(t) for t, h in zip(ntok, hit.tolist(), strict=False) if h)
+                sti = np.flatnonzero(st_plain)
+                ntok = self.node_token.a[mem.ival.a[gp[sti]].astype(np.int64)]
+                hit = np.isin(ntok, tok_c)
+                in_order[sti[hit] if pos_plain is None else pos_plain[sti[hit]]] = True
+                forced.update(ntok[hit].tolist())
         if skip is not None:
             # a skipped item attached to a node whose content is in play leaves it at its
             # place (the node's fill level decides the searches around it); the others
@@ -161,61 +176,73 @@ class BulkMerge(StableNodes):
             spos = np.flatnonzero(skip)
             late = np.zeros(spos.shape[0], dtype=bool)
             sst = (fl[spos] & STABLE) != 0
-            if (in_play or forced) and sst.any():
-                ntok = self.node_token.a[mem.ival.a[g[spos[sst]]].astype(np.int64)].tolist()
-                hit = np.fromiter((int(t) in in_play or int(t) in forced for t in ntok), bool, len(ntok))
+            if (tok_c.shape[0] or forced) and sst.any():
+                ntok = self.node_token.a[mem.ival.a[g[spos[sst]]].astype(np.int64)]
+                hit = np.isin(ntok, tok_c)
+                if forced:
+                    hit |= np.isin(ntok, np.fromiter(forced, np.uint64, len(forced)))
                 late[np.flatnonzero(sst)[hit]] = True
-                forced.update(int(t) for t, h in zip(ntok, hit.tolist(), strict=False) if h)
+                forced.update(ntok[hit].tolist())
             in_order[spos[late]] = True
             self._remove_from_tree(g[spos[~late]])
-        if zero.any() and mem.compounds:
+        if self.use_zero_pages and mem.compounds and zero.any():
             # a zero page merged out of a compound page splits it: at its place in the order
             zc = zero & mem.in_compound(fp)
-            in_order[pos_plain[stable_cand][zc]] = True
-        classified = self._classify_groups(g, f, pos_c, tok_c, forced)
+            in_order[pos_sc[zc]] = True
+        classified = self._classify_groups(g, f, pos_c, tok_c, forced, f_c, fm[slow_c])
         plans, app, new_plan = classified.blocks, classified.append, classified.new_nodes
         for grp in classified.slow:
             in_order[grp] = True
+        some_in_order = bool(in_order.any())
         # bulk: remove from trees, checksum rule, zero pages, never-matching contents
-        bulk = plain & ~in_order
-        gb = g[bulk]
-        self._remove_from_tree(gb)
+        if pos_plain is None and not some_in_order:
+            gb, flb = g, fl
+        else:
+            bm = plain & ~in_order
+            gb, flb = g[bm], fl[bm]
+        if (flb & np.uint8(STABLE | UNSTABLE | SEQ_ODD)).any():
+            # (``fl`` holds these items' flags: nothing above changed them)
+            self._remove_from_tree(gb)
         # the checksum rule, with the checksums and their comparison from above (leaving
         # the tree restores exactly the oldchecksum that _oldchecksum() reported)
-        chk_all = np.zeros(g.shape[0], dtype=np.uint32)
-        chk_all[plain] = chk
-        same = np.zeros(g.shape[0], dtype=bool)
-        same[pos_plain[stable_cand]] = True
-        changed = ~same[bulk]
-        mem.ival.a[gb[changed]] = chk_all[bulk][changed]
-        in_fast = np.zeros(g.shape[0], dtype=bool)
-        in_fast[app.pos] = True
-        for plan in plans:
-            in_fast[plan.pos] = True
-        if new_plan is not None:
-            in_fast[new_plan.pos] = True
-        keep = ~changed & ~in_fast[bulk]
-        gbk = gb[keep]
-        tbk = tok[bulk][keep]
-        if gbk.shape[0]:
+        chg = np.flatnonzero(~stable_cand)
+        chg_pos = chg if pos_plain is None else pos_plain[chg]
+        chk_chg = chk[chg]
+        if some_in_order:
+            m = ~in_order[chg_pos]
+            chg_pos, chk_chg = chg_pos[m], chk_chg[m]
+        if chg_pos.shape[0] == n and int(g[-1]) - int(g[0]) + 1 == n:
+            mem.ival.a[int(g[0]) : int(g[-1]) + 1] = chk_chg  # (g ascends: one range)
+        else:
+            mem.ival.a[g[chg_pos]] = chk_chg
+        # the contents no other page can meet (and zero pages): in no plan
+        uz = ~slow_c
+        keep_pos = pos_sc[uz]
+        tbk = cand_tok[uz]
+        if some_in_order:
+            m = ~in_order[keep_pos]
+            keep_pos, tbk = keep_pos[m], tbk[m]
+        if keep_pos.shape[0]:
+            gbk = g[keep_pos]
             z = (tbk == 0) & bool(self.use_zero_pages)
             if z.any():
-                self._merge_with_zero_page(gbk[z], np.flatnonzero(bulk)[keep][z])
-            rest = gbk[~z]
-            if rest.shape[0]:
+                self._merge_with_zero_page(gbk[z], keep_pos[z])
+                gbk = gbk[~z]
+            if gbk.shape[0]:
                 # unstable_tree_search_insert() that cannot find a match: insert
-                self._insert_unstable_bulk(rest)
+                self._insert_unstable_bulk(gbk)
         if plans or app.pos.shape[0] or new_plan is not None:
             self._merge_groups(g, plans, app, new_plan)
         # in order: everything whose outcome depends on other pages of the same content;
         # the trace records of the vector merges are written at their pages' places
-        for i in np.flatnonzero(in_order).tolist():
-            self._pos = i
-            self._flush_trace(i)
-            if skip is not None and skip[i]:
-                self._remove_one(int(g[i]))
-            else:
-                self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
+        if some_in_order:
+            for i in np.flatnonzero(in_order).tolist():
+                self._pos = i
+                self._flush_trace(i)
+                if skip is not None and skip[i]:
+                    self._remove_one(int(g[i]))
+                else:
+                    self._cmp_and_merge_one(int(g[i]), bool(forked[i]))
         self._flush_trace(None)
 
     def _flush_trace(self, before: int | None) -> None:
@@ -231,33 +258,123 @@ class BulkMerge(StableNodes):
         del q[:k]
 
     def _classify_groups(
-        self, g: np.ndarray, f: np.ndarray, pos_c: np.ndarray, tok_c: np.ndarray, forced: set[int]
+        self, g: np.ndarray, f: np.ndarray, pos_c: np.ndarray, tok_c: np.ndarray, forced: set[int],
+        f_c: np.ndarray | None = None, fm_c: np.ndarray | None = None,
     ) -> BatchPlans:
         """Split the batch's candidate pages by content. A content whose outcome follows
         from a closed form gets a plan: "append" (a node with room takes every page) or
         "blocks" (fill the node, then blocks of max_page_sharing pages each making a KSM
         page). Everything else (due chain prunes, stale nodes, fork-shared pages, aborted
-        tree walks) goes to the page-by-page path."""
+        tree walks) goes to the page-by-page path. ``f_c``: the frames of ``pos_c``,
+        ``fm_c`` their map counts."""
+        empty = np.zeros(0, dtype=np.int64)
+        if not pos_c.shape[0]:
+            return BatchPlans([], AppendPlan(empty, empty, empty, empty), None, [])
+        if f_c is None:
+            f_c = f[pos_c]
+        if not self.merge_across_nodes:
+            return self._classify_sorted(pos_c, tok_c, f_c, forced, None)
+        # the usual case, decided page by page without grouping: the contents whose
+        # node takes every page of the batch (most of them, once the stable tree is
+        # built); only the other pages are grouped by content
+        if fm_c is None:
+            fm_c = self.mem.fmap.a[f_c]
+        vals, app, target, cnt, okn = self._append_pages(tok_c, f_c, fm_c, forced)
+        if not app.any():
+            return self._classify_sorted(pos_c, tok_c, f_c, forced, vals)
+        gn = np.flatnonzero(okn & (cnt > 0))
+        fast = AppendPlan(pos_c[app], target[app], gn, cnt[gn])
+        rest = ~app
+        if not rest.any():
+            return BatchPlans([], fast, None, [])
+        res = self._classify_sorted(pos_c[rest], tok_c[rest], f_c[rest], forced, vals[rest])
+        a2 = res.append
+        if a2.pos.shape[0]:
+            fast = AppendPlan(
+                np.concatenate((fast.pos, a2.pos)), np.concatenate((fast.nodes, a2.nodes)),
+                np.concatenate((gn, a2.group_nodes)), np.concatenate((fast.group_sizes, a2.group_sizes)),
+            )
+        return BatchPlans(res.blocks, fast, res.new_nodes, res.slow)
+
+    def _append_pages(
+        self, tok_c: np.ndarray, f_c: np.ndarray, fm_c: np.ndarray, forced: set[int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The "append" plan decided per page (merge_across_nodes): a plain node, or a
+        chain whose only dup with room is its head (no stale or single dup: every search
+        picks the head, as for a plain node; see _classify_sorted), that has room for
+        every page of its content in the batch, all of them single pages. A node stands
+        for one content, so the pages of a content are the pages of its node: counted
+        with a bincount instead of a sort. Returns (stable tree lookup per page, pages
+        appended, their node, pages per node, nodes whose pages all append)."""
+        mem = self.mem
+        mps = self.max_page_sharing
+        vals = self.stable_tree[0].lookup(tok_c)
+        plain = vals >= 0
+        chained = (vals < 0) & (vals > UNKNOWN)
+        has_chain = bool(chained.any())
+        if has_chain:
+            cids = np.where(chained, -vals - 1, 0)
+            chained &= self._chains_with_head_only(mps)[cids]
+            target = np.where(plain, vals, np.where(chained, self.chain_head.a[cids], 0))
+            cand = plain | chained
+        else:
+            target = np.where(plain, vals, 0)
+            cand = plain
+        node_len = self.node_len.a
+        ln = node_len[target]
+        cand &= (self.node_kfn.a[target] >= 0) & (ln > 0) & (ln < mps)
+        nn = self.node_len.n
+        if not cand.any():
+            return vals, cand, target, np.zeros(0, np.int64), np.zeros(0, bool)
+        cnt = np.bincount(target[cand], minlength=nn)
+        okn = cnt <= mps - node_len[: cnt.shape[0]]
+        # a page of a compound page (or mapped twice): whether its merge splits or fails
+        # depends on the order of the merges, so its whole content takes the other path
+        shared = fm_c != 1
+        if mem.compounds:
+            shared |= mem.in_compound(f_c)
+        bad = cand & shared
+        if forced:
+            bad |= cand & np.isin(tok_c, np.fromiter(forced, np.uint64, len(forced)))
+        if bad.any():
+            okn[target[bad]] = False
+        app = cand & okn[target]
+        if has_chain:
+            ac = app & chained
+            if ac.any():
+                # the first search of such a content prunes a due chain: only the time moves
+                now = self._clock_ns()
+                prune_ns = self.stable_node_chains_prune_millisecs * 1_000_000
+                due_c = np.unique(cids[ac])
+                due_c = due_c[now >= self.chain_prune.a[due_c] + prune_ns]
+                self.chain_prune.a[due_c] = now
+        return vals, app, target, cnt, okn
+
+    def _classify_sorted(
+        self, pos_c: np.ndarray, tok_c: np.ndarray, f_c: np.ndarray, forced: set[int],
+        vals_p: np.ndarray | None,
+    ) -> BatchPlans:
+        """_classify_groups() for pages grouped by content (a stable sort of their tokens),
+        with each page's stable tree lookup ``vals_p`` when merge_across_nodes (the pages
+        of _append_pages() are not among them), or None (each content's NUMA node)."""
         plans: list[BlocksPlan] = []
         slow: list[np.ndarray] = []
-        empty = np.zeros(0, dtype=np.int64)
         new_plan: NewNodesPlan | None = None
-        if not pos_c.shape[0]:
-            return BatchPlans(plans, AppendPlan(empty, empty, empty, empty), new_plan, slow)
         mem = self.mem
-        order = np.argsort(tok_c, kind="stable")
+        order = _group_order(tok_c)
         ts = tok_c[order]
         ps = pos_c[order]
+        fs = f_c[order]
         brk = np.flatnonzero(ts[1:] != ts[:-1]) + 1
         starts_a = np.concatenate(([0], brk))
         sizes_a = np.diff(np.concatenate((starts_a, [ts.shape[0]])))
         # a page of a compound page: whether its merge splits or fails (two pages of one
         # compound) depends on the order of the merges: the page-by-page path
-        single = (mem.fmap.a[f[ps]] == 1) & ~mem.in_compound(f[ps])
+        single = (mem.fmap.a[fs] == 1) & ~mem.in_compound(fs)
         ok_a = np.minimum.reduceat(single.astype(np.int8), starts_a) > 0
         nid_a = None
-        if not self.merge_across_nodes:
-            nids = mem.nid_of(f[ps])
+        if vals_p is None:
+            nids = mem.nid_of(fs)
             lo = np.minimum.reduceat(nids, starts_a)
             ok_a &= lo == np.maximum.reduceat(nids, starts_a)
             nid_a = lo.tolist()
@@ -269,50 +386,22 @@ class BulkMerge(StableNodes):
         node_len = self.node_len.a
         uniq = ts[starts_a]
         gnode = np.full(starts_a.shape[0], -1, dtype=np.int64)
-        if nid_a is None:
-            # the usual case, decided for all contents at once: a plain node with room
-            # for the whole group (no prune, chain or stale page involved)
-            vals = self.stable_tree[0].lookup(uniq)
-            plain = vals >= 0
-            target = np.where(plain, vals, 0)
-            # a chain whose only dup with room is its head (no stale or single dup):
-            # every search picks the head, as for a plain node (see the loop below)
-            chained = (vals < 0) & (vals > UNKNOWN)
-            if chained.any():
-                cids = np.where(chained, -vals - 1, 0)
-                ok_chain = self._chains_with_head_only(mps)
-                chained &= ok_chain[cids]
-                target = np.where(chained, self.chain_head.a[cids], target)
-            ln_a = node_len[target]
-            room_a = np.where(ln_a < mps, mps - ln_a, 0)
-            app_group = ok_a & (plain | chained) & (node_kfn[target] >= 0) & (ln_a > 0) & (sizes_a <= room_a)
-            if forced:
-                app_group &= ~np.isin(uniq, np.fromiter(forced, np.uint64, len(forced)))
-            gnode[app_group] = target[app_group]
-            if chained.any():
-                # the first search of such a group prunes a due chain: only the time moves
-                due_c = cids[app_group & chained]
-                due_c = due_c[now >= self.chain_prune.a[due_c] + prune_ns]
-                self.chain_prune.a[due_c] = now
-            rest_a = np.flatnonzero(~app_group)
+        app_group = np.zeros(starts_a.shape[0], dtype=bool)
+        if vals_p is not None:
+            # (the contents whose node takes all their pages were taken by _append_pages)
+            vals = vals_p[order[starts_a]]
             new_plan, rest_a = self._classify_new(
-                rest_a, vals, uniq, sizes_a, ok_a, forced, mps, seq_odd, ps, starts_a
+                np.arange(starts_a.shape[0]), vals, uniq, sizes_a, ok_a, forced, mps, seq_odd, ps, starts_a
             )
-            rest = rest_a.tolist()
         else:
-            app_group = np.zeros(starts_a.shape[0], dtype=bool)
-            rest = list(range(starts_a.shape[0]))
-        starts = starts_a.tolist()
-        sizes = sizes_a.tolist()
-        oks = ok_a.tolist()
+            rest_a = np.arange(starts_a.shape[0])
         stable_trees = self.stable_tree
         unstable_trees = self.unstable_tree
-        uniq_l = uniq.tolist()
-        for i in rest:
-            t = uniq_l[i]
-            k = sizes[i]
-            if t in forced or not oks[i]:
-                slow.append(ps[starts[i] : starts[i] + k])
+        # (Python values only for the contents left to this loop)
+        for i, t, k, ok, start in zip(rest_a.tolist(), uniq[rest_a].tolist(), sizes_a[rest_a].tolist(),
+                                      ok_a[rest_a].tolist(), starts_a[rest_a].tolist(), strict=True):
+            if t in forced or not ok:
+                slow.append(ps[start : start + k])
                 continue
             nid = 0 if nid_a is None else nid_a[i]
             e = stable_trees[nid].get(t)
@@ -331,7 +420,7 @@ class BulkMerge(StableNodes):
                 # search (pruning or not) picks the head, and a new dup is made when it
                 # is full; a dup with room further down the list takes the exact path
                 if len(dl) < 2 or (node_kfn[dla] < 0).any() or (lens <= 0).any() or cand[1:].any():
-                    slow.append(ps[starts[i] : starts[i] + k])
+                    slow.append(ps[start : start + k])
                     continue
                 if now >= self.chain_prune.a[cid] + prune_ns:
                     self._set_prune_time(cid, now)  # the first search prunes (no other effect)
@@ -339,7 +428,7 @@ class BulkMerge(StableNodes):
             if e is not None:
                 ln = int(node_len[e])
                 if node_kfn[e] < 0 or ln == 0:
-                    slow.append(ps[starts[i] : starts[i] + k])  # a stale node: exact path
+                    slow.append(ps[start : start + k])  # a stale node: exact path
                     continue
                 room = mps - ln if ln < mps else 0
                 if k <= room:
@@ -354,13 +443,13 @@ class BulkMerge(StableNodes):
                     page = self._get_mergeable_page(tr)
                     if (page is None or int(mem.ftoken.a[page]) != t or int(mem.fmap.a[page]) != 1
                             or mem.compound_of(page) >= 0 or e is not None):
-                        slow.append(ps[starts[i] : starts[i] + k])  # aborted walks: exact path
+                        slow.append(ps[start : start + k])  # aborted walks: exact path
                         continue
                     tree_item = tr
             # append what fits, then blocks of max_page_sharing pages: in each block the
             # first page waits in the unstable tree, the second pairs with it and becomes a
             # new KSM page (a new dup once one exists), the rest append (spec §3.6)
-            plans.append(BlocksPlan(ps[starts[i] : starts[i] + k], e if e is not None else -1, t, room, tree_item, cid))
+            plans.append(BlocksPlan(ps[start : start + k], e if e is not None else -1, t, room, tree_item, cid))
         sel = np.repeat(app_group, sizes_a)
         app_pos = ps[sel]
         app_nodes = np.repeat(gnode[app_group], sizes_a[app_group])
@@ -385,7 +474,8 @@ class BulkMerge(StableNodes):
             return None, rest
         mem = self.mem
         ut = self.unstable_tree[0]
-        tr = np.fromiter((ut.get(t, -1) for t in uniq[cand].tolist()), np.int64, cand.shape[0])
+        tr = np.empty(cand.shape[0], dtype=np.int64)
+        ut.lookup_into(np.ascontiguousarray(uniq[cand], dtype=np.uint64), tr, -1)
         trs = np.maximum(tr, 0)
         trf = mem.iflags.a[trs]
         valid = (tr >= 0) & ((trf & UNSTABLE) != 0) & (((trf & SEQ_ODD) != 0) == seq_odd)
@@ -464,18 +554,33 @@ class BulkMerge(StableNodes):
                 events += [(p, 0, gi, kf, kf) for p, gi, kf in zip(app_pos.tolist(), ga.tolist(), kfns, strict=False)]
             if hl_on:
                 hl.append(np.stack((app_pos, np.zeros_like(app_pos), ga)))
-            att_g.append(ga)
-            att_n.append(app_nodes.astype(np.int32))
-            old = mem.pte.a[ga].copy()
+            # (a page of the plan's content has checksum and content of its node: no
+            # exception to keep aside, see _attach_ival)
+            mem.iflags.a[ga] = (mem.iflags.a[ga] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
+            mem.ival.a[ga] = app_nodes
+            if self._scan_mm is not None:
+                self._scan_mm.ksm_merging_pages += ga.shape[0]  # the window's pages are its
+            else:
+                for mm, cnt in self._per_mm(ga):
+                    mm.ksm_merging_pages += cnt
+            old = mem.pte.a[ga]
             mem.pte.a[ga] = self.node_kfn.a[app_nodes]
-            self.put_frames(old.astype(np.int32))
+            # every page of the plan is the only mapping of a frame that is no KSM page
+            # and in no compound page (_append_pages): put_frames() would free each
+            mem.free_frames(old)
         if new_plan is not None:
             sh, sg, un = self._merge_new_nodes(
                 g, new_plan, att_g, att_n, repl_g, repl_k, events, tracing, hl if hl_on else None
             )
+            # the new KSM pages' items (the first in att_g): each page's checksum is its
+            # content's, the node's (classified as unchanged), so none is kept aside
+            known = sum(a.shape[0] for a in att_g)
+            own = att_g[0].shape[0] if att_g else 0  # its pages of the window (then tree items)
             shared += sh
             sharing += sg
             unshared += un
+        else:
+            known = own = 0
         for plan in plans:
             pos, t = plan.pos, plan.token
             gg = g[pos]
@@ -551,17 +656,26 @@ class BulkMerge(StableNodes):
         if repl_g:
             rg = np.concatenate(repl_g)
             rk = np.concatenate(repl_k)
-            old = mem.pte.a[rg].copy()
+            old = mem.pte.a[rg]
             mem.pte.a[rg] = rk
-            self.put_frames(old.astype(np.int32))
+            # each page (or tree item) merged here was its frame's only mapping
+            # (_classify_groups, _classify_new): distinct frames
+            self.put_frames(old.astype(np.int32), distinct=True)
         if att_g:
             ag = np.concatenate(att_g)
             an = np.concatenate(att_n)
             mem.iflags.a[ag] = (mem.iflags.a[ag] & ~np.uint8(UNSTABLE | SEQ_ODD)) | STABLE
-            self._attach_ival(ag, an)
-            mmids = self._mm_by_gpid(ag)
-            for mmid, cnt in zip(*np.unique(mmids, return_counts=True), strict=False):
-                self._mms[int(mmid)].ksm_merging_pages += int(cnt)
+            mem.ival.a[ag[:known]] = an[:known]
+            self._attach_ival(ag[known:], an[known:])
+            others = ag
+            if own and self._scan_mm is not None:
+                # the new KSM pages' own pages are the window's, of the scanned mm; their
+                # tree items and the blocks' pages may be any mm's
+                self._scan_mm.ksm_merging_pages += own
+                others = ag[own:]
+            if others.shape[0]:
+                for mm, cnt in self._per_mm(others):
+                    mm.ksm_merging_pages += cnt
         if hl:
             rows = np.concatenate(hl, axis=1)
             self._note_appends(rows[2][np.lexsort((rows[1], rows[0]))])
@@ -594,7 +708,8 @@ class BulkMerge(StableNodes):
         unshared = 0
         if lone.any():
             gl = gp[first[lone]]
-            self.unstable_tree[0].update(zip(plan.tokens[lone].tolist(), gl.tolist(), strict=False))
+            self.unstable_tree[0].set_many(np.ascontiguousarray(plan.tokens[lone], dtype=np.uint64),
+                                           gl.astype(np.int64))
             mem.iflags.a[gl] = (mem.iflags.a[gl] & ~np.uint8(SEQ_ODD | STABLE)) | UNSTABLE | seq_flag
             unshared += gl.shape[0]
         mk = ~lone
@@ -730,11 +845,35 @@ class BulkMerge(StableNodes):
             self.chain_ivl_hi.a[c] = min(hi, (1 << 64) - 1)
             self.chain_ivl_flags.a[c] = (lo >= 0) | ((hi < (1 << 64)) << 1)
             ver[c] = tree.rb.version
-        skeys = np.sort(keys)
         flags = self.chain_ivl_flags.a[cids]
-        left = np.where(flags & 1, np.searchsorted(skeys, self.chain_ivl_lo.a[cids], "right"), 0)
-        right = np.where(flags & 2, np.searchsorted(skeys, self.chain_ivl_hi.a[cids], "left"), skeys.shape[0])
-        hit = cids[right > left]
+        if cids.shape[0] <= 4:
+            # few due chains: a scan of the keys per chain is cheaper than a sort
+            passed = np.zeros(cids.shape[0], dtype=bool)
+            for j, (c, fg) in enumerate(zip(cids.tolist(), flags.tolist(), strict=True)):
+                m = keys > self.chain_ivl_lo.a[c] if fg & 1 else None
+                if fg & 2:
+                    below = keys < self.chain_ivl_hi.a[c]
+                    m = below if m is None else m & below
+                passed[j] = True if m is None else bool(m.any())
+            hit = cids[passed]
+        else:
+            skeys = np.sort(keys)
+            left = np.where(flags & 1, np.searchsorted(skeys, self.chain_ivl_lo.a[cids], "right"), 0)
+            right = np.where(flags & 2, np.searchsorted(skeys, self.chain_ivl_hi.a[cids], "left"), skeys.shape[0])
+            hit = cids[right > left]
         if hit.shape[0]:
             now = self._clock_ns()
             self.chain_prune.a[hit] = now
+
+
+def _group_order(keys: np.ndarray) -> np.ndarray:
+    """np.argsort(keys, kind="stable") (equal keys keep their order), from two quicksorts:
+    numpy's stable sort of 64-bit keys is a merge sort, 5x slower on a batch's tokens.
+    The second sort orders (rank of the key, index), which are distinct."""
+    n = keys.shape[0]
+    o1 = np.argsort(keys)
+    ks = keys[o1]
+    rank = np.zeros(n, dtype=np.int64)
+    if n > 1:
+        np.cumsum(ks[1:] != ks[:-1], out=rank[1:])
+    return o1[np.argsort(rank * n + o1)]

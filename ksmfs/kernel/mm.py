@@ -260,7 +260,7 @@ class PhysMem:
         else:
             np.add.at(a, fr, c.astype(a.dtype))
 
-    def map_put(self, frames: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    def map_put(self, frames: np.ndarray, counts: np.ndarray | int) -> np.ndarray:
         """Drop ``counts`` mappings of distinct ``frames``; returns those left with none."""
         a = self.fmap.a
         left = a[frames].astype(np.int64) - counts

@@ -61,35 +61,57 @@ class TokenIndex:
 
     def set_many(self, ts: np.ndarray, vs: np.ndarray) -> None:
         """set() of distinct keys none of which is in the index yet, with vector probes:
-        each round, every pending key takes its slot if that slot is free and no other
-        pending key of the round wants it; the others move one slot on."""
+        each round, every pending key whose slot is free and not taken by another pending
+        key of the round takes it; the others move one slot on."""
         ts = np.asarray(ts, dtype=np.uint64)
         vs = np.asarray(vs, dtype=np.int64)
         ok = ts < TOMB
         ts, vs = ts[ok], vs[ok]
         if not ts.shape[0]:
             return
-        while (self.used + ts.shape[0]) * 2 > self.keys.shape[0]:
-            self._rehash(self.bits + 1)
+        bits = self.bits
+        while (self.used + ts.shape[0]) * 2 > 1 << bits:
+            bits += 1
+        if bits != self.bits:
+            self._rehash(bits)
+        if not self.used:  # an empty table (no tombstone either): one sort places all
+            self._place(ts, vs)
+            return
         h = self._h(ts)
+        owner = np.empty(self.keys.shape[0], dtype=np.int64)  # scratch, read where written
         while ts.shape[0]:
             k = self.keys[h]
-            free = (k == EMPTY) | (k == TOMB)
-            # one winner per slot: the first pending key that probes it
-            _, first = np.unique(h, return_index=True)
-            win = np.zeros(ts.shape[0], dtype=bool)
-            win[first] = True
-            win &= free
-            hw = h[win]
+            fi = np.flatnonzero((k == EMPTY) | (k == TOMB))
+            # one winner per free slot among the pending keys that probe it (which one
+            # does not matter: a lookup finds a key wherever its probe placed it)
+            hf = h[fi]
+            owner[hf] = fi
+            wi = fi[owner[hf] == fi]
+            hw = h[wi]
             self.used += int(np.count_nonzero(self.keys[hw] == EMPTY))
-            self.keys[hw] = ts[win]
-            self.vals[hw] = vs[win]
-            rest = ~win
+            self.keys[hw] = ts[wi]
+            self.vals[hw] = vs[wi]
+            rest = np.ones(ts.shape[0], dtype=bool)
+            rest[wi] = False
             ts, vs = ts[rest], vs[rest]
             # a loser whose slot is now taken moves on; one that lost to a peer retries
             h = h[rest]
             taken = (self.keys[h] != EMPTY) & (self.keys[h] != TOMB)
             h = np.where(taken, (h + 1) & self.mask, h)
+
+    def get(self, t: int) -> int | None:
+        """The value of one token (None when absent; a sentinel token is never indexed)."""
+        if t >= 0xFFFFFFFFFFFFFFFE:
+            return None
+        keys = self.keys
+        h = self._h1(t)
+        while True:
+            k = int(keys[h])
+            if k == t:
+                return int(self.vals[h])
+            if k == 0xFFFFFFFFFFFFFFFF:
+                return None
+            h = (h + 1) & self.mask
 
     def delete(self, t: int) -> None:
         if t >= 0xFFFFFFFFFFFFFFFE:
@@ -113,6 +135,10 @@ class TokenIndex:
         live = (self.keys != EMPTY) & (self.keys != TOMB)
         ks, vs = self.keys[live], self.vals[live]
         self._alloc(bits)
+        self._place(ks, vs)
+
+    def _place(self, ks: np.ndarray, vs: np.ndarray) -> None:
+        """Put distinct keys into the empty table (see _rehash)."""
         n = ks.shape[0]
         if not n:
             return
@@ -129,19 +155,44 @@ class TokenIndex:
             # the probes that run past the last slot wrap around to the first free ones
             self.set_many(ks[~fits], vs[~fits])
 
+    def _find(self, ts: np.ndarray) -> np.ndarray:
+        """The slot of every token, -1 when absent (and for sentinel tokens)."""
+        keys = self.keys
+        h = self._h(ts)
+        k = keys[h]
+        hit = k == ts
+        slot = np.where(hit, h, -1)
+        # the first probe finds most keys (or an empty slot); the rest probe on, few
+        more = ~hit & (k != EMPTY)
+        if more.any():
+            active = np.flatnonzero(more)
+            h, tt = h[active], ts[active]
+            while active.shape[0]:
+                h = (h + 1) & self.mask
+                k = keys[h]
+                hit = k == tt
+                if hit.any():
+                    slot[active[hit]] = h[hit]
+                more = ~hit & (k != EMPTY)
+                active, h, tt = active[more], h[more], tt[more]
+        slot[ts >= TOMB] = -1
+        return slot
+
     def lookup(self, ts: np.ndarray) -> np.ndarray:
         """The value of every token, MISSING when absent, UNKNOWN for sentinel tokens."""
-        n = ts.shape[0]
-        res = np.full(n, MISSING, dtype=np.int64)
-        active = np.arange(n)
-        h = self._h(ts)
-        tt = ts
-        while active.shape[0]:
-            k = self.keys[h]
-            hit = k == tt
-            if hit.any():
-                res[active[hit]] = self.vals[h[hit]]
-            more = ~hit & (k != EMPTY)
-            active, h, tt = active[more], (h[more] + 1) & self.mask, tt[more]
+        slot = self._find(ts)
+        res = np.where(slot >= 0, self.vals[slot], MISSING)
         res[ts >= TOMB] = UNKNOWN
         return res
+
+    def upsert_many(self, ts: np.ndarray, vs: np.ndarray) -> None:
+        """set() of distinct keys, some of which may be in the index already."""
+        ts = np.asarray(ts, dtype=np.uint64)
+        vs = np.asarray(vs, dtype=np.int64)
+        slot = self._find(ts)
+        there = slot >= 0
+        if there.any():
+            self.vals[slot[there]] = vs[there]
+            ts, vs = ts[~there], vs[~there]
+        self.set_many(ts, vs)
+

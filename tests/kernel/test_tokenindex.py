@@ -70,3 +70,4 @@ def test_rehash_wraps_around_the_table_end() -> None:
     index._rehash(4)  # same size: the placement must wrap exactly as set() did
     assert np.array_equal(np.sort(index.keys), np.sort(before))
     assert index.lookup(np.array(last, dtype=np.uint64)).tolist() == list(range(5))
+
