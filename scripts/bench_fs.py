@@ -10,9 +10,10 @@
   the kernel) and warm.
 
 ksmd runs during the measurement (1000 processes with mergeable pages).  The figures are
-printed and appended to docs/NOTES.md (``--no-notes`` to skip).
+printed, with ratios against minimal pyfuse3 and libfuse3 servers measured in the same
+run; ``--notes`` also appends them to docs/NOTES.md.
 
-    python scripts/bench_fs.py [--iterations 5000] [--procs 1000]
+    python scripts/bench_fs.py [--iterations 5000] [--procs 1000] [--notes]
     python scripts/bench_fs.py --merging scripts/scenarios/scale-16m.toml
         # a reader every millisecond through the merging pass of a 16M-page mount
     python scripts/bench_fs.py --smaps [--smaps-pages 4194304]
@@ -22,9 +23,9 @@ printed and appended to docs/NOTES.md (``--no-notes`` to skip).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -172,10 +173,14 @@ def real_ksm_stat() -> Path | None:
     return None
 
 
-def fmt_row(label: str, m: dict[str, float], ref: dict[str, float] | None) -> str:
+def fmt_row(label: str, m: dict[str, float], ref: dict[str, float] | None,
+            floor: dict[str, float] | None = None) -> str:
+    """A table row: the ratios are against the real file (ref) and against the minimal
+    pyfuse3 server of the same run (floor)."""
     ratio = f"{m['median_us'] / ref['median_us']:6.1f}x" if ref else "     - "
+    vs_floor = f"{m['median_us'] / floor['median_us']:6.2f}x" if floor else "     - "
     return (f"| {label:<44} | {m['median_us']:9.1f} | {m['p99_us']:9.1f} | "
-            f"{m['reads_per_s']:9.0f} | {ratio} |")
+            f"{m['reads_per_s']:9.0f} | {ratio} | {vs_floor} |")
 
 
 def _read_int(path: Path) -> int:
@@ -224,6 +229,18 @@ def _unmount(mount: Path) -> None:
         subprocess.run(["fusermount3", "-u", "-z", str(mount)])
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process (nan when unknown): the server's own CPU, which a busy
+    machine stretches less than wall time."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _pass_under_readers(scenario: str, period: float | None, smaps: bool) -> dict[str, object]:
     """Mount ``scenario``; through its merging pass (full scan 1 -> 2) a reader does
     open-read-close of a sysfs file and of a ksm_stat every ``period`` seconds (None: a
@@ -237,6 +254,8 @@ def _pass_under_readers(scenario: str, period: float | None, smaps: bool) -> dic
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"mount failed: {r.stderr.strip()}")
+        m = re.search(r"server pid (\d+)", r.stdout)
+        server = int(m.group(1)) if m else None
         try:
             ksm = mount / "sys/kernel/mm/ksm"
             pids = sorted((p for p in os.listdir(mount / "proc") if p.isdigit()), key=int)
@@ -246,13 +265,15 @@ def _pass_under_readers(scenario: str, period: float | None, smaps: bool) -> dic
                 time.sleep(0.01)
             reader = _Reader([sysfs, stat], period) if period is not None else None
             t0 = time.perf_counter()
+            c0 = _cpu_seconds(server)
             if reader is not None:
                 reader.start()
             while _read_int(ksm / "full_scans") < 2:
                 time.sleep(0.1)
             pass_s = time.perf_counter() - t0
             out: dict[str, object] = {
-                "pass_s": pass_s, "lat": list(reader.lat) if reader is not None else []}
+                "pass_s": pass_s, "cpu_s": _cpu_seconds(server) - c0,
+                "lat": list(reader.lat) if reader is not None else []}
             if smaps and reader is not None:
                 # smaps of a 4M-page guest while the reader goes on
                 reader.lat.clear()
@@ -272,17 +293,22 @@ def _pass_under_readers(scenario: str, period: float | None, smaps: bool) -> dic
 def merging_pass(scenario: str) -> int:
     """Readers through the merging pass of a mounted scale scenario (issue: p99 <= 2 ms,
     max <= 20 ms, the pass at most 20 % slower with a reader every millisecond)."""
+    load0 = os.getloadavg()[0]
     base = _pass_under_readers(scenario, None, False)
     busy = _pass_under_readers(scenario, 0.001, True)
+    load1 = os.getloadavg()[0]
     lat = sorted(busy["lat"])  # type: ignore[arg-type]
 
     q = _ms_quantile
 
     print(f"{Path(scenario).name}: merging pass {base['pass_s']:.1f} s alone, "
           f"{busy['pass_s']:.1f} s with the reader "
-          f"({(busy['pass_s'] / base['pass_s'] - 1) * 100:+.0f} %)")  # type: ignore[operator]
+          f"({(busy['pass_s'] / base['pass_s'] - 1) * 100:+.0f} %); the server's CPU "
+          f"{base['cpu_s']:.1f} s and {busy['cpu_s']:.1f} s "
+          f"({(busy['cpu_s'] / base['cpu_s'] - 1) * 100:+.0f} %)")  # type: ignore[operator]
     print(f"  reader (sysfs pages_sharing / proc/PID/ksm_stat, every 1 ms): {len(lat)} reads, "
           f"median {q(lat, 0.5):.2f} ms, p99 {q(lat, 0.99):.2f} ms, max {q(lat, 1.0):.1f} ms")
+    print(f"  load average (1 min) {load0:.2f} before, {load1:.2f} after, on {os.cpu_count()} CPUs")
     ls = sorted(busy.get("lat_smaps", []))  # type: ignore[arg-type]
     if "smaps_s" in busy:
         print(f"  smaps of a guest: {busy['smaps_s'] * 1e3:.0f} ms per read; the reader meanwhile: "
@@ -380,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=5000)
     ap.add_argument("--procs", type=int, default=1000)
-    ap.add_argument("--no-notes", action="store_true", help="do not append to docs/NOTES.md")
+    ap.add_argument("--notes", action="store_true",
+                    help="append the table to docs/NOTES.md (default: print only)")
     ap.add_argument("--merging", metavar="SCENARIO",
                     help="only: readers through the merging pass of SCENARIO mounted "
                          "(e.g. scripts/scenarios/scale-16m.toml)")
@@ -443,18 +470,19 @@ def main(argv: list[str] | None = None) -> int:
     ref_ksm = next((v for k, v in real.items() if "pages_sharing" in k), None)
     ref_stat = next((v for k, v in real.items() if "ksm_stat" in k), None)
     rows = [
-        "| file | median us | p99 us | reads/s | vs real |",
-        "|---|---:|---:|---:|---:|",
-        *[fmt_row(k, v, None) for k, v in real.items()],
-        fmt_row("mount sys/kernel/mm/ksm/pages_sharing", res["mount pages_sharing"], ref_ksm),
-        fmt_row("mount proc/PID/ksm_stat", res["mount proc/PID/ksm_stat"], ref_stat),
+        "| file | median us | p99 us | reads/s | vs real | vs minimal pyfuse3 |",
+        "|---|---:|---:|---:|---:|---:|",
+        *[fmt_row(k, v, None, floor) for k, v in real.items()],
+        fmt_row("mount sys/kernel/mm/ksm/pages_sharing", res["mount pages_sharing"], ref_ksm,
+                floor),
+        fmt_row("mount proc/PID/ksm_stat", res["mount proc/PID/ksm_stat"], ref_stat, floor),
         fmt_row("mount sys/kernel/mm/ksm/pages_sharing (run=0)",
-                res["mount pages_sharing, ksmd stopped"], ref_ksm),
+                res["mount pages_sharing, ksmd stopped"], ref_ksm, floor),
     ]
     if floor is not None:
-        rows.append(fmt_row("minimal pyfuse3 server, one file", floor, ref_ksm))
+        rows.append(fmt_row("minimal pyfuse3 server, one file", floor, ref_ksm, floor))
     if c_floor is not None:
-        rows.append(fmt_row("minimal C libfuse3 server, one file", c_floor, ref_ksm))
+        rows.append(fmt_row("minimal C libfuse3 server, one file", c_floor, ref_ksm, floor))
     ratio = (res["mount pages_sharing"]["median_us"] / ref_ksm["median_us"]) if ref_ksm else None
     verdict_lat = (
         f"latency {ratio:.1f}x real sysfs (target <= {LATENCY_TARGET:g}x): "
@@ -467,7 +495,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{real_files} files in {real_scrape_s * 1e3:.0f} ms"
     )
     header = (
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
         f"Linux {platform.release()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}; {args.iterations} iterations per file; ksmd running "
         f"(pages_sharing {sharing} after {full_scans} full scans); spawning "
@@ -483,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     text = "\n".join([header, "", *rows, "", *verdicts])
     print(text)
-    if not args.no_notes:
+    if args.notes:
         notes = REPO / "docs" / "NOTES.md"
         with open(notes, "a") as f:
             f.write(f"\n## FUSE read performance (scripts/bench_fs.py)\n\n{text}\n")

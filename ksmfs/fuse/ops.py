@@ -102,6 +102,16 @@ InvalidateHook = Callable[[int, str], None]
 
 _F = TypeVar("_F", bound=Callable[..., Awaitable[Any]])
 
+# How long the caller of a request is likely to take to send its next one, in seconds
+# (``KsmfsOperations.follow_up``): the runtime's pacer waits that long for it before it
+# runs the next ksmd slice, so that open-read-close is one burst and not one slice per
+# round trip.  After a LOOKUP, OPEN, GETATTR, ... the caller has more to ask; after a READ
+# with data, a RELEASE (close) or another READ (cat reads to EOF) comes at once.  After
+# RELEASE, a READ at EOF or a WRITE nobody waits for a reply: the caller's next request
+# will be the start of a new burst.
+FOLLOW_UP_SECONDS = 0.0003
+NO_FOLLOW_UP = frozenset({"release", "releasedir", "flush", "fsync", "fsyncdir", "write"})
+
 
 def _handler(fn: _F) -> _F:
     """Wrap a request handler so that only ``FUSEError`` ever leaves it.
@@ -110,12 +120,18 @@ def _handler(fn: _F) -> _F:
     exception is a bug in ksmfs: log it with its traceback and answer EIO, so the caller
     gets an error and the mount stays up (pyfuse3 would otherwise end main()).
     """
+    follow_up = 0.0 if fn.__name__ in NO_FOLLOW_UP else FOLLOW_UP_SECONDS
+    is_read = fn.__name__ == "read"
 
     @functools.wraps(fn)
     async def wrapper(self: KsmfsOperations, *args: Any) -> Any:
         self.requests += 1  # the runtime's pacer lets a burst of requests finish
+        self.follow_up = follow_up
         try:
-            return await fn(self, *args)
+            result = await fn(self, *args)
+            if is_read and not result:
+                self.follow_up = 0.0  # EOF: the caller closes, and close waits for nothing
+            return result
         except pyfuse3.FUSEError:
             raise
         except KsmError as e:
@@ -226,6 +242,7 @@ class KsmfsOperations(pyfuse3.Operations):
         # kernel state read it before and after (a seqlock), see GENERATION_XATTR.
         self.generation = 0
         self.requests = 0  # requests handled (any kind)
+        self.follow_up = 0.0  # how long the last request's caller may take to send more
         self._pids: set[int] = set(self.kernel.tasks)
         proc = tree.lookup((PROCFS_TOP,))
         self._proc_inode = proc.inode if proc is not None else None

@@ -15,9 +15,11 @@ serves comes from :func:`build_simulation` (a scenario's processes, its :class:`
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import math
 import os
+import select
 import signal
 import time
 from collections.abc import Callable
@@ -210,32 +212,40 @@ class KsmdPacer:
     the value changed; run = 1 does not cut a timed sleep short, docs/NOTES.md); the
     pacer only sleeps and asks.
 
-    A batch runs in slices of a few milliseconds of wall time (``Ksm.scan_slice``, at
+    A batch runs in slices of about a millisecond of wall time (``Ksm.scan_slice``, at
     ksm_do_scan()'s cond_resched() points) and FUSE requests are served between slices,
     so no reader waits for a whole batch.  Stores wait for the batch to end
     (``wait_batch``), as they wait for ksm_thread_mutex in mm/ksm.c; the clock does not
     move inside a batch.
+
+    A slice's size is chosen from the time per page of the slice before (it bounds the
+    slice's time, not its pages): it may at most double from one slice to the next, and
+    a pass starts again from FIRST_SLICE_PAGES, since the first batches of a merging
+    pass cost a hundred times more per page than the pass before them.
     """
 
     SLICE_TARGET_S = 0.001  # wall time of one slice the pacer aims at
-    MIN_SLICE_PAGES = 64
+    MIN_SLICE_PAGES = 32
+    FIRST_SLICE_PAGES = 256  # the first slice of a pass
     MAX_SLICE_PAGES = 16384  # a cheap pass must not grow slices that the next pass finds slow
-    BURST_GAP_S = 0.0002  # between slices: wait this long for a reader's next request
-    BURST_MAX_S = 0.005  # ... but never longer than this in all
+    BURST_MAX_S = 0.005  # between slices: serve a burst of requests this long at most
 
-    def __init__(self, kernel: Kernel, speed: float = 1.0) -> None:
+    def __init__(self, kernel: Kernel, speed: float = 1.0, fuse_fd: int | None = None) -> None:
         if not speed > 0 or math.isinf(speed):
             raise ValueError("speed must be a positive finite number")
         self.kernel = kernel
         self.speed = speed
         self.ops: KsmfsOperations | None = None
+        # /dev/fuse of the mount: between slices the pacer looks whether a request is
+        # waiting there, and waits (in select, not spinning) for a caller's next request
+        self.fuse_fd = fuse_fd
         self.on_batch: Callable[[], None] | None = None
         self.timeline: Timeline | None = None  # for virtual full scans while ksmd is idle
         self._wake = trio.Event()
         self._advanced_ms = 0.0
         self.batches = 0
         self.slices = 0
-        self.slice_pages = 4096  # adapted to SLICE_TARGET_S as slices run
+        self.slice_pages = self.FIRST_SLICE_PAGES  # adapted to SLICE_TARGET_S as slices run
         self.in_batch = False
         self._batch_done = trio.Event()
 
@@ -258,20 +268,41 @@ class KsmdPacer:
             self.kernel.advance(delta)
             self._advanced_ms = target_ms
 
+    def next_slice_pages(self, pages: int, seconds: float) -> int:
+        """The size of the next slice after one of ``pages`` pages took ``seconds`` of
+        CPU time.  A slice within half to 1.5 times SLICE_TARGET_S keeps its size: each
+        slice has a fixed cost (~0.3 ms in the 16M-page merging pass, measured), and a
+        size that follows every wobble (the slice after a burst of FUSE requests runs on
+        cold caches) makes more, smaller slices.  A slower one shrinks to what fits at
+        its time per page (the fixed cost included), a faster one grows to that, at most
+        twofold per slice."""
+        target = self.SLICE_TARGET_S
+        if pages <= 0:
+            return self.slice_pages
+        fit = int(target * pages / max(seconds, 1e-9))
+        if seconds > 1.5 * target:
+            new = fit
+        elif seconds < 0.5 * target and pages >= self.slice_pages:
+            new = min(fit, 2 * self.slice_pages)
+        else:
+            new = self.slice_pages  # on target, or cut short by the batch's end
+        return max(self.MIN_SLICE_PAGES, min(new, self.MAX_SLICE_PAGES))
+
     async def _run_batch(self, batch: ScanBatch) -> None:
         k = self.kernel
         self.in_batch = True
         try:
             while True:
-                t = time.perf_counter()
+                before = batch.done
+                # CPU time: a slice the scheduler preempted is no reason to shrink the next
+                t = time.thread_time()
                 done = k.ksm.scan_slice(batch, self.slice_pages)
-                dt = time.perf_counter() - t
+                dt = time.thread_time() - t
                 self.slices += 1
-                if dt > 2 * self.SLICE_TARGET_S:
-                    self.slice_pages = max(self.MIN_SLICE_PAGES, self.slice_pages // 2)
-                elif dt < self.SLICE_TARGET_S / 2:
-                    self.slice_pages = min(self.MAX_SLICE_PAGES, self.slice_pages * 2)
+                self.slice_pages = self.next_slice_pages(batch.done - before, dt)
                 if done:
+                    if batch.pass_ended:
+                        self.slice_pages = self.FIRST_SLICE_PAGES
                     return
                 if self.ops is not None:
                     self.ops.kernel_changed()  # readers see the counters of this moment
@@ -281,27 +312,48 @@ class KsmdPacer:
             event, self._batch_done = self._batch_done, trio.Event()
             event.set()
 
+    def _fuse_pending(self, timeout: float = 0.0) -> bool:
+        """A request waits in /dev/fuse (within ``timeout`` seconds: select(2) blocks
+        the trio thread that long at most, which is what ksmd's slice would do)."""
+        assert self.fuse_fd is not None
+        try:
+            return bool(select.select([self.fuse_fd], [], [], timeout)[0])
+        except (OSError, ValueError):  # the mount is going away
+            self.fuse_fd = None
+            return False
+
     async def _serve_requests(self) -> None:
-        """Between two slices: let pending FUSE requests run, and while requests keep
-        coming (an open, then its read, then the next file), wait for the next one a
-        little before going on, so that one open-read-close does not wait for a slice
-        per round trip."""
+        """Between two slices: let the FUSE requests that wait run, and while a burst
+        goes on (a LOOKUP, then the OPEN, then the READ ...), wait for the caller's next
+        request as long as ``ops.follow_up`` says, so that one open-read-close does not
+        wait for a slice per round trip.  Without the /dev/fuse fd (tests), checkpoints
+        stand in for select()."""
         ops = self.ops
         before = ops.requests if ops is not None else 0
         await trio.lowlevel.checkpoint()
-        if ops is None or ops.requests == before:
-            return  # nobody is reading: on with ksmd at once
-        # checkpoints, not trio.sleep(): a timer would wait a whole epoll millisecond
+        if ops is None:
+            return
         now = time.perf_counter()
         deadline = now + self.BURST_MAX_S
-        quiet_until = now + self.BURST_GAP_S
-        seen = ops.requests
-        while now < deadline and now < quiet_until:
-            await trio.lowlevel.checkpoint()
-            now = time.perf_counter()
-            if ops.requests != seen:
+        seen = before
+        quiet_until = now
+        while now < deadline:
+            if self.fuse_fd is not None and self._fuse_pending():
+                # a request is queued: a checkpoint lets pyfuse3's worker read it (trio
+                # may run this task first in a batch, so one checkpoint is not enough)
+                await trio.lowlevel.checkpoint()
+            elif ops.requests != seen:
                 seen = ops.requests
-                quiet_until = now + self.BURST_GAP_S
+                quiet_until = now + ops.follow_up
+            elif now >= quiet_until:
+                return  # nobody reading, or the caller's burst is over: on with ksmd
+            elif self.fuse_fd is None or trio.lowlevel.current_statistics().tasks_runnable:
+                # other tasks (a smaps render between pieces) run while we wait; a trio
+                # timer would wait a whole epoll millisecond
+                await trio.lowlevel.checkpoint()
+            elif not self._fuse_pending(min(quiet_until, deadline) - now):
+                return
+            now = time.perf_counter()
 
     async def run(self) -> None:
         k = self.kernel
@@ -430,6 +482,12 @@ def _fd_targets() -> dict[int, str]:
     return out
 
 
+def _fuse_fd() -> int | None:
+    """The fd of /dev/fuse that pyfuse3.init() opened (None if not exactly one)."""
+    fuse = [fd for fd, t in _fd_targets().items() if t == "/dev/fuse"]
+    return fuse[0] if len(fuse) == 1 else None
+
+
 def _socket_fds() -> set[str]:
     """The sockets open now, by inode (``socket:[N]``): an fd number may be reused."""
     return {t for t in _fd_targets().values() if t.startswith("socket:")}
@@ -500,6 +558,11 @@ async def serve(
         invalidate_entry=_invalidate_entry
     )
     pacer.ops = ops
+    # What the build made lives as long as the mount: out of the collector's sight, so
+    # that a full collection (15-40 ms for the 16M-page scenario's ~30 000 objects,
+    # measured) never stalls the readers.
+    gc.collect()
+    gc.freeze()
     options = fuse_options(config)
     log.info("mounting at %s with options %s", config.mountpoint, ",".join(sorted(options)))
     # An fd number taken before the mount, so it is lower than the /dev/fuse fd that
@@ -512,6 +575,7 @@ async def serve(
         os.close(reserved)
         raise
     _commfd_below_fuse(reserved, sockets, expected="auto_unmount" in options)
+    pacer.fuse_fd = _fuse_fd()
     server = Server(config.mountpoint, kernel, ops, pacer)
     try:
         async with trio.open_nursery() as nursery:

@@ -237,6 +237,26 @@ async def test_open_snapshots_content_and_reads_honour_the_offset(ops, kernel):
     assert ops.open_handles == 0
 
 
+async def test_each_request_says_whether_its_caller_has_more_to_ask(ops):
+    """``follow_up`` (how long the pacer waits for the caller's next request before the
+    next ksmd slice): some after LOOKUP, OPEN and a READ with data, none after a READ at
+    EOF, a WRITE or a RELEASE, whose callers wait for nothing more."""
+    inode = await ino(ops, *KSM, "pages_to_scan")
+    assert ops.follow_up > 0  # the LOOKUPs of the walk
+    fi = await ops.open(inode, os.O_RDONLY, Ctx())
+    assert ops.follow_up > 0
+    assert await ops.read(fi.fh, 0, 4096) == b"100\n"
+    assert ops.follow_up > 0  # cat reads again, or the caller closes
+    assert await ops.read(fi.fh, 4, 4096) == b""
+    assert ops.follow_up == 0
+    await ops.getattr(inode, Ctx())
+    assert ops.follow_up > 0
+    await ops.release(fi.fh)
+    assert ops.follow_up == 0
+    assert await write_once(ops, inode, b"250\n") == 4
+    assert ops.follow_up == 0
+
+
 async def test_write_only_and_read_only_opens_are_checked_even_for_root(ops):
     """A write-open of a file without store, or a read-open of one without show, is
     EACCES for root too (kernfs_fop_open)."""

@@ -115,6 +115,43 @@ async def test_changed_sleep_millisecs_wakes_ksmd_early(autojump_clock):
         nursery.cancel_scope.cancel()
 
 
+def test_slice_size_follows_the_time_per_page():
+    """The next slice fits SLICE_TARGET_S at the last slice's time per page when the
+    last one was far from it, grows at most twofold per slice and stays within its
+    bounds."""
+    pacer = KsmdPacer(Kernel(version="6.18"))
+    target = pacer.SLICE_TARGET_S
+    pacer.slice_pages = 1000
+    assert pacer.next_slice_pages(1000, 4 * target) == 250  # four times too slow
+    assert pacer.next_slice_pages(1000, target / 10) == 2000  # fast: only doubles
+    assert pacer.next_slice_pages(1000, 1000 * target) == pacer.MIN_SLICE_PAGES
+    assert pacer.next_slice_pages(1000, 1.2 * target) == 1000  # near the target: kept
+    assert pacer.next_slice_pages(1000, 0.7 * target) == 1000
+    assert pacer.next_slice_pages(10, 0.01 * target) == 1000  # cut short by the batch's end
+    pacer.slice_pages = pacer.MAX_SLICE_PAGES
+    assert pacer.next_slice_pages(pacer.MAX_SLICE_PAGES, target / 100) == pacer.MAX_SLICE_PAGES
+    assert pacer.next_slice_pages(0, 0.0) == pacer.MAX_SLICE_PAGES  # nothing to learn from
+
+
+async def test_a_pass_starts_with_small_slices(autojump_clock):
+    """After the batch that ends a pass, the next one (the first of the next pass, which
+    may merge where the last one only hashed) starts with FIRST_SLICE_PAGES again."""
+    k = merging_kernel(n=4, pages=3000)
+    knobs.store(k, "pages_to_scan", b"5000\n")
+    pacer = KsmdPacer(k)
+    seen: list[tuple[int, int, int]] = []
+    pacer.on_batch = lambda: seen.append((k.ksm.full_scans, pacer.slice_pages, pacer.slices))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pacer.run)
+        await trio.sleep(0.3)
+        nursery.cancel_scope.cancel()
+    ends = [i for i in range(1, len(seen)) if seen[i][0] > seen[i - 1][0]]
+    assert len(ends) >= 2  # several passes of 3 batches each
+    assert all(seen[i][1] == pacer.FIRST_SLICE_PAGES for i in ends)
+    # batches were cut into several slices (5000 pages > FIRST_SLICE_PAGES)
+    assert seen[-1][2] > 2 * len(seen)
+
+
 def test_pacer_refuses_a_nonsense_speed():
     """--speed must be positive and finite."""
     for speed in (0, -1, float("inf"), float("nan")):
