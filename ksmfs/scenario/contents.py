@@ -69,7 +69,8 @@ def _nonzero(x: np.ndarray) -> np.ndarray:
 def value_token(k: int) -> np.uint64:
     """The token of content ``value:K``."""
     base = np.array([_key(f"value:{k}")], dtype=np.uint64)
-    return _nonzero(_splitmix64(base) & np.uint64(_M62))[0]
+    tok: np.uint64 = _nonzero(_splitmix64(base) & np.uint64(_M62))[0]
+    return tok
 
 
 def pool_tokens(name: str, size: int) -> np.ndarray:
