@@ -340,7 +340,8 @@ def _resolve(command: str, target: Target) -> Callable[[argparse.Namespace], int
             f"ksmfs {command}: not available in this build "
             f"({target.module}.{target.function} is missing)"
         )
-    return func
+    run: Callable[[argparse.Namespace], int | None] = func
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

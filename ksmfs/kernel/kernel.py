@@ -67,6 +67,9 @@ FIRST_PID = 100  # simulated tasks start here: lower pids belong to the boot
 
 DEFAULT_MEM_TOTAL = 16 << 30
 
+# pages a write handles at a time (its temporaries: some tens of bytes per page)
+WRITE_CHUNK = 1 << 18
+
 # install_pages() page kinds
 INSTALL_NONE = 0
 INSTALL_ANON = 1
@@ -253,6 +256,9 @@ class Kernel:
             mem.pte.a[base : base + v.npages] = src
             fr = src[src >= 0]
             if fr.shape[0]:
+                # each of these PTEs is counted in its page's mapcount already: a count
+                # at most doubles
+                mem.ensure_mapcount(2 * int(mem.fmap.a[fr].max()))
                 np.add.at(mem.fmap.a, fr, 1)
             sw = src[src <= PTE_SWAP0]
             for s in (PTE_SWAP0 - sw).tolist():
@@ -469,10 +475,30 @@ class Kernel:
             done += cnt
 
     def _write_vma(self, mm: MM, v: Vma, lo: int, tok: np.ndarray) -> None:
+        # In pieces of WRITE_CHUNK pages, so that the temporaries of a 16M-page write stay
+        # small; the frames the write replaces are dropped once at the end, as before, so
+        # that no piece reuses a frame freed by an earlier one (frame numbers are pfns).
+        old: list[np.ndarray] = []
+        for a in range(0, tok.shape[0], WRITE_CHUNK):
+            part = tok[a : a + WRITE_CHUNK]
+            o = self._write_piece(mm, v, lo + a, part)
+            if o is not None:
+                old.append(o)
+        if old:
+            self.ksm.put_frames(np.concatenate(old).astype(np.int32, copy=False))
+
+    def _write_piece(self, mm: MM, v: Vma, lo: int, tok: np.ndarray) -> np.ndarray | None:
+        """Store ``tok`` in pages ``lo …`` of ``v``; returns the frames it unmapped."""
         mem = self.mem
         g0 = v.base + lo
         n = tok.shape[0]
-        pte = mem.pte.a[g0 : g0 + n].copy()
+        fresh = mem.pte.a[g0 : g0 + n]
+        kind_new = FRAME_SHMEM if v.kind == FRAME_SHMEM else FRAME_ANON
+        if (fresh == PTE_NONE).all():
+            # never faulted (a scenario's fill): every page gets a new frame
+            fresh[:] = mem.alloc_frames(tok, kind_new, self._nid(mm))
+            return None
+        pte = fresh.copy()
         present = pte >= 0
         fr = np.where(present, pte, 0)
         kind = mem.fnode.a[fr]
@@ -484,7 +510,7 @@ class Kernel:
             mem.ftoken.a[pte[inplace]] = tok[inplace]
         new = ~inplace
         if not new.any():
-            return
+            return None
         ksm_cow = int(np.count_nonzero(present & new & (kind >= 0)))
         self.ksm.cow_ksm += ksm_cow
         zero = int(np.count_nonzero(pte[new] == PTE_KSM_ZERO))
@@ -495,10 +521,10 @@ class Kernel:
         if sw.shape[0]:
             mem.put_swap(PTE_SWAP0 - sw)
         old = pte[new & present]
-        frames = mem.alloc_frames(tok[new], FRAME_SHMEM if v.kind == FRAME_SHMEM else FRAME_ANON, self._nid(mm))
+        frames = mem.alloc_frames(tok[new], kind_new, self._nid(mm))
         idx = np.flatnonzero(new)
         mem.pte.a[g0 + idx] = frames
-        self.ksm.put_frames(old.astype(np.int32))
+        return old
 
     def write_pages(self, pid: int, addrs: np.ndarray, tokens: np.ndarray) -> None:
         """:meth:`write` of many single pages at scattered addresses (a process that keeps
@@ -575,7 +601,7 @@ class Kernel:
                         fr = int(mem.alloc_frames(t[i : i + 1], FRAME_ANON, self._nid(mm))[0])
                         self._install_frames[key] = fr
                     else:
-                        mem.fmap.a[fr] += 1
+                        mem.map_add(fr)
                     mem.pte.a[g0 + i] = fr
             for sel, kind in ((anon, FRAME_ANON), (k == INSTALL_FILE, FRAME_FILE)):
                 idx = np.flatnonzero(sel)

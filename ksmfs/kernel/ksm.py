@@ -668,8 +668,8 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         t = self._unstable_tree_search_insert(g, f, token, nid)
         if t is None:
             return
-        comp = int(mem.fcomp.a[f])
-        if comp >= 0 and comp == int(mem.fcomp.a[int(mem.pte.a[t])]):
+        comp = mem.compound_of(f)
+        if comp >= 0 and comp == mem.compound_of(int(mem.pte.a[t])):
             # both pages in one compound page: try_to_merge_one_page()'s split_huge_page()
             # fails (ksmd holds a reference through each page), so try_to_merge_two_pages()
             # fails; cmp_and_merge_page() then splits it and merges nothing this pass (this
@@ -707,7 +707,7 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
         # try_to_merge_one_page(): a page of a huge page is merged after split_huge_page()
         mem.split_compounds(np.array([old], dtype=np.int32))
         mem.pte.a[g] = kfn
-        mem.fmap.a[kfn] += 1
+        mem.map_add(kfn)
         self.put_frames(np.array([old], dtype=np.int32))
 
     def _merge_with_zero_page(self, g: np.ndarray, pos: np.ndarray | None = None) -> None:
@@ -741,17 +741,16 @@ class Ksm(BulkMerge):  # BulkMerge(StableNodes): the shortcuts (ksm_bulk.py, ksm
             return
         if frames.shape[0] == 1:
             fr = int(frames[0])
-            mem.fmap.a[fr] -= 1
-            if mem.fmap.a[fr] > 0:
+            if mem.fmap.a[fr] > 1:
+                mem.fmap.a[fr] -= 1
                 return
+            mem.fmap.a[fr] = 0
             uniq = frames
         elif distinct:
-            mem.fmap.a[frames] -= 1
-            uniq = frames[mem.fmap.a[frames] <= 0]
+            uniq = mem.map_put(frames, 1)
         else:
             uniq, cnt = np.unique(frames, return_counts=True)
-            mem.fmap.a[uniq] -= cnt.astype(np.int32)
-            uniq = uniq[mem.fmap.a[uniq] <= 0]
+            uniq = mem.map_put(uniq, cnt)
         if not uniq.shape[0]:
             return
         nodes = mem.fnode.a[uniq]

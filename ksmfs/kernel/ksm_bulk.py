@@ -188,7 +188,7 @@ class BulkMerge(StableNodes):
             self._remove_from_tree(g[spos[~late]])
         if self.use_zero_pages and mem.compounds and zero.any():
             # a zero page merged out of a compound page splits it: at its place in the order
-            zc = zero & (mem.fcomp.a[fp] >= 0)
+            zc = zero & mem.in_compound(fp)
             in_order[pos_sc[zc]] = True
         classified = self._classify_groups(g, f, pos_c, tok_c, forced, f_c, fm[slow_c])
         plans, app, new_plan = classified.blocks, classified.append, classified.new_nodes
@@ -334,7 +334,7 @@ class BulkMerge(StableNodes):
         # depends on the order of the merges, so its whole content takes the other path
         shared = fm_c != 1
         if mem.compounds:
-            shared |= mem.fcomp.a[f_c] >= 0
+            shared |= mem.in_compound(f_c)
         bad = cand & shared
         if forced:
             bad |= cand & np.isin(tok_c, np.fromiter(forced, np.uint64, len(forced)))
@@ -372,7 +372,7 @@ class BulkMerge(StableNodes):
         sizes_a = np.diff(np.concatenate((starts_a, [ts.shape[0]])))
         # a page of a compound page: whether its merge splits or fails (two pages of one
         # compound) depends on the order of the merges: the page-by-page path
-        single = (mem.fmap.a[fs] == 1) & (mem.fcomp.a[fs] < 0)
+        single = (mem.fmap.a[fs] == 1) & ~mem.in_compound(fs)
         ok_a = np.minimum.reduceat(single.astype(np.int8), starts_a) > 0
         nid_a = None
         if vals_p is None:
@@ -447,7 +447,7 @@ class BulkMerge(StableNodes):
                     # and unstable_tree_search_insert() finds this item, as for the first
                     # page of a block, which this plan's first block starts with)
                     if (page is None or int(mem.ftoken.a[page]) != t or int(mem.fmap.a[page]) != 1
-                            or int(mem.fcomp.a[page]) >= 0):
+                            or mem.compound_of(page) >= 0):
                         slow.append(ps[start : start + k])  # aborted walks: exact path
                         continue
                     tree_item = tr
@@ -486,7 +486,7 @@ class BulkMerge(StableNodes):
         valid = (tr >= 0) & ((trf & UNSTABLE) != 0) & (((trf & SEQ_ODD) != 0) == seq_odd)
         page = self._mergeable_pages(trs)
         fine = (page >= 0) & (mem.ftoken.a[np.maximum(page, 0)] == uniq[cand])
-        fine &= (mem.fmap.a[np.maximum(page, 0)] == 1) & (mem.fcomp.a[np.maximum(page, 0)] < 0)
+        fine &= (mem.fmap.a[np.maximum(page, 0)] == 1) & ~mem.in_compound(np.maximum(page, 0))
         k = sizes[cand]
         # a valid tree item whose walk would abort stays with the exact path
         simple = np.where(valid, fine & (k + 1 <= mps), k <= mps)
@@ -551,7 +551,7 @@ class BulkMerge(StableNodes):
             # one content per node: the groups' nodes are distinct, so += is exact
             gn, gs = app.group_nodes, app.group_sizes
             self.node_len.a[gn] += gs.astype(np.int32)
-            mem.fmap.a[self.node_kfn.a[gn]] += gs.astype(np.int32)
+            mem.map_add(self.node_kfn.a[gn], gs)
             ga = g[app_pos]
             sharing += ga.shape[0]
             if tracing:
@@ -603,7 +603,7 @@ class BulkMerge(StableNodes):
                 att_n.append(np.full(head.shape[0], node, np.int32))
                 repl_g.append(head)
                 repl_k.append(np.full(head.shape[0], kfn, np.int32))
-                mem.fmap.a[kfn] += head.shape[0]
+                mem.map_add(kfn, head.shape[0])
                 gg = gg[room:]
             seqv = gg.astype(np.int64)
             bpos = pos[room:] if node >= 0 and room else pos  # visit positions of seqv
@@ -654,7 +654,7 @@ class BulkMerge(StableNodes):
                 others = np.delete(blk, 1)
                 repl_g.append(others)
                 repl_k.append(np.full(others.shape[0], kfn, np.int32))
-                mem.fmap.a[kfn] += others.shape[0]
+                mem.map_add(kfn, others.shape[0])
         self.pages_shared += shared
         self.pages_sharing += sharing
         self.pages_unshared += unshared
@@ -746,7 +746,7 @@ class BulkMerge(StableNodes):
         att_n += [node_of_page.astype(np.int32), nodes[has].astype(np.int32)]
         repl_g.append(others)
         repl_k.append(others_k.astype(np.int32))
-        np.add.at(mem.fmap.a, kfn, (length - 1).astype(np.int32))
+        mem.map_add(kfn, length - 1)
         if hl is not None:
             # stable_tree_append() order: the sequence's first item, then the KSM page's,
             # both at the KSM page's place, then the others at theirs

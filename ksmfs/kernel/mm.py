@@ -8,11 +8,14 @@ with a content token, a mapcount and a stable-node link (folio_stable_node()).
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ksmfs.linux import PAGE_SIZE as PAGE_SIZE
+
+from .errors import KsmError
 
 PAGE_SHIFT = 12
 HPAGE_PMD_NR = 512  # base pages of a transparent huge page (2 MiB on x86-64)
@@ -45,6 +48,12 @@ VM_KSM_INCOMPATIBLE = (
 PTE_NONE = -1  # never faulted (reads would map the shared zero page: not anon, not scanned)
 PTE_KSM_ZERO = -2  # KSM-placed zero page (use_zero_pages)
 PTE_SWAP0 = -3  # swap slot s is stored as PTE_SWAP0 - s
+# frame numbers live in the int32 PTEs (and stable nodes' kpfn): 2^31 - 1 frames at most,
+# 8 TiB of simulated memory
+FRAME_MAX = (1 << 31) - 1
+
+MAPCOUNT16_MAX = (1 << 16) - 1
+MAPCOUNT_MAX = (1 << 31) - 1  # page_mapcount() is an atomic_t
 
 # frame kinds kept in frame_node when the frame is not a KSM page
 FRAME_ANON = -1
@@ -78,12 +87,13 @@ class GrowArray:
             new[: self.n] = self.a[: self.n]
             self.a = new
 
-    def extend(self, count: int) -> int:
-        """Append ``count`` fill-valued slots; returns the first new index."""
+    def extend(self, count: int, init: bool = True) -> int:
+        """Append ``count`` fill-valued slots (``init=False``: the caller sets them all at
+        once, so the fill need not be written first); returns the first new index."""
         start = self.n
         self.reserve(start + count)
         self.n = start + count
-        if self.fill:
+        if self.fill and init:
             self.a[start : start + count] = self.fill
         return start
 
@@ -95,13 +105,18 @@ class PhysMem:
         self.nr_nodes = nr_nodes
         # per frame
         self.ftoken = GrowArray(np.uint64)  # content token (0: the zero page)
-        self.fmap = GrowArray(np.int32)  # mapcount
+        # mapcount: 16 bits while every count fits (2 bytes a frame less), widened to 32
+        # bits by ensure_mapcount() before a change would pass MAPCOUNT16_MAX; change it
+        # only through map_add() / map_put()
+        self.fmap = GrowArray(np.uint16)
         self.fnode = GrowArray(np.int32, FRAME_FREE)  # stable node id, or a FRAME_* kind
         # NUMA node of each frame; not kept at all on a single-node machine
         self.fnid = GrowArray(np.uint8) if nr_nodes > 1 else None
         # compound page (transparent huge page) of each frame, -1 for a base page; the
-        # frames of each compound by id (only ksmd's merges split them: split_huge_page())
-        self.fcomp = GrowArray(np.int32, -1)
+        # frames of each compound by id (only ksmd's merges split them: split_huge_page()).
+        # Kept only from the first compound page on (4 bytes a frame that a machine
+        # without THPs never needs): read it through compound_of() / in_compound().
+        self.fcomp: GrowArray | None = None
         self.compounds: dict[int, np.ndarray] = {}
         self._next_compound = 0
         self._free_hint = 0
@@ -169,35 +184,98 @@ class PhysMem:
                 break
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int32)
 
+    def _extend_frames(self, count: int, init: bool = True) -> None:
+        """``count`` new frames at the end: free, mapcount 0, base pages (``init=False``:
+        token, mapcount, kind and node are left for the caller to set)."""
+        if self.ftoken.n + count > FRAME_MAX:
+            raise KsmError(errno.ENOMEM, f"out of frames: {self.ftoken.n} + {count} frames "
+                                         f"exceed the simulation's limit of {FRAME_MAX}")
+        for arr in (self.ftoken, self.fmap, self.fnode, self.fnid):
+            if arr is not None:
+                arr.extend(count, init)
+        if self.fcomp is not None:
+            self.fcomp.extend(count)
+
     def alloc_frames(self, tokens: np.ndarray, kind: int = FRAME_ANON, nid: int = 0) -> np.ndarray:
         """Allocate one frame per token (mapcount 1); returns the frame numbers."""
         n = int(tokens.shape[0])
-        reuse = self._take_free(n) if self.nr_free_frames else np.zeros(0, dtype=np.int32)
+        if not self.nr_free_frames:
+            # the usual case while memory is filled: new frames at the end, set by slices
+            start = self.ftoken.n
+            self._extend_frames(n, init=False)
+            sl = slice(start, start + n)
+            self.ftoken.a[sl] = tokens
+            self.fmap.a[sl] = 1
+            self.fnode.a[sl] = kind
+            if self.fnid is not None:
+                self.fnid.a[sl] = nid
+            return np.arange(start, start + n, dtype=np.int32)
+        reuse = self._take_free(n)
         take = reuse.shape[0]
         self.nr_free_frames -= take
         frames = np.empty(n, dtype=np.int32)
         frames[:take] = reuse
         if n > take:
-            start = self.ftoken.extend(n - take)
-            self.fmap.extend(n - take)
-            self.fnode.extend(n - take)
-            self.fcomp.extend(n - take)
-            if self.fnid is not None:
-                self.fnid.extend(n - take)
+            start = self.ftoken.n
+            self._extend_frames(n - take)
             frames[take:] = np.arange(start, start + n - take, dtype=np.int32)
         self.ftoken.a[frames] = tokens
         self.fmap.a[frames] = 1
         self.fnode.a[frames] = kind
-        self.fcomp.a[frames] = -1
+        if self.fcomp is not None:
+            self.fcomp.a[frames] = -1
         if self.fnid is not None:
             self.fnid.a[frames] = nid
         return frames
+
+    def ensure_mapcount(self, top: int) -> None:
+        """Make fmap able to hold a mapcount of ``top``: widen it from 16 to 32 bits once a
+        count would pass MAPCOUNT16_MAX (a KSM page shared by more than 65535 PTEs: a large
+        max_page_sharing, or many forks)."""
+        if top <= MAPCOUNT16_MAX or self.fmap.a.dtype == np.int32:
+            if top > MAPCOUNT_MAX:
+                raise KsmError(errno.EOVERFLOW, f"a mapcount of {top} is more than the "
+                                                f"kernel's atomic_t holds ({MAPCOUNT_MAX})")
+            return
+        self.fmap.a = self.fmap.a.astype(np.int32)
+        self.ensure_mapcount(top)
+
+    def map_add(self, frames: np.ndarray | int, counts: np.ndarray | int = 1) -> None:
+        """Add ``counts`` mappings to ``frames`` (repeated frames add up, as np.add.at)."""
+        fr = np.atleast_1d(np.asarray(frames))
+        if not fr.shape[0]:
+            return
+        c = np.asarray(counts, dtype=np.int64)
+        if self.fmap.a.dtype != np.int32:
+            cur = int(self.fmap.a[fr].max())
+            if cur + (int(c.sum()) if c.ndim else int(c) * fr.shape[0]) > MAPCOUNT16_MAX:
+                # that bound is loose for many distinct frames: the exact new maximum
+                u, inv = np.unique(fr, return_inverse=True)
+                tot = np.zeros(u.shape[0], dtype=np.int64)
+                np.add.at(tot, inv, np.broadcast_to(c, fr.shape))
+                self.ensure_mapcount(int((self.fmap.a[u].astype(np.int64) + tot).max()))
+        a = self.fmap.a
+        if fr.shape[0] == 1:
+            a[fr[0]] += int(c.sum()) if c.ndim else int(c)
+        else:
+            np.add.at(a, fr, c.astype(a.dtype))
+
+    def map_put(self, frames: np.ndarray, counts: np.ndarray | int) -> np.ndarray:
+        """Drop ``counts`` mappings of distinct ``frames``; returns those left with none."""
+        a = self.fmap.a
+        left = a[frames].astype(np.int64) - counts
+        a[frames] = np.maximum(left, 0)
+        gone: np.ndarray = frames[left <= 0]
+        return gone
 
     def make_compound(self, frames: np.ndarray) -> int:
         """Make anonymous frames (HPAGE_PMD_NR of them) one compound page; its id."""
         cid = self._next_compound
         self._next_compound += 1
         fr = np.asarray(frames, dtype=np.int32).copy()
+        if self.fcomp is None:
+            self.fcomp = GrowArray(np.int32, -1, self.ftoken.a.shape[0])
+            self.fcomp.extend(self.ftoken.n)
         self.fcomp.a[fr] = cid
         self.compounds[cid] = fr
         return cid
@@ -205,12 +283,24 @@ class PhysMem:
     def split_compounds(self, frames: np.ndarray) -> None:
         """split_huge_page() of the compound pages holding any of ``frames``: all their
         frames become base pages."""
-        if not self.compounds:
+        if not self.compounds or self.fcomp is None:
             return
-        cids = self.fcomp.a[frames]
+        fcomp = self.fcomp.a
+        cids = fcomp[frames]
         for cid in np.unique(cids[cids >= 0]).tolist():
             fr = self.compounds.pop(int(cid))
-            self.fcomp.a[fr[self.fcomp.a[fr] == cid]] = -1
+            fcomp[fr[fcomp[fr] == cid]] = -1
+
+    def compound_of(self, frame: int) -> int:
+        """The compound page id of a frame, -1 for a base page."""
+        return -1 if self.fcomp is None else int(self.fcomp.a[frame])
+
+    def in_compound(self, frames: np.ndarray) -> np.ndarray:
+        """Per frame: is it a page of a compound (transparent huge) page?"""
+        if self.fcomp is None:
+            return np.zeros(frames.shape[0], dtype=bool)
+        in_comp: np.ndarray = self.fcomp.a[frames] >= 0
+        return in_comp
 
     def free_frames(self, frames: np.ndarray) -> None:
         n = int(frames.shape[0])
@@ -219,7 +309,8 @@ class PhysMem:
         self.fnode.a[frames] = FRAME_FREE
         self.fmap.a[frames] = 0
         # a freed subpage leaves its compound (the rest stays one large folio)
-        self.fcomp.a[frames] = -1
+        if self.fcomp is not None:
+            self.fcomp.a[frames] = -1
         self.nr_free_frames += n
 
     # -- swap -----------------------------------------------------------------------------

@@ -50,12 +50,47 @@ PTRS_PER_PTE = 512
 SMAPS_RANGE_PAGES = 32 * PTRS_PER_PTE
 
 
+# Pages summed at a time by a whole-VMA sum: numpy's temporaries of a 4M-page VMA in one
+# piece are some 100 MiB and miss the caches; in ranges of this size they stay small.
+SUM_RANGE_PAGES = 1 << 17
+
+_UNIT = PAGE_SIZE << PSS_SHIFT  # what one page adds to a pss field at mapcount 1
+
+
 def vma_smaps(mem: PhysMem, vma: Vma) -> SmapsCounts:
     """What show_smap() prints for one VMA: every present PTE is one 4 KiB page; KSM pages
     are anonymous and dirty; KSM-placed zero pages count nowhere (not normal pages)."""
-    m = vma_smaps_range(mem, vma, 0, vma.npages)
-    m.size = vma.npages * PAGE_SIZE
+    m = SmapsCounts(size=vma.npages * PAGE_SIZE)
+    for lo in range(0, vma.npages, SUM_RANGE_PAGES):
+        m = m + vma_smaps_range(mem, vma, lo, min(vma.npages, lo + SUM_RANGE_PAGES))
     return m
+
+
+def vma_ksm_pages(mem: PhysMem, vma: Vma) -> int:
+    """The pages smaps counts as ``KSM:`` in one VMA (``vma_smaps(...).ksm // PAGE_SIZE``
+    without the other sums): present PTEs whose page is a KSM page."""
+    fnode = mem.fnode.a
+    total = 0
+    for lo in range(0, vma.npages, SUM_RANGE_PAGES):
+        pte = mem.pte.a[vma.base + lo : vma.base + min(vma.npages, lo + SUM_RANGE_PAGES)]
+        # mode="clip" reads some frame for a PTE that maps none; the mask drops it
+        total += int(np.count_nonzero((fnode.take(pte, mode="clip") >= 0) & (pte >= 0)))
+    return total
+
+
+def _pss_shared(mc: np.ndarray) -> int:
+    """Sum of (PAGE_SIZE << PSS_SHIFT) // mapcount over pages of mapcounts ``mc`` (>= 2),
+    one integer division per distinct mapcount, as exact as the kernel's per page."""
+    if not mc.shape[0]:
+        return 0
+    top = int(mc.max())
+    if top <= 1 << 16:
+        count = np.bincount(mc, minlength=top + 1)
+        vals = np.flatnonzero(count)
+        count = count[vals]
+    else:  # mapcounts in the millions (a huge max_page_sharing): no table that long
+        vals, count = np.unique(mc, return_counts=True)
+    return int((count.astype(np.int64) * (_UNIT // vals.astype(np.int64))).sum())
 
 
 def vma_smaps_range(mem: PhysMem, vma: Vma, lo: int, hi: int) -> SmapsCounts:
@@ -67,27 +102,34 @@ def vma_smaps_range(mem: PhysMem, vma: Vma, lo: int, hi: int) -> SmapsCounts:
     page tables into one mem_size_stats."""
     if not 0 <= lo <= hi <= vma.npages:
         raise ValueError(f"page range {lo}..{hi} is outside a VMA of {vma.npages} pages")
-    sl = slice(vma.base + lo, vma.base + hi)
-    pte = mem.pte.a[sl]
+    pte = mem.pte.a[vma.base + lo : vma.base + hi]
     m = SmapsCounts()
     present = pte >= 0
-    fr = pte[present]
-    if fr.shape[0]:
-        # one pass of gathers, then pages counted per (class, mapcount): the PSS sums are
-        # then exact integer sums of count * (PAGE_SIZE << PSS_SHIFT) // mapcount
-        kind = mem.fnode.a[fr]
-        mc = np.maximum(mem.fmap.a[fr], 1)
-        top = int(mc.max()) + 1
-        # class: 0 anon (incl. KSM), 1 file (clean page cache), 2 shmem
-        cls = (kind == FRAME_FILE).astype(np.int64)
-        cls[kind == FRAME_SHMEM] = 2
-        per = np.bincount(cls * top + mc, minlength=3 * top).reshape(3, top)
-        unit = (PAGE_SIZE << PSS_SHIFT) // np.maximum(np.arange(top, dtype=np.int64), 1)
-        pss_c = [int((per[i] * unit).sum()) for i in range(3)]  # anon, file, shmem
-        one = per[:, 1]  # pages mapped once: private
-        cnt_priv = [int(one[i]) for i in range(3)]
-        cnt_shared = [int(per[i, 2:].sum()) for i in range(3)]
-        n = fr.shape[0]
+    n = int(np.count_nonzero(present))
+    if n:
+        # gathers without compacting first (mode="clip" reads some frame where the PTE maps
+        # none; every count below is masked by ``present``)
+        kind = mem.fnode.a.take(pte, mode="clip")
+        mc = mem.fmap.a.take(pte, mode="clip")
+        shared = present & (mc > 1)  # mapcount 0 of a mapped page (never) counts as 1
+        file_ = present & (kind == FRAME_FILE)
+        shmem = present & (kind == FRAME_SHMEM)
+        # per class (anon incl. KSM, clean page cache of a file, shmem): pages mapped once
+        # (private) and more than once (shared), and the PSS sum
+        classes = []
+        if file_.any() or shmem.any():
+            for sel in (present & ~file_ & ~shmem, file_, shmem):
+                sh = sel & shared
+                classes.append((int(np.count_nonzero(sel)), int(np.count_nonzero(sh)), mc[sh]))
+        else:
+            classes = [(n, int(np.count_nonzero(shared)), mc[shared]), (0, 0, mc[:0]), (0, 0, mc[:0])]
+        pss_c = []
+        cnt_priv = []
+        cnt_shared = []
+        for total, nsh, mcs in classes:
+            cnt_priv.append(total - nsh)
+            cnt_shared.append(nsh)
+            pss_c.append((total - nsh) * _UNIT + _pss_shared(mcs))
         m.rss = n * PAGE_SIZE
         m.referenced = m.rss
         m.pss = sum(pss_c)
@@ -100,7 +142,7 @@ def vma_smaps_range(mem: PhysMem, vma: Vma, lo: int, hi: int) -> SmapsCounts:
         m.private_dirty = (cnt_priv[0] + cnt_priv[2]) * PAGE_SIZE
         m.private_clean = cnt_priv[1] * PAGE_SIZE
         m.anonymous = (cnt_priv[0] + cnt_shared[0]) * PAGE_SIZE
-        m.ksm = int(np.count_nonzero(kind >= 0)) * PAGE_SIZE
+        m.ksm = int(np.count_nonzero(present & (kind >= 0))) * PAGE_SIZE
         if vma.flags & VM_LOCKED:
             m.locked = m.pss
     swapped = pte <= PTE_SWAP0
@@ -108,5 +150,5 @@ def vma_smaps_range(mem: PhysMem, vma: Vma, lo: int, hi: int) -> SmapsCounts:
         slots = PTE_SWAP0 - pte[swapped]
         cnt = np.maximum(mem.swap_count.a[slots], 1).astype(np.int64)
         m.swap = int(slots.shape[0]) * PAGE_SIZE
-        m.swap_pss = int(((PAGE_SIZE << PSS_SHIFT) // cnt).sum())
+        m.swap_pss = int((_UNIT // cnt).sum())
     return m

@@ -27,6 +27,7 @@ from typing import Any
 from ksmfs.kernel import Kernel
 from ksmfs.kernel import knobs as _knobs
 from ksmfs.kernel.errors import KsmError
+from ksmfs.kernel.smaps import vma_ksm_pages
 from ksmfs.linux import (
     DEFAULT_VERSION,
     MADV_MERGEABLE,
@@ -119,8 +120,12 @@ class SimBackend:
     def start(self) -> None:
         for name, value in self.scenario.ksm.items():
             store_knob(self.kernel, name, value, "[ksm]")
+        # the page arrays sized once for the initial processes: growing them by doubling
+        # would copy them, and hold old and new at once, several times on the way
+        self.kernel.mem.reserve(sum(v.pages for p in self.scenario.processes for v in p.vmas))
         for spec in self.scenario.processes:
             self.spawn(spec)
+        self.contents.release()
 
     def start_ksmd(self) -> None:
         store_knob(self.kernel, "run", 1, "start")
@@ -203,7 +208,8 @@ class SimBackend:
             with _call(f"{who}: VMA {v.name!r}"):
                 addr = k.mmap(pid, v.pages, shared=v.shared)
                 proc.vmas[v.name] = addr
-                k.write(pid, addr, self.contents.fill(spec.name, v))
+                for first, tokens in self.contents.fill_parts(spec.name, v):
+                    k.write(pid, addr + first * PAGE_SIZE, tokens)
                 if v.mergeable:
                     k.madvise(pid, addr, v.pages, MADV_MERGEABLE)
         self.processes[spec.name] = proc
@@ -231,13 +237,17 @@ def snapshot(k: Kernel, processes: dict[str, SimProcess], full_scans: int) -> Sn
         if not k.version.has_smaps_ksm:
             procs[name] = entry  # no KSM: line in smaps before 6.6
             continue
-        smaps = k.smaps(proc.pid)
+        # only the KSM: line of each smaps entry (vma_ksm_pages: the same count without
+        # the PSS sums)
+        mm = k.task(proc.pid).mm
+        vmas = mm.vmas if mm is not None else []
         kb: dict[str, int] = {}
         for vname in proc.mapped.live_vmas():
             start = proc.vmas[vname]
             end = start + proc.spec.vma(vname).pages * PAGE_SIZE
             # every smaps entry inside the VMA's original range: its parts after a split
-            kb[vname] = sum(int(c.ksm) for v, c in smaps if start <= v.start < end) >> 10
+            kb[vname] = sum(vma_ksm_pages(k.mem, v) * PAGE_SIZE
+                            for v in vmas if start <= v.start < end) >> 10
         entry["smaps_ksm_kb"] = kb
         procs[name] = entry
     return {"full_scans": full_scans, "ksm": ksm_file_values(k), "processes": procs}

@@ -140,3 +140,77 @@ def test_exit_between_pieces_gives_what_a_read_after_the_exit_gives() -> None:
         assert e.errno == 3  # ESRCH, as a read of the gone task
     else:
         raise AssertionError("the render went on over an exited task")
+
+
+def _smaps_per_page(k: Kernel, v: object) -> SmapsCounts:
+    """smaps_pte_entry() / smaps_account() page by page (fs/proc/task_mmu.c), the reference
+    for the vector sums: a present page adds PAGE_SIZE to Rss and Referenced, to
+    Private_* at mapcount 1 or Shared_* above, (PAGE_SIZE << PSS_SHIFT) // mapcount to Pss
+    and to the Pss field of its kind; anon and shmem pages are dirty, file pages clean; a
+    swap entry adds PAGE_SIZE to Swap and its share to SwapPss."""
+    from ksmfs.kernel.mm import FRAME_FILE, FRAME_SHMEM, PTE_SWAP0, VM_LOCKED, Vma
+
+    assert isinstance(v, Vma)
+    mem = k.mem
+    m = SmapsCounts(size=v.npages * 4096)
+    unit = 4096 << 12
+    for g in range(v.base, v.base + v.npages):
+        pte = int(mem.pte.a[g])
+        if pte >= 0:
+            kind, mc = int(mem.fnode.a[pte]), max(int(mem.fmap.a[pte]), 1)
+            share = unit // mc
+            m.rss += 4096
+            m.referenced += 4096
+            m.pss += share
+            dirty = kind != FRAME_FILE
+            if dirty:
+                m.pss_dirty += share
+            if kind == FRAME_FILE:
+                m.pss_file += share
+            elif kind == FRAME_SHMEM:
+                m.pss_shmem += share
+            else:
+                m.pss_anon += share
+                m.anonymous += 4096
+            if kind >= 0:
+                m.ksm += 4096
+            field = ("shared_" if mc > 1 else "private_") + ("dirty" if dirty else "clean")
+            setattr(m, field, getattr(m, field) + 4096)
+            if v.flags & VM_LOCKED:
+                m.locked += share
+        elif pte <= PTE_SWAP0:
+            m.swap += 4096
+            m.swap_pss += unit // max(int(mem.swap_count.a[PTE_SWAP0 - pte]), 1)
+    return m
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops, st.integers(0, 3))
+def test_vector_sums_equal_the_per_page_walk(seq: list[tuple], extra: int) -> None:
+    """vma_smaps (ranges of SUM_RANGE_PAGES), vma_smaps_range and vma_ksm_pages give what the
+    page-by-page walk gives, on random workloads with file, shmem and locked mappings."""
+    import numpy as np
+
+    from ksmfs.kernel.mm import VM_LOCKED
+    from ksmfs.kernel.smaps import vma_ksm_pages
+
+    sh = Shadow()
+    k = sh.k
+    pid = min(sh.procs)
+    k.mmap(pid, 5, file="/lib/x.so")
+    shm = k.mmap(pid, 4, shared=True)
+    k.write(pid, shm, np.arange(4, dtype=np.uint64) % 2)
+    locked = k.mmap(pid, 6, extra_flags=VM_LOCKED)
+    k.write(pid, locked, np.arange(6, dtype=np.uint64) % 3)
+    for op in seq:
+        apply_op(sh, op)
+    for _ in range(extra):
+        k.fork(min(sh.procs))  # mapcounts above 2 (file and shmem pages too, if it lives)
+    for task in k.tasks.values():
+        if task.mm is None:
+            continue
+        for v in task.mm.vmas:
+            want = _smaps_per_page(k, v)
+            assert vma_smaps(k.mem, v) == want
+            assert SmapsCounts(size=v.npages * 4096) + vma_smaps_range(k.mem, v, 0, v.npages) == want
+            assert vma_ksm_pages(k.mem, v) * 4096 == want.ksm

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ksmfs.scenario.contents import Contents, page_bytes, pool_perm, pool_tokens, value_token
 from ksmfs.scenario.loader import parse_scenario
@@ -67,13 +69,50 @@ def test_shuffle_formula() -> None:
     for name, got in (("vm-0", vm0), ("vm-1", vm1)):
         perm = list(range(50))
         random.Random(f"17:{name}:img").shuffle(perm)
-        assert perm == pool_perm(17, name, "img", 50)
+        assert perm == pool_perm(17, name, "img", 50).tolist()
         want = [img[perm[(45 + j) % 50]] for j in range(20)]
         assert got[:20].tolist() == [int(t) for t in want]
     # unshuffled: pool content (offset + j) % size
     assert vm0[20:25].tolist() == pool_tokens("other", 50)[:5].tolist()
     # different processes get different layouts of the same contents
     assert vm0[:20].tolist() != vm1[:20].tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.one_of(st.integers(0, 70), st.integers(71, 70000),
+                      st.sampled_from([2**k + d for k in range(1, 18) for d in (-1, 0, 1)])),
+       seed=st.integers(0, 2**64), name=st.text(max_size=8))
+def test_pool_perm_is_random_shuffle(size: int, seed: int, name: str) -> None:
+    """The numpy shuffle is random.shuffle's: same Mersenne Twister words, same rejections
+    (sizes at and around powers of two, where half the draws are rejected)."""
+    perm = list(range(size))
+    random.Random(f"{seed}:{name}:pool").shuffle(perm)
+    got = pool_perm(seed, name, "pool", size)
+    assert got.dtype == np.int64
+    assert got.tolist() == perm
+
+
+def test_pool_perm_large() -> None:
+    """A pool the size of the scale scenarios' (several rounds of draws, long swap chains)."""
+    perm = list(range(200000))
+    random.Random("1:guest-1:guest-image").shuffle(perm)
+    assert pool_perm(1, "guest-1", "guest-image", 200000).tolist() == perm
+
+
+def test_fill_parts_equal_fill() -> None:
+    """Pieces of any size, in order, are fill()'s tokens, and leave the unique counter where
+    fill() leaves it."""
+    s = parse_scenario(TEXT, "c.toml")
+    for chunk in (1, 3, 7, 64):
+        whole, parts = Contents(s), Contents(s)
+        for p in s.processes:
+            for v in p.vmas:
+                want = whole.fill(p, v)
+                got = list(parts.fill_parts(p, v, chunk))
+                assert [lo for lo, _ in got] == sorted(lo for lo, _ in got)
+                assert all(t.shape[0] <= chunk for _, t in got)
+                assert np.concatenate([t for _, t in got]).tolist() == want.tolist()
+        assert whole.unique(5).tolist() == parts.unique(5).tolist()
 
 
 def test_unique_counter_never_repeats() -> None:
