@@ -33,10 +33,232 @@ typedef struct {
     int32_t color;
 } node_t;
 
+static void hint_huge(void *p, size_t len);
+
+/* -- incrementally grown hash: uint64 key -> int64 value -------------------------------- */
+
+/* Both the rbtree's key -> slot index and TokenMap use this table: open addressing with
+ * linear probing at load <= 1/2 and backward-shift deletion. A value v is stored as
+ * v ^ HM_EMPTY, so that an all-zero entry is empty and a fresh table is calloc()'s lazy
+ * zero pages: its first-touch faults are spread over the inserts that follow instead of
+ * one init loop. v = HM_EMPTY (INT64_MIN) cannot be stored.
+ *
+ * Growth is incremental, so that no call stalls for a whole rehash (a mounted simulation
+ * serves readers between ~1 ms slices of ksmd work; a 4M-key rehash took 158 ms): the
+ * table twice as big becomes `e`, the previous one stays as `old`, and every set and
+ * delete (and each key of a batch lookup) first moves HM_STEP entries of `old`, in index
+ * order, to `e`. An entry of `old` is live iff its index is >= the cursor `cur`, it is
+ * not empty and its bit in `tomb` is clear; `old` is never written, so its probe runs stay
+ * intact: a lookup probes `e`, then `old` (passing over dead entries, stopping at an empty
+ * one); setting or deleting a key still live in `old` sets its tomb bit. `count` counts
+ * the keys of both tables. HM_STEP = 4 entries a change finishes `old` (2^b entries)
+ * after 2^b / 4 changes, well before the new table (2^(b+1) entries, >= 2^(b-1) free
+ * places at load 1/2) needs to grow again; a reserve that needs to grow while `old`
+ * still exists finishes it first. */
+
+#define HM_EMPTY INT64_MIN
+#define HM_STEP 4
+
 typedef struct {
     uint64_t key;
-    int64_t slot; /* NIL: empty */
-} hent_t;
+    uint64_t sv; /* value ^ HM_EMPTY; 0: empty */
+} hment_t;
+
+typedef struct {
+    hment_t *e;
+    size_t mask;
+    int bits;
+    hment_t *old;   /* the table before the last growth, or NULL */
+    size_t omask;
+    int obits;
+    size_t cur;     /* entries of old below cur have been moved */
+    uint64_t *tomb; /* bit i: old[i] was deleted or overwritten */
+    Py_ssize_t count;
+} hmap_t;
+
+static inline uint64_t hm_enc(int64_t v) { return (uint64_t)v ^ (uint64_t)HM_EMPTY; }
+static inline int64_t hm_dec(uint64_t sv) { return (int64_t)(sv ^ (uint64_t)HM_EMPTY); }
+
+static inline size_t hm_home(uint64_t key, int bits) {
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> (64 - bits));
+}
+
+static inline hment_t *hm_prefetch_addr(const hmap_t *m, uint64_t key) {
+    return &m->e[hm_home(key, m->bits)];
+}
+
+/* The entry of key in e, or the empty place where it would go. */
+static inline hment_t *hm_slot(const hmap_t *m, uint64_t key) {
+    size_t i = hm_home(key, m->bits);
+    for (;;) {
+        hment_t *e = &m->e[i];
+        if (e->sv == 0 || e->key == key)
+            return e;
+        i = (i + 1) & m->mask;
+    }
+}
+
+static inline int hm_old_live(const hmap_t *m, size_t i) {
+    return i >= m->cur && m->old[i].sv != 0 && !(m->tomb[i >> 6] >> (i & 63) & 1);
+}
+
+/* The index of key's live entry in old, or -1. */
+static inline Py_ssize_t hm_find_old(const hmap_t *m, uint64_t key) {
+    if (m->old == NULL)
+        return -1;
+    size_t i = hm_home(key, m->obits);
+    for (;;) {
+        const hment_t *e = &m->old[i];
+        if (e->sv == 0)
+            return -1;
+        if (e->key == key && hm_old_live(m, i))
+            return (Py_ssize_t)i;
+        i = (i + 1) & m->omask;
+    }
+}
+
+static inline void hm_kill_old(hmap_t *m, size_t i) { m->tomb[i >> 6] |= (uint64_t)1 << (i & 63); }
+
+static void hm_drop_old(hmap_t *m) {
+    PyMem_Free(m->old);
+    PyMem_Free(m->tomb);
+    m->old = NULL;
+    m->tomb = NULL;
+}
+
+/* Move up to `budget` entries of old to e. */
+static void hm_step(hmap_t *m, size_t budget) {
+    if (m->old == NULL)
+        return;
+    size_t end = m->omask + 1;
+    while (budget-- && m->cur < end) {
+        size_t i = m->cur;
+        if (hm_old_live(m, i)) {
+            hment_t *d = hm_slot(m, m->old[i].key);
+            *d = m->old[i];
+        }
+        m->cur = i + 1;
+    }
+    if (m->cur >= end) {
+        hm_drop_old(m);
+        hint_huge(m->e, (m->mask + 1) * sizeof(hment_t));
+    }
+}
+
+/* The value of key, or HM_EMPTY. */
+static inline int64_t hm_get(const hmap_t *m, uint64_t key) {
+    hment_t *e = hm_slot(m, key);
+    if (e->sv != 0)
+        return hm_dec(e->sv);
+    Py_ssize_t i = hm_find_old(m, key);
+    return i < 0 ? HM_EMPTY : hm_dec(m->old[i].sv);
+}
+
+/* Set key -> v; needs hm_reserve(m, 1). */
+static inline void hm_set(hmap_t *m, uint64_t key, int64_t v) {
+    hm_step(m, HM_STEP);
+    hment_t *e = hm_slot(m, key);
+    if (e->sv == 0) {
+        Py_ssize_t i = hm_find_old(m, key);
+        if (i >= 0)
+            hm_kill_old(m, (size_t)i);
+        else
+            m->count++;
+        e->key = key;
+    }
+    e->sv = hm_enc(v);
+}
+
+/* Delete key; 0 if it was absent. */
+static int hm_del(hmap_t *m, uint64_t key) {
+    hm_step(m, HM_STEP);
+    hment_t *hole = hm_slot(m, key);
+    if (hole->sv == 0) {
+        Py_ssize_t o = hm_find_old(m, key);
+        if (o < 0)
+            return 0;
+        hm_kill_old(m, (size_t)o);
+        m->count--;
+        return 1;
+    }
+    size_t i = (size_t)(hole - m->e), j = i;
+    m->count--;
+    for (;;) {
+        m->e[i].sv = 0;
+        for (;;) {
+            j = (j + 1) & m->mask;
+            if (m->e[j].sv == 0)
+                return 1;
+            size_t home = hm_home(m->e[j].key, m->bits);
+            /* the entry at j may move to i unless its home lies cyclically in (i, j] */
+            if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
+                continue;
+            break;
+        }
+        m->e[i] = m->e[j];
+        i = j;
+    }
+}
+
+static int hm_init(hmap_t *m, int bits) {
+    memset(m, 0, sizeof(*m));
+    m->e = PyMem_Calloc((size_t)1 << bits, sizeof(hment_t));
+    if (m->e == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    m->mask = ((size_t)1 << bits) - 1;
+    m->bits = bits;
+    return 0;
+}
+
+static void hm_free(hmap_t *m) {
+    PyMem_Free(m->e);
+    hm_drop_old(m);
+    m->e = NULL;
+}
+
+/* Room for `more` new keys at load <= 1/2 (of e alone, so also after old is moved). */
+static int hm_reserve(hmap_t *m, Py_ssize_t more) {
+    size_t need = (size_t)(m->count + more) * 2;
+    if (((size_t)1 << m->bits) >= need)
+        return 0;
+    int bits = m->bits;
+    while (((size_t)1 << bits) < need)
+        bits++;
+    size_t size = (size_t)1 << bits;
+    hment_t *ne = PyMem_Calloc(size, sizeof(hment_t));
+    uint64_t *tomb = PyMem_Calloc((m->mask + 1 + 63) / 64, sizeof(uint64_t));
+    if (ne == NULL || tomb == NULL) {
+        PyMem_Free(ne);
+        PyMem_Free(tomb);
+        PyErr_NoMemory();
+        return -1;
+    }
+    hm_step(m, (size_t)-1); /* a growth while old is still there: finish it first */
+    m->old = m->e;
+    m->omask = m->mask;
+    m->obits = m->bits;
+    m->cur = 0;
+    m->tomb = tomb;
+    m->e = ne;
+    m->mask = size - 1;
+    m->bits = bits;
+    return 0;
+}
+
+static void hm_clear(hmap_t *m) {
+    hm_drop_old(m);
+    memset(m->e, 0, (m->mask + 1) * sizeof(hment_t));
+    m->count = 0;
+}
+
+static size_t hm_nbytes(const hmap_t *m) {
+    size_t n = (m->mask + 1) * sizeof(hment_t);
+    if (m->old)
+        n += (m->omask + 1) * sizeof(hment_t) + (m->omask + 1 + 63) / 64 * sizeof(uint64_t);
+    return n;
+}
 
 typedef struct {
     PyObject_HEAD
@@ -47,9 +269,7 @@ typedef struct {
     int32_t root;
     Py_ssize_t count;
     unsigned long long version; /* bumped by every insert and erase */
-    hent_t *h;
-    size_t hmask;     /* hash capacity - 1 (a power of two) */
-    int hbits;
+    hmap_t h;         /* key -> slot */
 } RBTree;
 
 #define L(x) (t->n[x].left)
@@ -63,7 +283,7 @@ typedef struct {
  * large arrays. Only a hint; without THP nothing changes. */
 static void hint_huge(void *p, size_t len) {
 #ifdef MADV_HUGEPAGE
-    if (len < ((size_t)4 << 20))
+    if (getenv("KSMFS_NOHUGE") || len < ((size_t)4 << 20))
         return;
     uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
     uintptr_t e = ((uintptr_t)p + len) & ~(uintptr_t)4095;
@@ -77,74 +297,14 @@ static void hint_huge(void *p, size_t len) {
 
 /* -- hash key -> slot ------------------------------------------------------------------ */
 
-static inline size_t hslot(const RBTree *t, uint64_t key) {
-    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> (64 - t->hbits));
-}
-
 static int32_t find(const RBTree *t, uint64_t key) {
-    size_t i = hslot(t, key);
-    for (;;) {
-        const hent_t *e = &t->h[i];
-        if (e->slot == NIL)
-            return NIL;
-        if (e->key == key)
-            return (int32_t)e->slot;
-        i = (i + 1) & t->hmask;
-    }
+    int64_t s = hm_get(&t->h, key);
+    return s == HM_EMPTY ? NIL : (int32_t)s;
 }
 
-static void hput(RBTree *t, uint64_t key, int32_t slot) {
-    size_t i = hslot(t, key);
-    while (t->h[i].slot != NIL)
-        i = (i + 1) & t->hmask;
-    t->h[i].key = key;
-    t->h[i].slot = slot;
-}
+static void hput(RBTree *t, uint64_t key, int32_t slot) { hm_set(&t->h, key, slot); }
 
-static void hdel(RBTree *t, uint64_t key) {
-    size_t i = hslot(t, key);
-    while (t->h[i].key != key || t->h[i].slot == NIL)
-        i = (i + 1) & t->hmask;
-    /* backward-shift deletion: move later entries of the probe run into the hole */
-    size_t j = i;
-    for (;;) {
-        t->h[i].slot = NIL;
-        for (;;) {
-            j = (j + 1) & t->hmask;
-            if (t->h[j].slot == NIL)
-                return;
-            size_t home = hslot(t, t->h[j].key);
-            /* the entry at j may move to i unless its home lies cyclically in (i, j] */
-            if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
-                continue;
-            break;
-        }
-        t->h[i] = t->h[j];
-        i = j;
-    }
-}
-
-static int hresize(RBTree *t, int bits) {
-    size_t size = (size_t)1 << bits;
-    hent_t *nh = PyMem_Malloc(size * sizeof(hent_t));
-    if (nh == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    hint_huge(nh, size * sizeof(hent_t));
-    for (size_t i = 0; i < size; i++)
-        nh[i].slot = NIL;
-    hent_t *old = t->h;
-    size_t oldsize = old ? t->hmask + 1 : 0;
-    t->h = nh;
-    t->hmask = size - 1;
-    t->hbits = bits;
-    for (size_t i = 0; i < oldsize; i++)
-        if (old[i].slot != NIL)
-            hput(t, old[i].key, (int32_t)old[i].slot);
-    PyMem_Free(old);
-    return 0;
-}
+static void hdel(RBTree *t, uint64_t key) { (void)hm_del(&t->h, key); }
 
 /* Room for `more` new keys (nodes and hash, load <= 1/2) before a change starts, so that
  * no change can fail half-way. */
@@ -170,12 +330,7 @@ static int reserve(RBTree *t, Py_ssize_t more) {
         t->cap = (int32_t)cap;
         hint_huge(nn, (size_t)cap * sizeof(node_t));
     }
-    int bits = t->hbits;
-    while (((size_t)1 << bits) < (size_t)need * 2)
-        bits++;
-    if (bits != t->hbits || t->h == NULL)
-        return hresize(t, bits);
-    return 0;
+    return hm_reserve(&t->h, more);
 }
 
 static int32_t alloc_slot(RBTree *t) {
@@ -570,9 +725,7 @@ static PyObject *RBTree_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     t->cap = t->used = t->count = 0;
     t->free = t->root = NIL;
     t->version = 0;
-    t->h = NULL;
-    t->hbits = 4;
-    if (hresize(t, t->hbits) < 0) {
+    if (hm_init(&t->h, 4) < 0) {
         Py_DECREF(t);
         return NULL;
     }
@@ -581,7 +734,7 @@ static PyObject *RBTree_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
 
 static void RBTree_dealloc(RBTree *t) {
     PyMem_Free(t->n);
-    PyMem_Free(t->h);
+    hm_free(&t->h);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
 
@@ -639,7 +792,7 @@ static void touch_paths(const RBTree *t, const uint64_t *keys, int g) {
     int32_t cur[GROUP];
     for (int j = 0; j < g; j++) {
         cur[j] = t->root;
-        __builtin_prefetch(&t->h[hslot(t, keys[j])], 1);
+        __builtin_prefetch(hm_prefetch_addr(&t->h, keys[j]), 1);
     }
     for (int active = g; active;) {
         active = 0;
@@ -831,7 +984,7 @@ static PyObject *RBTree_get_version(RBTree *t, void *Py_UNUSED(closure)) {
 }
 
 static PyObject *RBTree_get_nbytes(RBTree *t, void *Py_UNUSED(closure)) {
-    return PyLong_FromSize_t((size_t)t->cap * sizeof(node_t) + (t->hmask + 1) * sizeof(hent_t));
+    return PyLong_FromSize_t((size_t)t->cap * sizeof(node_t) + hm_nbytes(&t->h));
 }
 
 static PyMethodDef RBTree_methods[] = {
@@ -894,94 +1047,12 @@ static PyTypeObject RBTreeType = {
  * rbtree's index; an empty entry holds the value EMPTY_VAL, which no stable node or chain
  * id can be. */
 
-#define EMPTY_VAL INT64_MIN
-
-typedef struct {
-    uint64_t key;
-    int64_t val;
-} ment_t;
+#define EMPTY_VAL HM_EMPTY
 
 typedef struct {
     PyObject_HEAD
-    ment_t *e;
-    size_t mask;
-    int bits;
-    Py_ssize_t count;
+    hmap_t h;
 } TokenMap;
-
-static inline size_t mslot(const TokenMap *m, uint64_t key) {
-    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> (64 - m->bits));
-}
-
-/* The entry of key, or of the empty place where it would go. */
-static inline ment_t *mfind(const TokenMap *m, uint64_t key) {
-    size_t i = mslot(m, key);
-    for (;;) {
-        ment_t *e = &m->e[i];
-        if (e->val == EMPTY_VAL || e->key == key)
-            return e;
-        i = (i + 1) & m->mask;
-    }
-}
-
-static int mresize(TokenMap *m, int bits) {
-    size_t size = (size_t)1 << bits;
-    ment_t *ne = PyMem_Malloc(size * sizeof(ment_t));
-    if (ne == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    for (size_t i = 0; i < size; i++)
-        ne[i].val = EMPTY_VAL;
-    ment_t *old = m->e;
-    size_t oldsize = old ? m->mask + 1 : 0;
-    m->e = ne;
-    m->mask = size - 1;
-    m->bits = bits;
-    for (size_t i = 0; i < oldsize; i++)
-        if (old[i].val != EMPTY_VAL)
-            *mfind(m, old[i].key) = old[i];
-    PyMem_Free(old);
-    return 0;
-}
-
-/* Room for `more` new keys at load <= 1/2. */
-static int mreserve(TokenMap *m, Py_ssize_t more) {
-    size_t need = (size_t)(m->count + more) * 2;
-    int bits = m->bits;
-    while (((size_t)1 << bits) < need)
-        bits++;
-    return bits != m->bits ? mresize(m, bits) : 0;
-}
-
-/* Set key -> val; needs mreserve(m, 1). */
-static inline void mset(TokenMap *m, uint64_t key, int64_t val) {
-    ment_t *e = mfind(m, key);
-    if (e->val == EMPTY_VAL) {
-        e->key = key;
-        m->count++;
-    }
-    e->val = val;
-}
-
-static void mdel(TokenMap *m, ment_t *hole) {
-    size_t i = (size_t)(hole - m->e), j = i;
-    m->count--;
-    for (;;) {
-        m->e[i].val = EMPTY_VAL;
-        for (;;) {
-            j = (j + 1) & m->mask;
-            if (m->e[j].val == EMPTY_VAL)
-                return;
-            size_t home = mslot(m, m->e[j].key);
-            if (i <= j ? (i < home && home <= j) : (i < home || home <= j))
-                continue;
-            break;
-        }
-        m->e[i] = m->e[j];
-        i = j;
-    }
-}
 
 static int as_val(PyObject *o, int64_t *val) {
     long long v = PyLong_AsLongLong(o);
@@ -1002,9 +1073,7 @@ static PyObject *TokenMap_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     TokenMap *m = (TokenMap *)type->tp_alloc(type, 0);
     if (m == NULL)
         return NULL;
-    m->e = NULL;
-    m->count = 0;
-    if (mresize(m, 4) < 0) {
+    if (hm_init(&m->h, 4) < 0) {
         Py_DECREF(m);
         return NULL;
     }
@@ -1012,18 +1081,18 @@ static PyObject *TokenMap_new(PyTypeObject *type, PyObject *args, PyObject *kwds
 }
 
 static void TokenMap_dealloc(TokenMap *m) {
-    PyMem_Free(m->e);
+    hm_free(&m->h);
     Py_TYPE(m)->tp_free((PyObject *)m);
 }
 
-static Py_ssize_t TokenMap_len(TokenMap *m) { return m->count; }
+static Py_ssize_t TokenMap_len(TokenMap *m) { return m->h.count; }
 
 static int TokenMap_contains(TokenMap *m, PyObject *o) {
     uint64_t key;
     int r = as_key(o, &key, 1);
     if (r <= 0)
         return r;
-    return mfind(m, key)->val != EMPTY_VAL;
+    return hm_get(&m->h, key) != EMPTY_VAL;
 }
 
 static PyObject *TokenMap_subscript(TokenMap *m, PyObject *o) {
@@ -1031,12 +1100,12 @@ static PyObject *TokenMap_subscript(TokenMap *m, PyObject *o) {
     int r = as_key(o, &key, 1);
     if (r < 0)
         return NULL;
-    ment_t *e = r ? mfind(m, key) : NULL;
-    if (e == NULL || e->val == EMPTY_VAL) {
+    int64_t v = r ? hm_get(&m->h, key) : EMPTY_VAL;
+    if (v == EMPTY_VAL) {
         PyErr_SetObject(PyExc_KeyError, o);
         return NULL;
     }
-    return PyLong_FromLongLong(e->val);
+    return PyLong_FromLongLong(v);
 }
 
 static int TokenMap_ass_subscript(TokenMap *m, PyObject *o, PyObject *v) {
@@ -1045,18 +1114,16 @@ static int TokenMap_ass_subscript(TokenMap *m, PyObject *o, PyObject *v) {
         int r = as_key(o, &key, 1);
         if (r < 0)
             return -1;
-        ment_t *e = r ? mfind(m, key) : NULL;
-        if (e == NULL || e->val == EMPTY_VAL) {
+        if (!r || !hm_del(&m->h, key)) {
             PyErr_SetObject(PyExc_KeyError, o);
             return -1;
         }
-        mdel(m, e);
         return 0;
     }
     int64_t val;
-    if (as_key(o, &key, 0) < 0 || as_val(v, &val) < 0 || mreserve(m, 1) < 0)
+    if (as_key(o, &key, 0) < 0 || as_val(v, &val) < 0 || hm_reserve(&m->h, 1) < 0)
         return -1;
-    mset(m, key, val);
+    hm_set(&m->h, key, val);
     return 0;
 }
 
@@ -1069,30 +1136,40 @@ static PyObject *TokenMap_get(TokenMap *m, PyObject *const *args, Py_ssize_t nar
     int r = as_key(args[0], &key, 1);
     if (r < 0)
         return NULL;
-    ment_t *e = r ? mfind(m, key) : NULL;
-    if (e == NULL || e->val == EMPTY_VAL) {
+    int64_t v = r ? hm_get(&m->h, key) : EMPTY_VAL;
+    if (v == EMPTY_VAL) {
         PyObject *d = nargs == 2 ? args[1] : Py_None;
         return Py_NewRef(d);
     }
-    return PyLong_FromLongLong(e->val);
+    return PyLong_FromLongLong(v);
 }
 
+static int keys_append(PyObject *out, Py_ssize_t *k, uint64_t key) {
+    PyObject *o = PyLong_FromUnsignedLongLong(key);
+    if (o == NULL)
+        return -1;
+    PyList_SET_ITEM(out, (*k)++, o);
+    return 0;
+}
+
+/* The keys of e, then those still live in old. */
 static PyObject *TokenMap_keys(TokenMap *m, PyObject *Py_UNUSED(ignored)) {
-    PyObject *out = PyList_New(m->count);
+    const hmap_t *h = &m->h;
+    PyObject *out = PyList_New(h->count);
     if (out == NULL)
         return NULL;
     Py_ssize_t k = 0;
-    for (size_t i = 0; i <= m->mask; i++) {
-        if (m->e[i].val == EMPTY_VAL)
-            continue;
-        PyObject *key = PyLong_FromUnsignedLongLong(m->e[i].key);
-        if (key == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, k++, key);
-    }
+    for (size_t i = 0; i <= h->mask; i++)
+        if (h->e[i].sv != 0 && keys_append(out, &k, h->e[i].key) < 0)
+            goto fail;
+    if (h->old)
+        for (size_t i = h->cur; i <= h->omask; i++)
+            if (hm_old_live(h, i) && keys_append(out, &k, h->old[i].key) < 0)
+                goto fail;
     return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
 }
 
 static PyObject *TokenMap_iter(TokenMap *m) {
@@ -1146,12 +1223,12 @@ static PyObject *TokenMap_set_many(TokenMap *m, PyObject *const *args, Py_ssize_
             goto out;
         }
     }
-    if (mreserve(m, n) < 0)
+    if (hm_reserve(&m->h, n) < 0)
         goto out;
     for (Py_ssize_t i = 0; i < n; i++) {
         if (i + 8 < n)
-            __builtin_prefetch(&m->e[mslot(m, keys[i + 8])], 1);
-        mset(m, keys[i], vals[i]);
+            __builtin_prefetch(hm_prefetch_addr(&m->h, keys[i + 8]), 1);
+        hm_set(&m->h, keys[i], vals[i]);
     }
     res = Py_NewRef(Py_None);
 out:
@@ -1184,8 +1261,9 @@ static PyObject *TokenMap_lookup_into(TokenMap *m, PyObject *const *args, Py_ssi
         int64_t *out = ov.buf;
         for (Py_ssize_t i = 0; i < n; i++) {
             if (i + 8 < n)
-                __builtin_prefetch(&m->e[mslot(m, keys[i + 8])]);
-            int64_t v = mfind(m, keys[i])->val;
+                __builtin_prefetch(hm_prefetch_addr(&m->h, keys[i + 8]));
+            hm_step(&m->h, HM_STEP);
+            int64_t v = hm_get(&m->h, keys[i]);
             out[i] = v == EMPTY_VAL ? missing : v;
         }
         res = Py_NewRef(Py_None);
@@ -1196,14 +1274,12 @@ static PyObject *TokenMap_lookup_into(TokenMap *m, PyObject *const *args, Py_ssi
 }
 
 static PyObject *TokenMap_clear(TokenMap *m, PyObject *Py_UNUSED(ignored)) {
-    for (size_t i = 0; i <= m->mask; i++)
-        m->e[i].val = EMPTY_VAL;
-    m->count = 0;
+    hm_clear(&m->h);
     Py_RETURN_NONE;
 }
 
 static PyObject *TokenMap_get_nbytes(TokenMap *m, void *Py_UNUSED(closure)) {
-    return PyLong_FromSize_t((m->mask + 1) * sizeof(ment_t));
+    return PyLong_FromSize_t(hm_nbytes(&m->h));
 }
 
 static PyMethodDef TokenMap_methods[] = {
