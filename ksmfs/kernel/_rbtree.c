@@ -283,7 +283,7 @@ typedef struct {
  * large arrays. Only a hint; without THP nothing changes. */
 static void hint_huge(void *p, size_t len) {
 #ifdef MADV_HUGEPAGE
-    if (getenv("KSMFS_NOHUGE") || len < ((size_t)4 << 20))
+    if (len < ((size_t)4 << 20))
         return;
     uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
     uintptr_t e = ((uintptr_t)p + len) & ~(uintptr_t)4095;
