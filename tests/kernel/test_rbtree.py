@@ -382,3 +382,113 @@ def test_flush_order_is_the_sorted_pairs(pairs: list[tuple[int, int]], distinct:
     ts = np.array([t for _, t in pairs], dtype=np.uint64)
     got = [(int(pos[i]), int(ts[i])) for i in _order(pos, ts)]
     assert got == sorted(pairs)
+
+
+def assert_map_is(m: TokenMap, d: dict[int, int], probe: list[int]) -> None:
+    """Every view of the map (len, iteration, keys(), [], get, in, lookup_into) is d's."""
+    assert len(m) == len(d)
+    assert sorted(m) == sorted(d) == sorted(m.keys())
+    ks = sorted(set(d) | set(probe))
+    out = np.empty(len(ks), dtype=np.int64)
+    m.lookup_into(np.array(ks, dtype=np.uint64), out, MISSING)
+    assert out.tolist() == [d.get(k, MISSING) for k in ks]
+    assert all(m[k] == d[k] and m.get(k) == d[k] and k in m for k in d)
+    assert all(m.get(k, -7) == -7 and k not in m for k in probe if k not in d)
+
+
+# Many keys from a small range (several growths, from the initial 16 entries, with keys
+# set again, deleted and looked up while the previous table is still being moved) and a
+# few from the full range.
+GROW_KEYS = st.one_of(st.integers(0, 700), st.integers(0, TOP))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["set", "set", "many", "del", "look", "clear"]),
+                  st.lists(GROW_KEYS, max_size=40), st.integers(-(1 << 63) + 1, (1 << 63) - 1)),
+        max_size=60,
+    )
+)
+def test_token_map_is_a_dict_across_growths(ops: list[tuple[str, list[int], int]]) -> None:
+    """Growth moves the old table a few entries per change: sets, deletes, batch sets and
+    lookups that hit keys still in the old table, and clear() half-way through a move,
+    leave the map equal to a dict after every operation."""
+    m, d = TokenMap(), {}
+    for op, ks, v in ops:
+        if op == "set":
+            for k in ks:
+                m[k] = v
+                d[k] = v
+                assert_map_is(m, d, ks)
+        elif op == "many":
+            vals = [(v + i) % (1 << 62) for i in range(len(ks))]
+            m.set_many(np.array(ks, dtype=np.uint64), np.array(vals, dtype=np.int64))
+            d.update(zip(ks, vals, strict=True))
+        elif op == "del":
+            for k in ks:
+                if k in d:
+                    del m[k]
+                    del d[k]
+                else:
+                    with pytest.raises(KeyError):
+                        del m[k]
+                assert_map_is(m, d, ks)
+        elif op == "clear":
+            m.clear()
+            d.clear()
+        else:
+            out = np.empty(len(ks), dtype=np.int64)
+            m.lookup_into(np.array(ks, dtype=np.uint64), out, MISSING)
+            assert out.tolist() == [d.get(k, MISSING) for k in ks]
+        assert_map_is(m, d, ks)
+
+
+def test_token_map_batches_cross_growths_mid_move() -> None:
+    """Batches of random keys (repeats included) with deletes between them: each batch
+    starts while the previous growth is still moving entries; the map stays a dict."""
+    rng = np.random.default_rng(11)
+    m, d = TokenMap(), {}
+    for step in range(300):
+        ks = rng.integers(0, 3000 if step % 2 else 1 << 64, int(rng.integers(1, 60)),
+                          dtype=np.uint64)
+        vals = rng.integers(-(1 << 62), 1 << 62, ks.shape[0], dtype=np.int64)
+        m.set_many(ks, vals)
+        d.update(zip(ks.tolist(), vals.tolist(), strict=True))
+        have = sorted(d)
+        for i in rng.choice(len(have), min(len(have), 5), replace=False).tolist():
+            k = have[i]
+            del m[k]
+            del d[k]
+        assert_map_is(m, d, ks.tolist())
+    assert len(d) > 2000
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from("iiiemc"), st.lists(GROW_KEYS, max_size=30)),
+                    max_size=50))
+def test_tree_index_across_growths(ops: list[tuple[str, list[int]]]) -> None:
+    """The compiled tree's key -> slot index grows incrementally too: inserts (one by one
+    and insert_many), erases and lookups while the old index is being moved keep `in`,
+    node() and check() (which looks every node up by key) right, and the shape the
+    port's."""
+    py, c = PyTree(), CTree()
+    for op, ks in ops:
+        if op == "m":
+            new = list(dict.fromkeys(k for k in ks if k not in py))
+            c.insert_many(np.array(ks, dtype=np.uint64), skip_present=True)
+            for k in new:
+                py.insert(k)
+        for k in ks:
+            if op == "i" and k not in py:
+                py.insert(k)
+                c.insert(k)
+            elif op == "e" and k in py:
+                py.erase(k)
+                c.erase(k)
+            elif op == "c":
+                assert (k in c) == (k in py)
+            if op != "m":
+                assert c.check() == py.check()
+        assert_same_shape(py, c)
+        assert all((k in c) == (k in py) for k in ks)
