@@ -76,6 +76,27 @@ typedef struct {
     Py_ssize_t count;
 } hmap_t;
 
+/* A zeroed table. A large one is an mmap() of its own, so its zeroing is the kernel's lazy
+ * zero pages, faulted in by the inserts that follow; calloc() could take it from the heap
+ * (glibc's mmap threshold rises to 32 MiB after big frees) and memset it all at once. */
+#define HM_MAP_MIN ((size_t)1 << 20)
+static hment_t *hm_alloc(size_t n) {
+    size_t bytes = n * sizeof(hment_t);
+    if (bytes < HM_MAP_MIN)
+        return PyMem_Calloc(n, sizeof(hment_t));
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void hm_free_table(hment_t *e, size_t n) {
+    if (e == NULL)
+        return;
+    if (n * sizeof(hment_t) < HM_MAP_MIN)
+        PyMem_Free(e);
+    else
+        munmap(e, n * sizeof(hment_t));
+}
+
 static inline uint64_t hm_enc(int64_t v) { return (uint64_t)v ^ (uint64_t)HM_EMPTY; }
 static inline int64_t hm_dec(uint64_t sv) { return (int64_t)(sv ^ (uint64_t)HM_EMPTY); }
 
@@ -120,7 +141,7 @@ static inline Py_ssize_t hm_find_old(const hmap_t *m, uint64_t key) {
 static inline void hm_kill_old(hmap_t *m, size_t i) { m->tomb[i >> 6] |= (uint64_t)1 << (i & 63); }
 
 static void hm_drop_old(hmap_t *m) {
-    PyMem_Free(m->old);
+    hm_free_table(m->old, m->old ? m->omask + 1 : 0);
     PyMem_Free(m->tomb);
     m->old = NULL;
     m->tomb = NULL;
@@ -202,7 +223,7 @@ static int hm_del(hmap_t *m, uint64_t key) {
 
 static int hm_init(hmap_t *m, int bits) {
     memset(m, 0, sizeof(*m));
-    m->e = PyMem_Calloc((size_t)1 << bits, sizeof(hment_t));
+    m->e = hm_alloc((size_t)1 << bits);
     if (m->e == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -213,7 +234,7 @@ static int hm_init(hmap_t *m, int bits) {
 }
 
 static void hm_free(hmap_t *m) {
-    PyMem_Free(m->e);
+    hm_free_table(m->e, m->e ? m->mask + 1 : 0);
     hm_drop_old(m);
     m->e = NULL;
 }
@@ -227,10 +248,10 @@ static int hm_reserve(hmap_t *m, Py_ssize_t more) {
     while (((size_t)1 << bits) < need)
         bits++;
     size_t size = (size_t)1 << bits;
-    hment_t *ne = PyMem_Calloc(size, sizeof(hment_t));
+    hment_t *ne = hm_alloc(size);
     uint64_t *tomb = PyMem_Calloc((m->mask + 1 + 63) / 64, sizeof(uint64_t));
     if (ne == NULL || tomb == NULL) {
-        PyMem_Free(ne);
+        hm_free_table(ne, size);
         PyMem_Free(tomb);
         PyErr_NoMemory();
         return -1;
@@ -264,6 +285,7 @@ typedef struct {
     PyObject_HEAD
     node_t *n;
     int32_t cap;      /* slots allocated */
+    int n_mapped;     /* n is an mmap() of its own (nodes_resize()) */
     int32_t used;     /* high-water mark of slots */
     int32_t free;     /* head of the free-slot list */
     int32_t root;
@@ -306,6 +328,39 @@ static void hput(RBTree *t, uint64_t key, int32_t slot) { hm_set(&t->h, key, slo
 
 static void hdel(RBTree *t, uint64_t key) { (void)hm_del(&t->h, key); }
 
+/* Grow the node array to `bytes`. A large one is an mmap() of its own, grown by mremap()
+ * (page tables moved, nothing copied): realloc() would copy it whenever glibc put it on
+ * the heap (its mmap threshold rises to 32 MiB after big frees, e.g. of a hash table),
+ * which cost 35-80 ms at 256k-512k nodes. The new tail is faulted in as slots are used. */
+#define NODES_MAP_MIN ((size_t)1 << 20)
+static node_t *nodes_resize(RBTree *t, size_t oldbytes, size_t bytes) {
+    if (bytes < NODES_MAP_MIN)
+        return PyMem_Realloc(t->n, bytes);
+    void *p;
+    if (t->n_mapped) {
+        p = mremap(t->n, oldbytes, bytes, MREMAP_MAYMOVE);
+    } else {
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED) {
+            if (t->n)
+                memcpy(p, t->n, oldbytes);
+            PyMem_Free(t->n);
+        }
+    }
+    if (p == MAP_FAILED)
+        return NULL;
+    t->n_mapped = 1;
+    return p;
+}
+
+static void nodes_free(RBTree *t) {
+    if (t->n_mapped)
+        munmap(t->n, (size_t)t->cap * sizeof(node_t));
+    else
+        PyMem_Free(t->n);
+    t->n = NULL;
+}
+
 /* Room for `more` new keys (nodes and hash, load <= 1/2) before a change starts, so that
  * no change can fail half-way. */
 static int reserve(RBTree *t, Py_ssize_t more) {
@@ -321,7 +376,8 @@ static int reserve(RBTree *t, Py_ssize_t more) {
             cap *= 2;
         if (cap > INT32_MAX)
             cap = INT32_MAX;
-        node_t *nn = PyMem_Realloc(t->n, (size_t)cap * sizeof(node_t));
+        node_t *nn =
+            nodes_resize(t, (size_t)t->cap * sizeof(node_t), (size_t)cap * sizeof(node_t));
         if (nn == NULL) {
             PyErr_NoMemory();
             return -1;
@@ -733,7 +789,7 @@ static PyObject *RBTree_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
 }
 
 static void RBTree_dealloc(RBTree *t) {
-    PyMem_Free(t->n);
+    nodes_free(t);
     hm_free(&t->h);
     Py_TYPE(t)->tp_free((PyObject *)t);
 }
