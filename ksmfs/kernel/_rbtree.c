@@ -73,6 +73,9 @@ typedef struct {
     int obits;
     size_t cur;     /* entries of old below cur have been moved */
     uint64_t *tomb; /* bit i: old[i] was deleted or overwritten */
+    hment_t *next;  /* the next, bigger table, being faulted in before the growth */
+    int nbits;
+    size_t ntouched; /* bytes of next faulted in */
     Py_ssize_t count;
 } hmap_t;
 
@@ -147,8 +150,24 @@ static void hm_drop_old(hmap_t *m) {
     m->tomb = NULL;
 }
 
+/* Fault in the next HM_TOUCH bytes of next: a write of the zero each page holds already.
+ * Between load 3/8 (next allocated) and 1/2 (growth) at least 1/8 of e's entries are set,
+ * and next has 2 x 16 bytes per entry of e: 256 bytes a change; twice that leaves room
+ * for deletes. */
+#define HM_TOUCH 512
+static void hm_touch(hmap_t *m) {
+    size_t end = ((size_t)1 << m->nbits) * sizeof(hment_t);
+    size_t from = m->ntouched, to = from + HM_TOUCH < end ? from + HM_TOUCH : end;
+    volatile char *p = (volatile char *)m->next;
+    for (size_t b = (from + 4095) & ~(size_t)4095; b < to; b += 4096)
+        p[b] = 0;
+    m->ntouched = to;
+}
+
 /* Move up to `budget` entries of old to e. */
 static void hm_step(hmap_t *m, size_t budget) {
+    if (m->next != NULL && budget != (size_t)-1)
+        hm_touch(m);
     if (m->old == NULL)
         return;
     size_t end = m->omask + 1;
@@ -233,22 +252,44 @@ static int hm_init(hmap_t *m, int bits) {
     return 0;
 }
 
+static void hm_drop_next(hmap_t *m) {
+    hm_free_table(m->next, m->next ? (size_t)1 << m->nbits : 0);
+    m->next = NULL;
+}
+
 static void hm_free(hmap_t *m) {
     hm_free_table(m->e, m->e ? m->mask + 1 : 0);
     hm_drop_old(m);
+    hm_drop_next(m);
     m->e = NULL;
 }
 
 /* Room for `more` new keys at load <= 1/2 (of e alone, so also after old is moved). */
 static int hm_reserve(hmap_t *m, Py_ssize_t more) {
     size_t need = (size_t)(m->count + more) * 2;
-    if (((size_t)1 << m->bits) >= need)
+    if (((size_t)1 << m->bits) >= need) {
+        /* past load 3/8 of a large table: allocate the next one, to fault it in bit by bit
+         * (hm_touch()) rather than all in the inserts right after the growth */
+        if (m->next == NULL && m->old == NULL && need * 4 > ((size_t)3 << m->bits)
+            && ((size_t)2 << m->bits) * sizeof(hment_t) >= HM_MAP_MIN) {
+            m->next = hm_alloc((size_t)2 << m->bits);
+            m->nbits = m->bits + 1;
+            m->ntouched = 0;
+        }
         return 0;
+    }
     int bits = m->bits;
     while (((size_t)1 << bits) < need)
         bits++;
     size_t size = (size_t)1 << bits;
-    hment_t *ne = hm_alloc(size);
+    hment_t *ne;
+    if (m->next != NULL && m->nbits == bits) {
+        ne = m->next;
+        m->next = NULL;
+    } else {
+        hm_drop_next(m);
+        ne = hm_alloc(size);
+    }
     uint64_t *tomb = PyMem_Calloc((m->mask + 1 + 63) / 64, sizeof(uint64_t));
     if (ne == NULL || tomb == NULL) {
         hm_free_table(ne, size);
@@ -270,6 +311,7 @@ static int hm_reserve(hmap_t *m, Py_ssize_t more) {
 
 static void hm_clear(hmap_t *m) {
     hm_drop_old(m);
+    hm_drop_next(m);
     memset(m->e, 0, (m->mask + 1) * sizeof(hment_t));
     m->count = 0;
 }
@@ -278,6 +320,8 @@ static size_t hm_nbytes(const hmap_t *m) {
     size_t n = (m->mask + 1) * sizeof(hment_t);
     if (m->old)
         n += (m->omask + 1) * sizeof(hment_t) + (m->omask + 1 + 63) / 64 * sizeof(uint64_t);
+    if (m->next)
+        n += ((size_t)1 << m->nbits) * sizeof(hment_t);
     return n;
 }
 
