@@ -492,3 +492,37 @@ def test_tree_index_across_growths(ops: list[tuple[str, list[int]]]) -> None:
                 assert c.check() == py.check()
         assert_same_shape(py, c)
         assert all((k in c) == (k in py) for k in ks)
+
+
+def test_large_maps_grow_through_prefaulted_tables() -> None:
+    """Past 32k entries the next table is allocated early and faulted in a bit per change,
+    then taken over at the growth: batches and single sets and deletes up to 300k keys
+    (several such growths, clear() once with the next table pending) keep the map a dict."""
+    rng = np.random.default_rng(5)
+    m, d = TokenMap(), {}
+    cleared = False
+    while len(d) < 300_000:
+        ks = rng.integers(0, 1 << 64, 3000, dtype=np.uint64)
+        vals = rng.integers(-(1 << 62), 1 << 62, ks.shape[0], dtype=np.int64)
+        m.set_many(ks, vals)
+        d.update(zip(ks.tolist(), vals.tolist(), strict=True))
+        have = list(d)
+        for i in rng.choice(len(have), 200, replace=False).tolist():
+            del m[have[i]]
+            del d[have[i]]
+        k = int(ks[0]) ^ 1
+        m[k] = 7
+        d[k] = 7
+        if not cleared and len(d) > 100_000:
+            m.clear()
+            d.clear()
+            cleared = True
+        assert len(m) == len(d)
+        probe = np.array(have[-3000:] + ks.tolist(), dtype=np.uint64)
+        out = np.empty(probe.shape[0], dtype=np.int64)
+        m.lookup_into(probe, out, MISSING)
+        assert out.tolist() == [d.get(k, MISSING) for k in probe.tolist()]
+    assert sorted(m) == sorted(d)
+    out = np.empty(len(d), dtype=np.int64)
+    m.lookup_into(np.array(list(d), dtype=np.uint64), out, MISSING)
+    assert out.tolist() == list(d.values())
