@@ -31,7 +31,7 @@ from ._rbtree import TokenMap
 from .ksm_defs import SEQ_ODD, STABLE, UNSTABLE, calc_checksum
 from .ksm_nodes import StableNodes
 from .mm import FRAME_FILE, FRAME_SHMEM, MM, UNIQUE_BIT
-from .tokenindex import MISSING, UNKNOWN
+from .stabletree import MISSING
 
 
 @dataclass
@@ -312,7 +312,7 @@ class BulkMerge(StableNodes):
         mps = self.max_page_sharing
         vals = self.stable_tree[0].lookup(tok_c)
         plain = vals >= 0
-        chained = (vals < 0) & (vals > UNKNOWN)
+        chained = (vals < 0) & (vals > MISSING)
         has_chain = bool(chained.any())
         if has_chain:
             cids = np.where(chained, -vals - 1, 0)

@@ -21,8 +21,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .tokenindex import MISSING
-
 try:
     from ._rbtree import RBTree, TokenMap
 except ImportError as e:  # a checkout whose extension was never built (or is stale)
@@ -31,6 +29,10 @@ except ImportError as e:  # a checkout whose extension was never built (or is st
         "built: run `pip install -e .` (or scripts/setup-test.sh) in the repository; it "
         f"needs gcc and the Python headers ({e})"
     ) from None
+
+# StableTree.lookup()'s answer for a token that is not in the tree (node ids are >= 0,
+# chains -(cid + 1) > MISSING)
+MISSING = -(1 << 62)
 
 
 class StableTree:
@@ -64,8 +66,8 @@ class StableTree:
         return iter(self._map)
 
     def lookup(self, ts: np.ndarray) -> np.ndarray:
-        """The value of every token at once (tokenindex.MISSING when absent; never
-        tokenindex.UNKNOWN: every uint64 token is looked up)."""
+        """The value of every token at once (MISSING when absent; every uint64
+        token can be looked up)."""
         ts = np.ascontiguousarray(ts, dtype=np.uint64)
         out = np.empty(ts.shape[0], dtype=np.int64)
         self._map.lookup_into(ts, out, MISSING)

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 from ksmfs.kernel._rbtree import RBTree as CTree
 from ksmfs.kernel._rbtree import TokenMap
 from ksmfs.kernel.rbtree import RBTree as PyTree
-from ksmfs.kernel.stabletree import StableTree, _order
-from ksmfs.kernel.tokenindex import MISSING
+from ksmfs.kernel.stabletree import MISSING, StableTree, _order
 
 TOP = (1 << 64) - 1
 IMPLS = [pytest.param(PyTree, id="python"), pytest.param(CTree, id="c")]
@@ -94,7 +93,7 @@ def test_interval_is_the_set_of_keys_whose_path_passes(impl: type) -> None:
 
 # Keys from a few values (many collisions: duplicates, erase and re-insert), from a wider
 # range, and from the whole uint64 range with its ends (content tokens take any uint64;
-# 2**64 - 1 and - 2 are the TokenIndex's sentinels, the rbtree must not care).
+# the ends of the range, 2**64 - 1 and - 2, are ordinary keys to the rbtree).
 KEYS = st.one_of(
     st.integers(0, 15),
     st.integers(0, 500),
