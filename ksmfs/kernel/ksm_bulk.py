@@ -281,11 +281,10 @@ class BulkMerge(StableNodes):
         # built); only the other pages are grouped by content
         if fm_c is None:
             fm_c = self.mem.fmap.a[f_c]
-        vals, app, target, cnt, okn = self._append_pages(tok_c, f_c, fm_c, forced)
+        vals, app, target, gn, gcnt = self._append_pages(tok_c, f_c, fm_c, forced)
         if not app.any():
             return self._classify_sorted(pos_c, tok_c, f_c, forced, vals)
-        gn = np.flatnonzero(okn & (cnt > 0))
-        fast = AppendPlan(pos_c[app], target[app], gn, cnt[gn])
+        fast = AppendPlan(pos_c[app], target[app], gn, gcnt)
         rest = ~app
         if not rest.any():
             return BatchPlans([], fast, None, [])
@@ -306,8 +305,10 @@ class BulkMerge(StableNodes):
         picks the head, as for a plain node; see _classify_sorted), that has room for
         every page of its content in the batch, all of them single pages. A node stands
         for one content, so the pages of a content are the pages of its node: counted
-        with a bincount instead of a sort. Returns (stable tree lookup per page, pages
-        appended, their node, pages per node, nodes whose pages all append)."""
+        with a bincount instead of a sort (with np.unique when the window has far fewer
+        pages than the tree has nodes: a small slice must not cost a pass over every
+        node). Returns (stable tree lookup per page, pages appended, their node, the
+        nodes whose pages all append in ascending order, pages per such node)."""
         mem = self.mem
         mps = self.max_page_sharing
         vals = self.stable_tree[0].lookup(tok_c)
@@ -327,9 +328,16 @@ class BulkMerge(StableNodes):
         cand &= (self.node_kfn.a[target] >= 0) & (ln > 0) & (ln < mps)
         nn = self.node_len.n
         if not cand.any():
-            return vals, cand, target, np.zeros(0, np.int64), np.zeros(0, bool)
-        cnt = np.bincount(target[cand], minlength=nn)
-        okn = cnt <= mps - node_len[: cnt.shape[0]]
+            return vals, cand, target, np.zeros(0, np.int64), np.zeros(0, np.int64)
+        tc = target[cand]
+        few = tc.shape[0] * 16 < nn
+        if few:
+            # the same counts as the bincount below, over the window's own nodes
+            un, inv, cnt = np.unique(tc, return_inverse=True, return_counts=True)
+            okn = cnt <= mps - node_len[un]
+        else:
+            cnt = np.bincount(tc, minlength=nn)
+            okn = cnt <= mps - node_len[: cnt.shape[0]]
         # a page of a compound page (or mapped twice): whether its merge splits or fails
         # depends on the order of the merges, so its whole content takes the other path
         shared = fm_c != 1
@@ -339,8 +347,18 @@ class BulkMerge(StableNodes):
         if forced:
             bad |= cand & np.isin(tok_c, np.fromiter(forced, np.uint64, len(forced)))
         if bad.any():
-            okn[target[bad]] = False
-        app = cand & okn[target]
+            if few:
+                okn[inv[bad[cand]]] = False
+            else:
+                okn[target[bad]] = False
+        if few:
+            app = cand.copy()
+            app[cand] = okn[inv]
+            gn, gcnt = un[okn], cnt[okn]
+        else:
+            app = cand & okn[target]
+            gn = np.flatnonzero(okn & (cnt > 0))
+            gcnt = cnt[gn]
         if has_chain:
             ac = app & chained
             if ac.any():
@@ -350,7 +368,7 @@ class BulkMerge(StableNodes):
                 due_c = np.unique(cids[ac])
                 due_c = due_c[now >= self.chain_prune.a[due_c] + prune_ns]
                 self.chain_prune.a[due_c] = now
-        return vals, app, target, cnt, okn
+        return vals, app, target, gn, gcnt
 
     def _classify_sorted(
         self, pos_c: np.ndarray, tok_c: np.ndarray, f_c: np.ndarray, forced: set[int],
