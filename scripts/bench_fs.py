@@ -248,13 +248,8 @@ def _pass_under_readers(scenario: str, period: float | None, smaps: bool) -> dic
     and, with ``smaps``, the reader's latencies while smaps of a guest is read."""
 
     with tempfile.TemporaryDirectory(prefix="ksmfs-bench-") as tmp:
-        mount = Path(tmp) / "mnt"
-        mount.mkdir()
-        r = subprocess.run(ksmfs("mount", str(mount), "--scenario", scenario),
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"mount failed: {r.stderr.strip()}")
-        m = re.search(r"server pid (\d+)", r.stdout)
+        mount, out = _mount(tmp, scenario)
+        m = re.search(r"server pid (\d+)", out)
         server = int(m.group(1)) if m else None
         try:
             ksm = mount / "sys/kernel/mm/ksm"
@@ -288,6 +283,18 @@ def _pass_under_readers(scenario: str, period: float | None, smaps: bool) -> dic
             return out
         finally:
             _unmount(mount)
+
+
+def _mount(tmp: str, scenario: str) -> tuple[Path, str]:
+    """``ksmfs mount`` of ``scenario`` at TMP/mnt: (the mountpoint, the command's stdout).
+    RuntimeError with the mount's own message when it fails."""
+    mount = Path(tmp) / "mnt"
+    mount.mkdir()
+    r = subprocess.run(ksmfs("mount", str(mount), "--scenario", scenario),
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"mount failed: {r.stderr.strip()}")
+    return mount, r.stdout
 
 
 def merging_pass(scenario: str) -> int:
@@ -347,15 +354,9 @@ def smaps_under_reader(pages: int, reads: int = 5) -> int:
 
     pool = pages * 3 // 4
     with tempfile.TemporaryDirectory(prefix="ksmfs-bench-") as tmp:
-        mount = Path(tmp) / "mnt"
-        mount.mkdir()
         toml = Path(tmp) / "smaps.toml"
         toml.write_text(SMAPS_SCENARIO.format(pages=pages, pool=pool, unique=pages - pool))
-        r = subprocess.run(ksmfs("mount", str(mount), "--scenario", str(toml)),
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            print(f"bench_fs: mount failed: {r.stderr.strip()}", file=sys.stderr)
-            return 1
+        mount, _ = _mount(tmp, str(toml))
         try:
             ksm = mount / "sys/kernel/mm/ksm"
             pid = max((p for p in os.listdir(mount / "proc") if p.isdigit()), key=int)
@@ -423,15 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         return merging_pass(args.merging)
 
     with tempfile.TemporaryDirectory(prefix="ksmfs-bench-") as tmp:
-        mount = Path(tmp) / "mnt"
-        mount.mkdir()
         toml = Path(tmp) / "bench.toml"
         toml.write_text(IDLE_SCENARIO)
-        r = subprocess.run(ksmfs("mount", str(mount), "--scenario", str(toml)),
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            print(f"bench_fs: mount failed: {r.stderr.strip()}", file=sys.stderr)
-            return 1
+        mount, _ = _mount(tmp, str(toml))
         try:
             t = time.perf_counter()
             pids = spawn_processes(mount, args.procs)
@@ -519,4 +514,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except RuntimeError as e:  # a mount that failed: its own message, no traceback
+        print(f"bench_fs: {e}", file=sys.stderr)
+        sys.exit(1)
