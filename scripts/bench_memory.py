@@ -56,32 +56,33 @@ def timed_run(args: list[str]) -> tuple[float, int]:
 
 
 def phases_child(path: str) -> None:
-    """Build and snapshot times of one sim run in this (fresh) process: one JSON line."""
-    from ksmfs.scenario.driver import steps_due
+    """Build and snapshot times of one sim run in this (fresh) process: one JSON line.
+    The run is the scenario driver's own (``drive``), on a SimBackend that times its
+    ``start`` (the build) and its snapshots."""
+    from ksmfs.scenario.driver import Snapshot, drive
     from ksmfs.scenario.loader import load_scenario
     from ksmfs.scenario.sim import SimBackend
 
+    class TimedBackend(SimBackend):
+        build_s = 0.0
+        snapshots_s = 0.0
+
+        def start(self) -> None:
+            t = time.perf_counter()
+            super().start()
+            self.build_s += time.perf_counter() - t
+
+        def snapshot(self, k: int) -> Snapshot:
+            t = time.perf_counter()
+            snap = super().snapshot(k)
+            self.snapshots_s += time.perf_counter() - t
+            return snap
+
     sc = load_scenario(path)
-    t = time.perf_counter()
-    b = SimBackend(sc)
-    b.start()
-    build = time.perf_counter() - t
-    snaps = 0.0
-
-    def snap(k: int) -> None:
-        nonlocal snaps
-        t = time.perf_counter()
-        b.snapshot(k)
-        snaps += time.perf_counter() - t
-
-    snap(0)
-    b.start_ksmd()
-    for k in range(1, sc.max_full_scans + 1):
-        b.full_scan()
-        snap(k)
-        for step in steps_due(sc, k):
-            b.step(step)
-    print(json.dumps({"build_s": build, "snapshots_s": snaps, "snapshots": sc.max_full_scans + 1}))
+    b = TimedBackend(sc)
+    drive(sc, b, lambda snap: None)
+    print(json.dumps({"build_s": b.build_s, "snapshots_s": b.snapshots_s,
+                      "snapshots": sc.max_full_scans + 1}))
 
 
 def read_int(p: Path) -> int:
