@@ -255,11 +255,7 @@ class Kernel:
             src = mem.pte.a[v.base : v.base + v.npages]
             mem.pte.a[base : base + v.npages] = src
             fr = src[src >= 0]
-            if fr.shape[0]:
-                # each of these PTEs is counted in its page's mapcount already: a count
-                # at most doubles
-                mem.ensure_mapcount(2 * int(mem.fmap.a[fr].max()))
-                np.add.at(mem.fmap.a, fr, 1)
+            mem.map_add(fr)  # the child's PTEs (map_add widens the counts if need be)
             sw = src[src <= PTE_SWAP0]
             for s in (PTE_SWAP0 - sw).tolist():
                 mem.swap_count.a[s] += 1
