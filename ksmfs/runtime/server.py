@@ -212,7 +212,7 @@ class KsmdPacer:
     the value changed; run = 1 does not cut a timed sleep short, docs/NOTES.md); the
     pacer only sleeps and asks.
 
-    A batch runs in slices of about a millisecond of wall time (``Ksm.scan_slice``, at
+    A batch runs in slices of about a millisecond of CPU time (``Ksm.scan_slice``, at
     ksm_do_scan()'s cond_resched() points) and FUSE requests are served between slices,
     so no reader waits for a whole batch.  Stores wait for the batch to end
     (``wait_batch``), as they wait for ksm_thread_mutex in mm/ksm.c; the clock does not
@@ -224,7 +224,7 @@ class KsmdPacer:
     pass cost a hundred times more per page than the pass before them.
     """
 
-    SLICE_TARGET_S = 0.001  # wall time of one slice the pacer aims at
+    SLICE_TARGET_S = 0.001  # CPU time (thread_time) of one slice the pacer aims at
     MIN_SLICE_PAGES = 32
     FIRST_SLICE_PAGES = 256  # the first slice of a pass
     MAX_SLICE_PAGES = 16384  # a cheap pass must not grow slices that the next pass finds slow
